@@ -1,0 +1,480 @@
+//! Apply: consumes the topics of the sites routed to this one and writes their changes into the
+//! local database.
+//!
+//! Delivery contract:
+//! - a source transaction is applied atomically, and only once its last record arrived; several
+//!   neighbouring source transactions may share one local transaction;
+//! - the Kafka offsets are written in that same local transaction (first, which also marks the
+//!   transaction as sitesync's so that local capture does not echo it), and consumption resumes
+//!   from them: nothing is applied twice and nothing is skipped after a crash;
+//! - a transaction that capture published twice is recognised by its GTID and skipped;
+//! - records from this site, of entities not routed here, or of unknown entities are skipped; a
+//!   record that cannot be applied becomes a dead letter with its reason, and the stream goes on.
+
+mod target;
+mod writer;
+
+pub use target::{TargetColumn, TargetTable};
+pub use writer::{EntityPlan, Outcome};
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::control::{self, Control, ControlError, NewDeadLetter};
+use crate::position::TxnId;
+use crate::record::{self, ChangeRecord};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{Health, Metrics};
+
+/// Why a record or the applier failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The local database failed in a way that may pass (connection, deadlock, lock timeout).
+    #[error("local database: {0}")]
+    Database(#[source] sqlx::Error),
+    /// The record cannot be applied as it is (bad value, missing column): a dead letter.
+    #[error("{0}")]
+    Definite(String),
+    /// The local schema does not fit the configuration.
+    #[error("{0}")]
+    Schema(String),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// The control database failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The configuration is unusable here.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ApplyError {
+    /// Sorts a database error: errors about the data are definite, the rest may pass.
+    pub fn classify(e: sqlx::Error) -> ApplyError {
+        if let sqlx::Error::Database(db) = &e {
+            let code = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number());
+            match code {
+                // Deadlock, lock wait timeout, server shutting down, read-only: retry.
+                Some(1213 | 1205 | 1053 | 1290 | 1836) => return ApplyError::Database(e),
+                Some(_) => return ApplyError::Definite(format!("local database refused the change: {}", db.message())),
+                None => {}
+            }
+        }
+        ApplyError::Database(e)
+    }
+
+    fn is_definite(&self) -> bool {
+        matches!(self, ApplyError::Definite(_))
+    }
+}
+
+/// What apply needs from the process.
+pub struct ApplyContext {
+    /// The federation file.
+    pub config: Arc<Config>,
+    /// This site's id.
+    pub site: String,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Health flags.
+    pub health: Arc<Health>,
+    /// Stop signal.
+    pub shutdown: Shutdown,
+}
+
+/// One consumed message, parsed.
+struct Incoming {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    record: Result<ChangeRecord, String>,
+}
+
+/// A source transaction whose every record arrived (or a lone undecodable message).
+struct CompleteTxn {
+    topic: String,
+    partition: i32,
+    origin: String,
+    txn: Option<(TxnId, String)>,
+    source_ts_ms: i64,
+    records: Vec<Incoming>,
+}
+
+impl CompleteTxn {
+    fn next_offset(&self) -> i64 {
+        self.records.last().map(|r| r.offset + 1).unwrap_or(0)
+    }
+}
+
+/// Records of a transaction still arriving, per topic partition.
+#[derive(Default)]
+struct Partial {
+    id: Option<String>,
+    last_order: u64,
+    records: Vec<Incoming>,
+}
+
+struct Applier {
+    ctx: Arc<ApplyContext>,
+    control: Control,
+    plans: HashMap<String, Arc<EntityPlan>>,
+    /// Topic -> origin site.
+    origins: HashMap<String, String>,
+    partials: HashMap<(String, i32), Partial>,
+    /// (origin, stream) -> last applied sequence.
+    progress: HashMap<(String, String), u64>,
+}
+
+/// Runs apply until shutdown or a definite error.
+pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
+    let ctx = Arc::new(ctx);
+    let config = ctx.config.clone();
+    let site_cfg = config.site(&ctx.site).map_err(|e| ApplyError::Config(e.to_string()))?;
+    let pool = control::connect(&ctx.site, site_cfg.mysql.expose(), 4).await?;
+    let control = Control::new(pool.clone(), &config.federation.control_database);
+
+    let origins: Vec<String> = config.origins_of(&ctx.site);
+    if origins.is_empty() {
+        tracing::warn!(site = %ctx.site, "no route leads to this site: apply has nothing to do");
+    }
+    let db = config.database_of(&ctx.site).to_string();
+    let mut plans = HashMap::new();
+    for (name, entity) in &config.entities {
+        if !origins.iter().any(|o| config.routes_entity(o, &ctx.site, name)) {
+            continue;
+        }
+        let target = TargetTable::load(&pool, &db, &entity.table).await?;
+        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target)?));
+    }
+
+    let consumer: StreamConsumer = crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
+        .map_err(|e| ApplyError::Config(e.to_string()))?
+        .create()
+        .map_err(ApplyError::Kafka)?;
+    let stored: HashMap<(String, i32), i64> =
+        control.load_offsets().await?.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let topics: Vec<String> = origins.iter().map(|o| config.topic_of(o)).collect();
+    let kafka_cfg = config.kafka.clone();
+    let topics_for_md = topics.clone();
+    let partitions = tokio::task::spawn_blocking(move || {
+        crate::kafka::topic_partitions(&kafka_cfg, &topics_for_md, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| ApplyError::Config(e.to_string()))?
+    .map_err(|e| ApplyError::Config(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, count) in &partitions {
+        let count = count.ok_or_else(|| {
+            ApplyError::Config(format!("topic {topic} does not exist: run `sitesync init` at its site (or here) first"))
+        })?;
+        for p in 0..count as i32 {
+            let offset = match stored.get(&(topic.clone(), p)) {
+                Some(o) => Offset::Offset(*o),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(topic, p, offset).map_err(ApplyError::Kafka)?;
+        }
+    }
+    consumer.assign(&tpl).map_err(ApplyError::Kafka)?;
+
+    let progress = control
+        .load_progress()
+        .await?
+        .into_iter()
+        .map(|(origin, stream, seq, _)| ((origin, stream), seq))
+        .collect();
+    let mut applier = Applier {
+        ctx: ctx.clone(),
+        control,
+        plans,
+        origins: origins.iter().map(|o| (config.topic_of(o), o.clone())).collect(),
+        partials: HashMap::new(),
+        progress,
+    };
+    ctx.health.apply_running.store(true, Ordering::Relaxed);
+    tracing::info!(site = %ctx.site, origins = ?origins, "applying");
+    let result = applier.consume(&consumer).await;
+    ctx.health.apply_running.store(false, Ordering::Relaxed);
+    result
+}
+
+impl Applier {
+    async fn consume(&mut self, consumer: &StreamConsumer) -> Result<(), ApplyError> {
+        let max = self.ctx.config.apply.batch_records.max(1);
+        let wait = Duration::from_millis(self.ctx.config.apply.batch_wait_ms);
+        let mut ready: Vec<CompleteTxn> = Vec::new();
+        let mut ready_records = 0usize;
+        loop {
+            // Wait for the first message without limit; then gather for `wait` more.
+            let first = ready.is_empty();
+            let msg = if first {
+                tokio::select! {
+                    biased;
+                    _ = self.ctx.shutdown.wait() => return Ok(()),
+                    m = consumer.recv() => Some(m),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        self.idle();
+                        None
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    m = consumer.recv() => Some(m),
+                    _ = tokio::time::sleep(wait) => None,
+                }
+            };
+            let mut flush = !first && msg.is_none();
+            if let Some(m) = msg {
+                let m = m.map_err(ApplyError::Kafka)?.detach();
+                if let Some(txn) = self.accept(m) {
+                    ready_records += txn.records.len();
+                    ready.push(txn);
+                }
+                flush |= ready_records >= max;
+            }
+            if flush && !ready.is_empty() {
+                let batch = std::mem::take(&mut ready);
+                ready_records = 0;
+                self.apply_batch(batch).await?;
+            }
+        }
+    }
+
+    /// Sets lag to 0 for origins with nothing waiting.
+    fn idle(&self) {
+        for origin in self.origins.values() {
+            let waiting = self.partials.iter().any(|((t, _), p)| self.origins.get(t) == Some(origin) && !p.records.is_empty());
+            if !waiting {
+                self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(0.0);
+            }
+        }
+    }
+
+    /// Adds a message to its partition's transaction; returns the transaction once complete.
+    fn accept(&mut self, m: OwnedMessage) -> Option<CompleteTxn> {
+        let topic = m.topic().to_string();
+        let partition = m.partition();
+        let origin = self.origins.get(&topic).cloned().unwrap_or_default();
+        let record = ChangeRecord::from_slice(m.payload()).map_err(|e| e.to_string()).and_then(|r| {
+            if r.sitesync.origin != origin {
+                Err(format!("record says origin `{}` but arrived on the topic of site `{origin}`", r.sitesync.origin))
+            } else {
+                Ok(r)
+            }
+        });
+        let incoming = Incoming {
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            record,
+        };
+        let partial = self.partials.entry((topic.clone(), partition)).or_default();
+        let (id, order, last) = match &incoming.record {
+            Ok(r) => (Some(r.transaction.id.clone()), r.transaction.total_order, r.sitesync.last_in_transaction),
+            // An unreadable message cannot say which transaction it belongs to: it stands alone
+            // and becomes a dead letter when the transaction around it (if any) completes.
+            Err(_) => (partial.id.clone(), partial.last_order, partial.id.is_none()),
+        };
+        if incoming.record.is_ok() && !partial.records.is_empty() && (partial.id != id || order <= partial.last_order) {
+            // Capture restarted inside this transaction and publishes it again from its start.
+            tracing::info!(site = %self.ctx.site, topic = %topic, discarded = partial.records.len(), "dropping the incomplete copy of a transaction republished after a capture restart");
+            partial.records.clear();
+        }
+        partial.id = id;
+        partial.last_order = order;
+        partial.records.push(incoming);
+        if !last {
+            return None;
+        }
+        let records = std::mem::take(&mut partial.records);
+        partial.id = None;
+        partial.last_order = 0;
+        let first_ok = records.iter().find_map(|r| r.record.as_ref().ok());
+        let txn = first_ok.and_then(|r| TxnId::parse(&r.transaction.id).ok().map(|t| (t, r.transaction.id.clone())));
+        let source_ts_ms = first_ok.map(|r| r.source.ts_ms).unwrap_or(0);
+        Some(CompleteTxn { topic, partition, origin, txn, source_ts_ms, records })
+    }
+
+    fn already_applied(&self, txn: &CompleteTxn) -> bool {
+        match &txn.txn {
+            Some((id, _)) => self
+                .progress
+                .get(&(txn.origin.clone(), id.stream.clone()))
+                .is_some_and(|seq| *seq >= id.seq),
+            None => false,
+        }
+    }
+
+    /// Applies a batch in one local transaction; on a definite error, one transaction at a time.
+    async fn apply_batch(&mut self, batch: Vec<CompleteTxn>) -> Result<(), ApplyError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_apply(&batch, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_definite() => break,
+                Err(e) => {
+                    self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "database"]).inc();
+                    tracing::warn!(site = %self.ctx.site, error = %e, "apply failed; retrying");
+                    self.retry_wait(&mut backoff).await?;
+                }
+            }
+        }
+        for txn in &batch {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.try_apply(std::slice::from_ref(txn), None).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_definite() => {
+                        let reason = e.to_string();
+                        self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "apply"]).inc();
+                        tracing::warn!(site = %self.ctx.site, origin = %txn.origin, topic = %txn.topic, offset = txn.records[0].offset, reason = %reason, "transaction becomes a dead letter");
+                        loop {
+                            match self.try_apply(std::slice::from_ref(txn), Some(&reason)).await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    tracing::warn!(site = %self.ctx.site, error = %e, "storing a dead letter failed; retrying");
+                                    self.retry_wait(&mut backoff).await?;
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(site = %self.ctx.site, error = %e, "apply failed; retrying");
+                        self.retry_wait(&mut backoff).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry_wait(&self, backoff: &mut Duration) -> Result<(), ApplyError> {
+        self.ctx.health.apply_running.store(false, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = self.ctx.shutdown.wait() => return Err(ApplyError::Config("stopped while retrying".into())),
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// One local transaction: offsets (the echo marker) first, then the rows, then progress.
+    /// With `dead_reason`, the transactions' records are stored as dead letters instead.
+    async fn try_apply(&mut self, batch: &[CompleteTxn], dead_reason: Option<&str>) -> Result<(), ApplyError> {
+        let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
+        for t in batch {
+            match offsets.iter_mut().find(|(topic, p, _)| *topic == t.topic && *p == t.partition) {
+                Some(o) => o.2 = o.2.max(t.next_offset()),
+                None => offsets.push((&t.topic, t.partition, t.next_offset())),
+            }
+        }
+        let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
+        self.control.write_offsets(&mut tx, &offsets).await.map_err(ApplyError::Database)?;
+        let mut counts: HashMap<(String, String, &'static str), u64> = HashMap::new();
+        let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
+        let mut dead = 0i64;
+        for t in batch {
+            let duplicate = self.already_applied(t)
+                || t.txn.as_ref().is_some_and(|(id, _)| {
+                    progress.get(&(t.origin.clone(), id.stream.clone())).is_some_and(|(seq, _, _)| *seq >= id.seq)
+                });
+            for inc in &t.records {
+                let entity = inc.record.as_ref().map(|r| r.sitesync.entity.clone()).unwrap_or_else(|_| "(unreadable)".into());
+                let outcome = match (&inc.record, dead_reason) {
+                    (Err(reason), _) => {
+                        self.dead_letter(&mut tx, t, inc, None, reason).await?;
+                        dead += 1;
+                        "dead_letter"
+                    }
+                    (Ok(_), _) if duplicate => "skipped",
+                    (Ok(r), Some(reason)) => {
+                        self.dead_letter(&mut tx, t, inc, Some(&r.sitesync.entity), reason).await?;
+                        dead += 1;
+                        "dead_letter"
+                    }
+                    (Ok(r), None) => {
+                        if r.sitesync.origin == self.ctx.site || !self.ctx.config.routes_entity(&t.origin, &self.ctx.site, &r.sitesync.entity) {
+                            "skipped"
+                        } else {
+                            match self.plans.get(&r.sitesync.entity) {
+                                None => "skipped",
+                                Some(plan) => match plan.apply(&mut tx, &t.origin, r).await? {
+                                    Outcome::Applied => "applied",
+                                    Outcome::Skipped => "skipped",
+                                },
+                            }
+                        }
+                    }
+                };
+                *counts.entry((t.origin.clone(), entity, outcome)).or_default() += 1;
+            }
+            if let Some((id, gtid)) = &t.txn {
+                if !duplicate {
+                    progress.insert((t.origin.clone(), id.stream.clone()), (id.seq, gtid.clone(), t.source_ts_ms));
+                }
+            }
+        }
+        let rows: Vec<(&str, &str, u64, &str, i64)> = progress
+            .iter()
+            .map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts))
+            .collect();
+        self.control.write_progress(&mut tx, &rows).await.map_err(ApplyError::Database)?;
+        tx.commit().await.map_err(ApplyError::Database)?;
+
+        for ((o, s), (seq, _, _)) in progress {
+            self.progress.insert((o, s), seq);
+        }
+        let site = self.ctx.site.clone();
+        for ((origin, entity, outcome), n) in counts {
+            self.ctx.metrics.apply_records.with_label_values(&[&site, &origin, &entity, outcome]).inc_by(n);
+        }
+        if dead > 0 {
+            if let Ok(n) = self.control.count_dead_letters().await {
+                self.ctx.metrics.dead_letters.with_label_values(&[&site]).set(n);
+            }
+        }
+        let now = record::now_ms();
+        for t in batch {
+            let lag = ((now - t.source_ts_ms) as f64 / 1000.0).max(0.0);
+            self.ctx.metrics.apply_lag.with_label_values(&[&site, &t.origin]).set(lag);
+        }
+        self.ctx.health.apply_running.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        t: &CompleteTxn,
+        inc: &Incoming,
+        entity: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
+        self.control
+            .insert_dead_letter(
+                tx,
+                &NewDeadLetter {
+                    origin: Some(&t.origin),
+                    topic: &t.topic,
+                    partition: t.partition,
+                    offset: inc.offset,
+                    entity,
+                    reason,
+                    key: inc.key.as_deref(),
+                    value: inc.value.as_deref(),
+                },
+            )
+            .await
+            .map_err(ApplyError::Database)
+    }
+}

@@ -1,0 +1,703 @@
+//! Capture: tails the site's binlog for the configured tables and publishes one change record
+//! per row change to the site's topic, in commit order.
+//!
+//! Delivery contract: at least once, at transaction granularity. The resume position is written
+//! only once Kafka acknowledged every record before it ([`publisher`]), so after a crash capture
+//! starts again at a transaction boundary and may publish the tail of its last transactions a
+//! second time; the applier drops those by GTID. Transactions written by sitesync's own applier
+//! (recognised by the echo marker, see [`crate::control`]) are read but not published.
+
+mod decode;
+mod publisher;
+mod table;
+
+pub use decode::{encode_value, latin1_to_string, TextEncoding};
+pub use table::{ColumnInfo, TableInfo};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
+use rdkafka::producer::FutureProducer;
+use serde_json::{Map, Value};
+
+use crate::config::{Config, EntityConfig, Filter};
+use crate::control::{self, Control, ControlError, ECHO_MARKER_TABLE};
+use crate::position::{Gtid, GtidState};
+use crate::preflight;
+use crate::record::{self, ChangeRecord, Op, Source, SitesyncMeta, TransactionInfo, RECORD_VERSION};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{Health, Metrics};
+use publisher::{Checkpoint, Publisher};
+
+/// Why capture stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The source server refused or failed.
+    #[error("site `{site}` source database: {source}")]
+    Source {
+        /// Site id.
+        site: String,
+        /// The driver error.
+        #[source]
+        source: mysql_async::Error,
+    },
+    /// The server is configured in a way capture cannot work with.
+    #[error("site `{site}` source database is not ready for capture:\n  {}", .problems.join("\n  "))]
+    ServerSettings {
+        /// Site id.
+        site: String,
+        /// Each failed setting with its fix.
+        problems: Vec<String>,
+    },
+    /// The binlog holds something capture refuses to guess about.
+    #[error("binlog {file}:{pos}: {reason}")]
+    Binlog {
+        /// File.
+        file: String,
+        /// Position.
+        pos: u64,
+        /// What was found.
+        reason: String,
+    },
+    /// The resume position is no longer on the server.
+    #[error("site `{site}`: the server no longer has the binlog from GTID position `{position}` ({detail}). Changes after it were purged and cannot be captured; re-seed the other sites with `sitesync snapshot`, after which capture starts from the snapshot's position")]
+    PositionPurged {
+        /// Site id.
+        site: String,
+        /// The requested position.
+        position: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// Kafka refused a record.
+    #[error("kafka: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// Kafka did not acknowledge a record in time.
+    #[error("kafka did not acknowledge a record: {0}")]
+    Delivery(#[source] rdkafka::error::KafkaError),
+    /// The control database failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A configuration problem found against the live schema.
+    #[error("{0}")]
+    Config(String),
+    /// A bug.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl CaptureError {
+    /// Whether reconnecting may help (network, server restart).
+    fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Source { source, .. } => matches!(
+                source,
+                mysql_async::Error::Io(_) | mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What capture needs from the process.
+pub struct CaptureContext {
+    /// The federation file.
+    pub config: Arc<Config>,
+    /// This site's id.
+    pub site: String,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Health flags.
+    pub health: Arc<Health>,
+    /// Stop signal.
+    pub shutdown: Shutdown,
+}
+
+/// What a table id stands for in the current binlog.
+enum TableRole {
+    /// A configured entity's table.
+    Entity(Arc<EntityTable>),
+    /// This site's echo marker: the transaction was written by sitesync's applier.
+    EchoMarker,
+    /// Anything else.
+    Other,
+}
+
+/// A configured entity bound to the columns of one table map.
+struct EntityTable {
+    name: String,
+    info: TableInfo,
+    /// Per column: its text encoding, or `None` when excluded.
+    encodings: Vec<Option<TextEncoding>>,
+    key_columns: Vec<String>,
+    filter: Option<Filter>,
+}
+
+/// The transaction being read.
+#[derive(Default)]
+struct Txn {
+    gtid: Option<Gtid>,
+    server_id: u32,
+    standalone: bool,
+    echo: bool,
+    records: u64,
+    per_table: HashMap<String, u64>,
+    /// Held back one record so the last of the transaction can be flagged.
+    pending: Option<(Vec<u8>, ChangeRecord)>,
+}
+
+struct Reader {
+    ctx: Arc<CaptureContext>,
+    db: String,
+    control_db: String,
+    encodings: HashMap<u16, TextEncoding>,
+    /// Position at the last transaction boundary read.
+    gtid: GtidState,
+    file: String,
+    pos: u64,
+    tables: HashMap<u64, TableRole>,
+    txn: Option<Txn>,
+    last_source_ts_ms: i64,
+    warned_tables: HashSet<String>,
+}
+
+/// Runs capture until shutdown or a definite error.
+pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
+    let ctx = Arc::new(ctx);
+    let site_cfg = ctx.config.site(&ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.clone();
+    let pool = control::connect(&ctx.site, site_cfg.mysql.expose(), 2).await?;
+    let ctl = Control::new(pool, &ctx.config.federation.control_database);
+
+    let producer: FutureProducer = crate::kafka::producer_config(&ctx.config.kafka)
+        .map_err(|e| CaptureError::Config(e.to_string()))?
+        .create()
+        .map_err(CaptureError::Kafka)?;
+    let topic = ctx.config.topic_of(&ctx.site);
+    let mut publisher = Publisher::start(
+        producer,
+        topic.clone(),
+        ctx.config.capture.max_in_flight,
+        ctl.clone(),
+        ctx.site.clone(),
+        Duration::from_millis(ctx.config.capture.checkpoint_interval_ms),
+    );
+
+    let opts = Opts::from_url(site_cfg.mysql.expose())
+        .map_err(|e| CaptureError::Config(format!("sites.{}.mysql: {e}", ctx.site)))?;
+    let mut reader = Reader {
+        db: ctx.config.database_of(&ctx.site).to_string(),
+        control_db: ctx.config.federation.control_database.clone(),
+        encodings: HashMap::new(),
+        gtid: GtidState::empty_mariadb(),
+        file: String::new(),
+        pos: 4,
+        tables: HashMap::new(),
+        txn: None,
+        last_source_ts_ms: 0,
+        warned_tables: HashSet::new(),
+        ctx: ctx.clone(),
+    };
+    let mut first = true;
+    let mut backoff = Duration::from_millis(200);
+    let result = loop {
+        match reader.stream(&opts, &ctl, &mut publisher, first).await {
+            Ok(()) => break Ok(()),
+            Err(e) if e.is_transient() && !ctx.shutdown.is_triggered() => {
+                ctx.health.capture_running.store(false, Ordering::Relaxed);
+                ctx.metrics.errors.with_label_values(&[&ctx.site, "database"]).inc();
+                tracing::warn!(site = %ctx.site, error = %e, retry_in_ms = backoff.as_millis() as u64, "binlog connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctx.shutdown.wait() => break Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                first = false;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    ctx.health.capture_running.store(false, Ordering::Relaxed);
+    let finished = publisher.finish().await;
+    result.and(finished)
+}
+
+impl Reader {
+    fn source_err(&self, source: mysql_async::Error) -> CaptureError {
+        CaptureError::Source { site: self.ctx.site.clone(), source }
+    }
+
+    /// Connects, checks the server, and streams until shutdown or error.
+    async fn stream(
+        &mut self,
+        opts: &Opts,
+        ctl: &Control,
+        publisher: &mut Publisher,
+        first: bool,
+    ) -> Result<(), CaptureError> {
+        let mut conn = Conn::new(opts.clone()).await.map_err(|e| self.source_err(e))?;
+        let settings = preflight::read_settings(&mut conn).await.map_err(|e| self.source_err(e))?;
+        let problems: Vec<String> = preflight::judge(&settings)
+            .into_iter()
+            .filter(|f| !f.ok)
+            .map(|f| format!("{}: {}", f.name, f.detail))
+            .collect();
+        if !problems.is_empty() {
+            return Err(CaptureError::ServerSettings { site: self.ctx.site.clone(), problems });
+        }
+        let collations: Vec<(u16, String)> = conn
+            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS")
+            .await
+            .map_err(|e| self.source_err(e))?;
+        self.encodings = collations.into_iter().map(|(id, cs)| (id, decode::encoding_of_charset(&cs))).collect();
+
+        if first {
+            match ctl.load_checkpoint(&self.ctx.site).await? {
+                Some((gtid, file, pos)) => {
+                    self.gtid = GtidState::parse(&gtid, !settings.mariadb)
+                        .map_err(|e| CaptureError::Config(format!("stored capture checkpoint: {e}")))?;
+                    self.file = file;
+                    self.pos = pos;
+                    tracing::info!(site = %self.ctx.site, gtid = %self.gtid, "resuming capture from the checkpoint");
+                }
+                None => {
+                    self.gtid = GtidState::parse(&settings.gtid_position, !settings.mariadb)
+                        .map_err(|e| CaptureError::Config(format!("server GTID position: {e}")))?;
+                    ctl.save_checkpoint(&self.ctx.site, &self.gtid.to_string(), "", 4, 0).await?;
+                    tracing::info!(site = %self.ctx.site, gtid = %self.gtid, "no checkpoint: capture starts at the server's current position");
+                }
+            }
+        }
+        self.tables.clear();
+        self.txn = None;
+
+        let server_id = self.ctx.config.site(&self.ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.server_id;
+        conn.query_drop("SET @master_heartbeat_period = 1000000000").await.map_err(|e| self.source_err(e))?;
+        let request = BinlogStreamRequest::new(server_id);
+        let gtid_text = self.gtid.to_string();
+        let sids: Vec<mysql_async::Sid<'static>>;
+        let request = if settings.mariadb {
+            conn.query_drop("SET @mariadb_slave_capability = 4").await.map_err(|e| self.source_err(e))?;
+            conn.exec_drop("SET @slave_connect_state = ?", (gtid_text.as_str(),)).await.map_err(|e| self.source_err(e))?;
+            conn.query_drop("SET @slave_gtid_strict_mode = 1, @slave_gtid_ignore_duplicates = 0")
+                .await
+                .map_err(|e| self.source_err(e))?;
+            request
+        } else {
+            sids = gtid_text
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<mysql_async::Sid<'static>>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| CaptureError::Config(format!("GTID set `{gtid_text}`: {e}")))?;
+            request.with_gtid().with_gtid_set(sids.iter().cloned())
+        };
+        let mut stream = conn.get_binlog_stream(request).await.map_err(|e| self.map_stream_err(e, &gtid_text))?;
+        self.ctx.health.capture_running.store(true, Ordering::Relaxed);
+        tracing::info!(site = %self.ctx.site, gtid = %gtid_text, server_id, "streaming the binlog");
+
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.wait() => return Ok(()),
+                next = stream.next() => next,
+            };
+            let event = match next {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return Err(self.map_stream_err(e, &gtid_text)),
+                None => {
+                    return Err(self.source_err(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed)))
+                }
+            };
+            self.on_event(&stream, event, publisher).await?;
+        }
+    }
+
+    fn map_stream_err(&self, e: mysql_async::Error, position: &str) -> CaptureError {
+        if let mysql_async::Error::Server(ref s) = e {
+            // 1236: the master cannot serve the requested position (purged, or a duplicate id).
+            if s.code == 1236 {
+                if s.message.contains("server_id") || s.message.contains("same server") {
+                    return CaptureError::Config(format!(
+                        "site `{}`: another binlog reader uses server_id {}: give each reader its own sites.{}.server_id ({})",
+                        self.ctx.site,
+                        self.ctx.config.sites[&self.ctx.site].server_id,
+                        self.ctx.site,
+                        s.message
+                    ));
+                }
+                return CaptureError::PositionPurged {
+                    site: self.ctx.site.clone(),
+                    position: position.to_string(),
+                    detail: s.message.clone(),
+                };
+            }
+            if s.code == 4052 {
+                return CaptureError::Config(format!(
+                    "site `{}`: another binlog reader uses the same server_id: give each reader its own sites.{}.server_id ({})",
+                    self.ctx.site, self.ctx.site, s.message
+                ));
+            }
+        }
+        self.source_err(e)
+    }
+
+    async fn on_event(
+        &mut self,
+        stream: &BinlogStream,
+        event: mysql_async::binlog::events::Event,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        let header = event.header();
+        let kind = header.event_type_raw();
+        let end_pos = header.log_pos() as u64;
+        match kind {
+            // MariaDB GTID: starts a transaction.
+            162 => {
+                let (gtid, flags) = Gtid::from_mariadb_event(event.data(), header.server_id()).ok_or_else(|| {
+                    CaptureError::Binlog { file: self.file.clone(), pos: end_pos, reason: "truncated GTID event".into() }
+                })?;
+                self.begin(gtid, header.server_id(), flags & 1 != 0);
+            }
+            // MySQL GTID.
+            33 => {
+                if let Ok(Some(EventData::GtidEvent(g))) = event.read_data() {
+                    self.begin(Gtid::mysql_from_sid(g.sid(), g.gno()), header.server_id(), false);
+                }
+            }
+            // Table map.
+            19 => {
+                let tme: TableMapEvent<'_> = event.read_event().map_err(|e| CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos: end_pos,
+                    reason: format!("unreadable table map: {e}"),
+                })?;
+                let role = self.role_of(&tme)?;
+                self.tables.insert(tme.table_id(), role);
+            }
+            // Rows events, v1 (MariaDB) and v2 (MySQL).
+            23 | 24 | 25 | 30 | 31 | 32 => self.on_rows(stream, &event, publisher).await?,
+            // MariaDB compressed events: refuse rather than lose rows.
+            165..=171 => {
+                return Err(CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos: end_pos,
+                    reason: "compressed binlog event: sitesync cannot decode it; set log_bin_compress=OFF on the server".into(),
+                })
+            }
+            // MySQL partial JSON update.
+            39 => {
+                return Err(CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos: end_pos,
+                    reason: "partial JSON row update: set binlog_row_value_options='' on the server".into(),
+                })
+            }
+            // XID: the transaction committed.
+            16 => self.commit(publisher, end_pos, header.timestamp()).await?,
+            // Query: BEGIN, COMMIT (non-transactional tables) or DDL.
+            2 => {
+                let query = match event.read_data() {
+                    Ok(Some(EventData::QueryEvent(q))) => q.query().into_owned(),
+                    _ => String::new(),
+                };
+                let q = query.trim();
+                if q.eq_ignore_ascii_case("BEGIN") {
+                } else if q.eq_ignore_ascii_case("COMMIT") {
+                    self.commit(publisher, end_pos, header.timestamp()).await?;
+                } else {
+                    // DDL: table ids are re-assigned after it; drop what we knew.
+                    self.tables.clear();
+                    if self.txn.as_ref().map_or(true, |t| t.standalone) {
+                        self.commit(publisher, end_pos, header.timestamp()).await?;
+                    }
+                }
+            }
+            // Rotate: the next events come from another file.
+            4 => {
+                if let Ok(Some(EventData::RotateEvent(r))) = event.read_data() {
+                    self.file = r.name().into_owned();
+                    self.pos = r.position();
+                }
+            }
+            // Heartbeat: the server is alive and has nothing new.
+            27 => {
+                if self.txn.is_none() {
+                    self.ctx
+                        .metrics
+                        .capture_source_timestamp
+                        .with_label_values(&[&self.ctx.site])
+                        .set(record::now_ms() as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, gtid: Gtid, server_id: u32, standalone: bool) {
+        self.txn = Some(Txn { gtid: Some(gtid), server_id, standalone, ..Txn::default() });
+    }
+
+    fn role_of(&mut self, tme: &TableMapEvent<'_>) -> Result<TableRole, CaptureError> {
+        let db = tme.database_name();
+        let table = tme.table_name();
+        if db == self.control_db.as_str() && table == ECHO_MARKER_TABLE {
+            return Ok(TableRole::EchoMarker);
+        }
+        if db != self.db.as_str() {
+            return Ok(TableRole::Other);
+        }
+        let config = self.ctx.config.clone();
+        let Some((name, entity)) = config.entity_by_table(&table) else {
+            return Ok(TableRole::Other);
+        };
+        let info = TableInfo::from_event(tme).map_err(|e| CaptureError::Config(e.to_string()))?;
+        Ok(TableRole::Entity(Arc::new(self.bind_entity(name, entity, info)?)))
+    }
+
+    fn bind_entity(&mut self, name: &str, entity: &EntityConfig, info: TableInfo) -> Result<EntityTable, CaptureError> {
+        let key_columns: Vec<String> = if entity.key.is_empty() {
+            if info.primary_key.is_empty() {
+                return Err(CaptureError::Config(format!(
+                    "entities.{name}: table {}.{} has no primary key; set `key` to the columns that identify a row at every site",
+                    info.db, info.table
+                )));
+            }
+            info.primary_key.iter().map(|&i| info.columns[i].name.clone()).collect()
+        } else {
+            entity.key.clone()
+        };
+        for col in key_columns.iter().chain(entity.exclude.iter()) {
+            if info.index_of(col).is_none() {
+                return Err(CaptureError::Config(format!(
+                    "entities.{name}: table {}.{} has no column `{col}`",
+                    info.db, info.table
+                )));
+            }
+        }
+        let filter = entity.filter.as_deref().map(Filter::parse).transpose().map_err(|e| CaptureError::Config(format!("entities.{name}.filter: {e}")))?;
+        if let Some(f) = &filter {
+            for col in f.columns() {
+                if info.index_of(col).is_none() {
+                    return Err(CaptureError::Config(format!(
+                        "entities.{name}.filter reads `{col}`, which table {}.{} does not have",
+                        info.db, info.table
+                    )));
+                }
+            }
+        }
+        let encodings = info
+            .columns
+            .iter()
+            .map(|c| {
+                if entity.exclude.contains(&c.name) {
+                    None
+                } else if c.charset == decode::BINARY_CHARSET || c.charset == 0 {
+                    Some(TextEncoding::Binary)
+                } else {
+                    Some(self.encodings.get(&c.charset).copied().unwrap_or(TextEncoding::Unsupported))
+                }
+            })
+            .collect();
+        if self.warned_tables.insert(info.table.clone()) {
+            tracing::info!(site = %self.ctx.site, entity = name, table = %info.table, columns = info.columns.len(), "capturing table");
+        }
+        Ok(EntityTable { name: name.to_string(), info, encodings, key_columns, filter })
+    }
+
+    async fn on_rows(
+        &mut self,
+        stream: &BinlogStream,
+        event: &mysql_async::binlog::events::Event,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        let header = event.header();
+        let end_pos = header.log_pos() as u64;
+        let start_pos = end_pos.saturating_sub(header.event_size() as u64);
+        let data = match event.read_data() {
+            Ok(Some(EventData::RowsEvent(r))) => r,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                return Err(CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: format!("unreadable rows event: {e}") })
+            }
+        };
+        let table_id = data.table_id();
+        let entity = match self.tables.get(&table_id) {
+            Some(TableRole::EchoMarker) => {
+                if let Some(txn) = self.txn.as_mut() {
+                    if txn.records > 0 {
+                        tracing::warn!(site = %self.ctx.site, "echo marker after published rows in one transaction");
+                    }
+                    txn.echo = true;
+                }
+                return Ok(());
+            }
+            Some(TableRole::Entity(e)) => e.clone(),
+            Some(TableRole::Other) => return Ok(()),
+            None => {
+                return Err(CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos: start_pos,
+                    reason: format!("rows event for table id {table_id} without its table map"),
+                })
+            }
+        };
+        if self.txn.as_ref().is_some_and(|t| t.echo) {
+            return Ok(());
+        }
+        if self.txn.is_none() {
+            // Only possible when resuming in the middle of a transaction; never on GTID resume.
+            self.txn = Some(Txn::default());
+        }
+        let tme = stream.get_tme(table_id).ok_or_else(|| CaptureError::Binlog {
+            file: self.file.clone(),
+            pos: start_pos,
+            reason: format!("no table map for table id {table_id}"),
+        })?;
+        let event_op = match &data {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
+            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
+            _ => Op::Delete,
+        };
+        let ts_ms = header.timestamp() as i64 * 1000;
+        for (row_index, row) in data.rows(tme).enumerate() {
+            let (before, after) = row.map_err(|e| CaptureError::Binlog {
+                file: self.file.clone(),
+                pos: start_pos,
+                reason: format!("table {}: undecodable row: {e}", entity.info.table),
+            })?;
+            let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
+            let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
+            let Some((op, before, after)) = apply_filter(&entity, event_op, before, after) else { continue };
+            let key_image = after.as_ref().or(before.as_ref()).expect("an image exists");
+            let mut key = Map::new();
+            for col in &entity.key_columns {
+                key.insert(col.clone(), key_image.get(col).cloned().unwrap_or(Value::Null));
+            }
+            let txn = self.txn.as_mut().expect("transaction started");
+            txn.records += 1;
+            let per_table = txn.per_table.entry(entity.name.clone()).or_insert(0);
+            *per_table += 1;
+            let gtid = txn.gtid.as_ref().map(|g| g.to_string());
+            let record = ChangeRecord {
+                op,
+                before,
+                after,
+                source: Source {
+                    connector: "sitesync".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    name: self.ctx.config.federation.name.clone(),
+                    site: self.ctx.site.clone(),
+                    db: entity.info.db.clone(),
+                    table: entity.info.table.clone(),
+                    server_id: if txn.server_id != 0 { txn.server_id } else { header.server_id() },
+                    gtid: gtid.clone(),
+                    file: self.file.clone(),
+                    pos: start_pos,
+                    row: row_index as u32,
+                    ts_ms,
+                    snapshot: "false".into(),
+                },
+                ts_ms: record::now_ms(),
+                transaction: TransactionInfo {
+                    id: gtid.unwrap_or_else(|| format!("{}:{}", self.file, start_pos)),
+                    total_order: txn.records,
+                    data_collection_order: *per_table,
+                },
+                sitesync: SitesyncMeta {
+                    v: RECORD_VERSION,
+                    origin: self.ctx.site.clone(),
+                    entity: entity.name.clone(),
+                    key: key.clone(),
+                    last_in_transaction: false,
+                },
+            };
+            let key_bytes = record::key_bytes(&entity.name, &key);
+            if let Some((k, r)) = txn.pending.replace((key_bytes, record)) {
+                self.publish(publisher, k, r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn image(&self, entity: &EntityTable, row: &mysql_async::binlog::row::BinlogRow, pos: u64) -> Result<Map<String, Value>, CaptureError> {
+        let mut out = Map::new();
+        for (i, col) in entity.info.columns.iter().enumerate() {
+            let Some(encoding) = entity.encodings[i] else { continue };
+            let Some(value) = row.as_ref(i) else { continue };
+            let v = encode_value(col, encoding, value).map_err(|e| CaptureError::Binlog {
+                file: self.file.clone(),
+                pos,
+                reason: format!("table {}: {e}", entity.info.table),
+            })?;
+            out.insert(col.name.clone(), v);
+        }
+        Ok(out)
+    }
+
+    async fn publish(&self, publisher: &mut Publisher, key: Vec<u8>, record: ChangeRecord) -> Result<(), CaptureError> {
+        let payload = serde_json::to_vec(&record).map_err(|e| CaptureError::Internal(e.to_string()))?;
+        publisher.send(&key, &payload).await?;
+        self.ctx
+            .metrics
+            .capture_events
+            .with_label_values(&[&self.ctx.site, &record.sitesync.entity, record.op.code()])
+            .inc();
+        Ok(())
+    }
+
+    async fn commit(&mut self, publisher: &mut Publisher, end_pos: u64, ts: u32) -> Result<(), CaptureError> {
+        let Some(mut txn) = self.txn.take() else {
+            self.pos = end_pos;
+            return Ok(());
+        };
+        let published = txn.records > 0 && !txn.echo;
+        if let Some((k, mut r)) = txn.pending.take() {
+            r.sitesync.last_in_transaction = true;
+            self.publish(publisher, k, r).await?;
+        }
+        if let Some(g) = &txn.gtid {
+            self.gtid.advance(g);
+        }
+        self.pos = end_pos;
+        let ts_ms = ts as i64 * 1000;
+        self.last_source_ts_ms = ts_ms;
+        let kind = if txn.echo { "echo" } else if published { "published" } else { "unrelated" };
+        self.ctx.metrics.capture_transactions.with_label_values(&[&self.ctx.site, kind]).inc();
+        self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(ts as f64);
+        publisher
+            .boundary(Checkpoint { gtid: self.gtid.to_string(), file: self.file.clone(), pos: self.pos, source_ts_ms: ts_ms }, published)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Applies the entity's row filter: rows that do not match never leave the site. A row that
+/// starts to match is published whole as an insert; a row that stops matching is published as a
+/// delete, which each target handles by its `on_delete` rule.
+fn apply_filter(
+    entity: &EntityTable,
+    op: Op,
+    before: Option<Map<String, Value>>,
+    after: Option<Map<String, Value>>,
+) -> Option<(Op, Option<Map<String, Value>>, Option<Map<String, Value>>)> {
+    let Some(filter) = &entity.filter else { return Some((op, before, after)) };
+    let b = before.as_ref().is_some_and(|r| filter.matches(r));
+    let a = after.as_ref().is_some_and(|r| filter.matches(r));
+    match op {
+        Op::Create | Op::Read => a.then_some((op, None, after)),
+        Op::Delete => b.then_some((op, before, None)),
+        Op::Update => match (b, a) {
+            (true, true) => Some((Op::Update, before, after)),
+            (false, true) => Some((Op::Create, None, after)),
+            (true, false) => Some((Op::Delete, before, None)),
+            (false, false) => None,
+        },
+    }
+}

@@ -1,0 +1,203 @@
+//! Publishing to Kafka with the checkpoint rule: the resume position becomes durable only after
+//! Kafka acknowledged every record before it.
+//!
+//! Records are handed to librdkafka asynchronously (it batches them); their delivery futures go,
+//! in order, into a bounded channel together with transaction boundaries. A tracker task awaits
+//! the futures in that order and advances the acknowledged position at each boundary. A full
+//! channel blocks the binlog reader: a slow Kafka slows reading, memory stays bounded.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::CaptureError;
+use crate::control::Control;
+
+/// A transaction boundary: reading may resume here.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// GTID state after the transaction.
+    pub gtid: String,
+    /// Binlog file.
+    pub file: String,
+    /// Position after the transaction in `file`.
+    pub pos: u64,
+    /// Commit time of the transaction, ms.
+    pub source_ts_ms: i64,
+}
+
+enum InFlight {
+    Record(DeliveryFuture),
+    Boundary { checkpoint: Checkpoint, published: bool },
+}
+
+#[derive(Default)]
+struct Acked {
+    checkpoint: Option<Checkpoint>,
+    /// Whether records were acknowledged since the checkpoint was last written.
+    published_since_write: bool,
+}
+
+/// The Kafka side of capture.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    tx: Option<mpsc::Sender<InFlight>>,
+    tracker: Option<JoinHandle<Result<(), CaptureError>>>,
+    acked: Arc<Mutex<Acked>>,
+    writer: Option<JoinHandle<()>>,
+    writer_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    control: Control,
+    site: String,
+}
+
+/// An idle site still writes its position this often, so it never falls behind retention.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
+
+impl Publisher {
+    /// Starts the tracker and the checkpoint writer.
+    pub fn start(
+        producer: FutureProducer,
+        topic: String,
+        max_in_flight: usize,
+        control: Control,
+        site: String,
+        checkpoint_every: Duration,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<InFlight>(max_in_flight.max(1));
+        let acked = Arc::new(Mutex::new(Acked::default()));
+        let tracker_acked = acked.clone();
+        let tracker = tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                match item {
+                    InFlight::Record(fut) => match fut.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => return Err(CaptureError::Delivery(e)),
+                        Err(_) => return Err(CaptureError::Delivery(KafkaError::Canceled)),
+                    },
+                    InFlight::Boundary { checkpoint, published } => {
+                        let mut a = tracker_acked.lock().expect("acked lock");
+                        a.checkpoint = Some(checkpoint);
+                        a.published_since_write |= published;
+                    }
+                }
+            }
+            Ok(())
+        });
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        let writer_acked = acked.clone();
+        let writer_control = control.clone();
+        let writer_site = site.clone();
+        let writer = tokio::spawn(async move {
+            let mut last_written: Option<Checkpoint> = None;
+            let mut last_write = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(checkpoint_every) => {}
+                    _ = &mut stop_rx => return,
+                }
+                let (cp, published) = {
+                    let a = writer_acked.lock().expect("acked lock");
+                    (a.checkpoint.clone(), a.published_since_write)
+                };
+                let Some(cp) = cp else { continue };
+                if Some(&cp) == last_written.as_ref() {
+                    continue;
+                }
+                // Writing the checkpoint is itself a binlog transaction: without this rule an
+                // idle site would write one every interval forever.
+                if !published && last_write.elapsed() < IDLE_CHECKPOINT {
+                    continue;
+                }
+                match writer_control.save_checkpoint(&writer_site, &cp.gtid, &cp.file, cp.pos, cp.source_ts_ms).await {
+                    Ok(()) => {
+                        writer_acked.lock().expect("acked lock").published_since_write = false;
+                        last_written = Some(cp);
+                        last_write = Instant::now();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not write the capture checkpoint; will retry"),
+                }
+            }
+        });
+        Self {
+            producer,
+            topic,
+            tx: Some(tx),
+            tracker: Some(tracker),
+            acked,
+            writer: Some(writer),
+            writer_stop: Some(stop_tx),
+            control,
+            site,
+        }
+    }
+
+    async fn push(&mut self, item: InFlight) -> Result<(), CaptureError> {
+        let tx = self.tx.as_ref().expect("publisher used after finish");
+        if tx.send(item).await.is_err() {
+            return Err(self.tracker_error().await);
+        }
+        Ok(())
+    }
+
+    async fn tracker_error(&mut self) -> CaptureError {
+        match self.tracker.take() {
+            Some(handle) => match handle.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => CaptureError::Internal("delivery tracker stopped".into()),
+                Err(e) => CaptureError::Internal(format!("delivery tracker panicked: {e}")),
+            },
+            None => CaptureError::Internal("delivery tracker stopped".into()),
+        }
+    }
+
+    /// Hands one record to Kafka; waits while librdkafka's queue is full.
+    pub async fn send(&mut self, key: &[u8], payload: &[u8]) -> Result<(), CaptureError> {
+        loop {
+            match self.producer.send_result(FutureRecord::to(&self.topic).key(key).payload(payload)) {
+                Ok(fut) => return self.push(InFlight::Record(fut)).await,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(CaptureError::Kafka(e)),
+            }
+        }
+    }
+
+    /// Marks a transaction boundary: once every record before it is acknowledged, reading may
+    /// resume after it.
+    pub async fn boundary(&mut self, checkpoint: Checkpoint, published: bool) -> Result<(), CaptureError> {
+        self.push(InFlight::Boundary { checkpoint, published }).await
+    }
+
+    /// Waits for every record to be acknowledged, then writes the final checkpoint.
+    pub async fn finish(mut self) -> Result<(), CaptureError> {
+        drop(self.tx.take());
+        let producer = self.producer.clone();
+        // Flushing is blocking in librdkafka: keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+        let tracked = match self.tracker.take() {
+            Some(h) => h.await.unwrap_or_else(|e| Err(CaptureError::Internal(e.to_string()))),
+            None => Ok(()),
+        };
+        if let Some(stop) = self.writer_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.await;
+        }
+        let cp = self.acked.lock().expect("acked lock").checkpoint.clone();
+        if let Some(cp) = cp {
+            self.control
+                .save_checkpoint(&self.site, &cp.gtid, &cp.file, cp.pos, cp.source_ts_ms)
+                .await
+                .map_err(CaptureError::Control)?;
+        }
+        tracked
+    }
+}

@@ -1,0 +1,76 @@
+//! The command line (DESIGN.md's contract).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Multi-site MySQL/MariaDB replicator: binlog change capture to Kafka, idempotent apply at
+/// every routed site.
+#[derive(Debug, Parser)]
+#[command(name = "sitesync", version)]
+pub struct Cli {
+    /// The federation file.
+    #[arg(long, env = "SITESYNC_CONFIG", global = true, default_value = "sitesync.toml")]
+    pub config: PathBuf,
+    /// Which site this process is.
+    #[arg(long, env = "SITESYNC_SITE", global = true)]
+    pub site: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Preflight: server settings, grants, Kafka, topics, control tables. Exit 1 on any FAIL.
+    Check,
+    /// Create the control tables and the site topics (idempotent).
+    Init,
+    /// Capture + apply + HTTP in one process, until SIGTERM or SIGINT.
+    Run,
+    /// Capture alone.
+    Capture,
+    /// Apply alone.
+    Apply,
+    /// Positions, lag per origin, dead letters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dead letters.
+    Dlq {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// `sitesync dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List the dead letters.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one dead letter.
+    Drop {
+        /// Its id.
+        id: u64,
+    },
+}

@@ -1,0 +1,309 @@
+//! One function per command; the binary only parses and dispatches.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use mysql_async::prelude::Queryable;
+
+use crate::cli::{Cli, Command, DlqAction};
+use crate::config::Config;
+use crate::control::{self, Control};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{Health, Metrics};
+use crate::{apply, capture, kafka, preflight, telemetry};
+
+/// Runs the command `cli` names.
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config = Arc::new(Config::load(&cli.config)?);
+    let site = cli
+        .site
+        .clone()
+        .ok_or_else(|| anyhow!("--site (or SITESYNC_SITE) is required; sites in {}: {}", cli.config.display(), config.sites.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+    config.site(&site)?;
+    match cli.command {
+        Command::Check => check(&config, &site).await,
+        Command::Init => init(&config, &site).await,
+        Command::Run => run(config, site, true, true).await,
+        Command::Capture => run(config, site, true, false).await,
+        Command::Apply => run(config, site, false, true).await,
+        Command::Status { json } => status(&config, &site, json).await,
+        Command::Dlq { action } => dlq(&config, &site, action).await,
+    }
+}
+
+async fn control_of(config: &Config, site: &str) -> Result<Control> {
+    let pool = control::connect(site, config.sites[site].mysql.expose(), 2).await?;
+    Ok(Control::new(pool, &config.federation.control_database))
+}
+
+/// `sitesync init`: control tables, topics, and the capture's starting position.
+async fn init(config: &Config, site: &str) -> Result<ExitCode> {
+    let ctl = control_of(config, site).await?;
+    ctl.init().await?;
+    println!("control tables ready in `{}`", ctl.database());
+    let topics: Vec<String> = config.sites.keys().map(|s| config.topic_of(s)).collect();
+    for (topic, state) in kafka::create_topics(&config.kafka, &topics).await? {
+        println!("topic {topic}: {state}");
+    }
+    if ctl.load_checkpoint(site).await?.is_none() {
+        let opts = mysql_async::Opts::from_url(config.sites[site].mysql.expose()).context("bad mysql URL")?;
+        let mut conn = mysql_async::Conn::new(opts).await.context("connecting to the site's database")?;
+        let s = preflight::read_settings(&mut conn).await?;
+        ctl.save_checkpoint(site, &s.gtid_position, "", 4, 0).await?;
+        println!("capture will start at GTID position `{}` (changes before it: `sitesync snapshot`)", s.gtid_position);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sitesync run|capture|apply`.
+async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: bool) -> Result<ExitCode> {
+    let shutdown = Shutdown::new();
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    health.capture_enabled.store(with_capture, Ordering::Relaxed);
+    health.apply_enabled.store(with_apply, Ordering::Relaxed);
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping: draining in-flight work");
+        signals.trigger();
+    });
+
+    if let Some(listen) = config.sites[&site].listen {
+        let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve(listen, m, h, s).await {
+                tracing::error!(%listen, error = %e, "cannot serve HTTP");
+            }
+        });
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if with_capture {
+        let ctx = capture::CaptureContext {
+            config: config.clone(),
+            site: site.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move { capture::run(ctx).await.map_err(|e| anyhow!(e).context("capture")) });
+    }
+    if with_apply {
+        let ctx = apply::ApplyContext {
+            config: config.clone(),
+            site: site.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move { apply::run(ctx).await.map_err(|e| anyhow!(e).context("apply")) });
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| anyhow!("task panicked: {e}")).and_then(|r| r);
+        if let Err(e) = result {
+            if failure.is_none() && !shutdown.is_triggered() {
+                tracing::error!(site = %site, error = %format!("{e:#}"), "stopping the other components");
+                failure = Some(e);
+            }
+            shutdown.trigger();
+        } else if !shutdown.is_triggered() {
+            // A component that ends without being asked means the process should end too.
+            shutdown.trigger();
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!(site = %site, "stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `sitesync check`.
+async fn check(config: &Config, site: &str) -> Result<ExitCode> {
+    let mut findings: Vec<preflight::Finding> = Vec::new();
+    let mut add = |name: &str, ok: bool, detail: String| findings.push(preflight::Finding { name: name.into(), ok, detail });
+    add("config", true, format!("{} is valid", config.path.display()));
+    let site_cfg = &config.sites[site];
+    let db = config.database_of(site);
+    match mysql_async::Opts::from_url(site_cfg.mysql.expose()) {
+        Err(e) => add("database", false, format!("sites.{site}.mysql is not a usable URL: {e}")),
+        Ok(opts) => match mysql_async::Conn::new(opts).await {
+            Err(e) => add("database", false, format!("cannot connect: {e}; check sites.{site}.mysql and that the server runs")),
+            Ok(mut conn) => {
+                add("database", true, "connected".into());
+                match preflight::read_settings(&mut conn).await {
+                    Ok(s) => {
+                        for f in preflight::judge(&s) {
+                            add(&f.name, f.ok, f.detail);
+                        }
+                        if s.server_id == site_cfg.server_id {
+                            add("server_id", false, format!("sites.{site}.server_id {} equals the server's own server_id: choose another", site_cfg.server_id));
+                        } else {
+                            add("server_id", true, format!("reader id {} differs from the server's {}", site_cfg.server_id, s.server_id));
+                        }
+                    }
+                    Err(e) => add("settings", false, format!("cannot read server variables: {e}")),
+                }
+                let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+                for (name, ok, detail) in judge_grants(&grants, db, &config.federation.control_database) {
+                    add(name, ok, detail);
+                }
+            }
+        },
+    }
+    match control_of(config, site).await {
+        Ok(ctl) => match ctl.missing_tables().await {
+            Ok(missing) if missing.is_empty() => add("control tables", true, format!("present in `{}`", ctl.database())),
+            Ok(missing) => add("control tables", false, format!("missing in `{}`: {}; run `sitesync init`", ctl.database(), missing.join(", "))),
+            Err(e) => add("control tables", false, e.to_string()),
+        },
+        Err(e) => add("control tables", false, e.to_string()),
+    }
+    let mut topics = vec![config.topic_of(site)];
+    topics.extend(config.origins_of(site).iter().map(|o| config.topic_of(o)));
+    let kafka_cfg = config.kafka.clone();
+    let md = tokio::task::spawn_blocking(move || kafka::topic_partitions(&kafka_cfg, &topics, Duration::from_secs(5))).await?;
+    match md {
+        Err(e) => add("kafka", false, format!("{e}; check kafka.bootstrap_servers ({}) and kafka.properties", config.kafka.bootstrap_servers)),
+        Ok(found) => {
+            add("kafka", true, format!("reachable at {}", config.kafka.bootstrap_servers));
+            for (topic, partitions) in found {
+                match partitions {
+                    Some(n) => add("topic", true, format!("{topic} ({n} partition(s))")),
+                    None => add("topic", false, format!("{topic} does not exist; run `sitesync init`")),
+                }
+            }
+        }
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    for f in &findings {
+        println!("{} {}: {}", if f.ok { "PASS" } else { "FAIL" }, f.name, f.detail);
+    }
+    println!("{} checks, {} failed", findings.len(), failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Judges `SHOW GRANTS` lines against what sitesync needs (least privilege, see README).
+pub fn judge_grants(grants: &[String], app_db: &str, control_db: &str) -> Vec<(&'static str, bool, String)> {
+    let upper: Vec<String> = grants.iter().map(|g| g.to_ascii_uppercase().replace('`', "")).collect();
+    let on = |privilege: &str, scope: &str| {
+        let scope = scope.to_ascii_uppercase();
+        upper.iter().any(|g| {
+            (g.contains(&format!(" ON {scope}.* ")) || g.contains(" ON *.* "))
+                && (g.contains("ALL PRIVILEGES") || g.contains(privilege))
+        })
+    };
+    let mut out = Vec::new();
+    let repl = on("REPLICATION SLAVE", "*") || on("REPLICATION REPLICA", "*");
+    out.push(("grant replication", repl, if repl { "REPLICATION SLAVE on *.*".to_string() } else { "missing: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO <user> (MariaDB 10.5+: also BINLOG MONITOR)".to_string() }));
+    let app = ["SELECT", "INSERT", "UPDATE", "DELETE"].iter().all(|p| on(p, app_db));
+    out.push(("grant application", app, if app { format!("SELECT, INSERT, UPDATE, DELETE on {app_db}.*") } else { format!("missing: GRANT SELECT, INSERT, UPDATE, DELETE ON `{app_db}`.* TO <user>") }));
+    let ctl = on("ALL PRIVILEGES", control_db) || ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE"].iter().all(|p| on(p, control_db));
+    out.push(("grant control", ctl, if ctl { format!("read/write and CREATE on {control_db}.*") } else { format!("missing: GRANT ALL ON `{control_db}`.* TO <user>") }));
+    out
+}
+
+/// `sitesync status`.
+async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
+    let ctl = control_of(config, site).await?;
+    let checkpoint = ctl.load_checkpoint(site).await?;
+    let offsets = ctl.load_offsets().await?;
+    let progress = ctl.load_progress().await?;
+    let dead = ctl.count_dead_letters().await?;
+    let now = crate::record::now_ms();
+    let origins: Vec<serde_json::Value> = config
+        .origins_of(site)
+        .iter()
+        .map(|o| {
+            let topic = config.topic_of(o);
+            let next: i64 = offsets.iter().filter(|(t, _, _)| *t == topic).map(|(_, _, n)| *n).sum();
+            let last = progress.iter().filter(|(origin, ..)| origin == o).max_by_key(|(.., ts)| *ts);
+            serde_json::json!({
+                "origin": o,
+                "topic": topic,
+                "next_offset": next,
+                "last_applied_gtid_stream": last.map(|(_, s, seq, _)| format!("{s}:{seq}")),
+                "last_applied_source_age_seconds": last.map(|(.., ts)| (now - ts) as f64 / 1000.0),
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "site": site,
+        "capture": checkpoint.as_ref().map(|(g, f, p)| serde_json::json!({"gtid": g, "file": f, "pos": p})),
+        "apply": origins,
+        "dead_letters": dead,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("site {site}");
+        match &checkpoint {
+            Some((g, _, _)) => println!("  capture checkpoint  gtid {g}"),
+            None => println!("  capture checkpoint  none (run `sitesync init`)"),
+        }
+        println!("  {:<16} {:<32} {:>12} {:>14}", "origin", "topic", "next offset", "last applied");
+        for o in &origins {
+            println!(
+                "  {:<16} {:<32} {:>12} {:>14}",
+                o["origin"].as_str().unwrap_or(""),
+                o["topic"].as_str().unwrap_or(""),
+                o["next_offset"],
+                o["last_applied_source_age_seconds"].as_f64().map(|s| format!("{s:.1}s ago")).unwrap_or_else(|| "never".into())
+            );
+        }
+        println!("  dead letters        {dead}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sitesync dlq ...`.
+async fn dlq(config: &Config, site: &str, action: DlqAction) -> Result<ExitCode> {
+    let ctl = control_of(config, site).await?;
+    match action {
+        DlqAction::List { json } => {
+            let letters = ctl.list_dead_letters().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                for d in &letters {
+                    println!(
+                        "{:>6}  {}  {}:{}@{}  {}  {}",
+                        d.id,
+                        d.created_at,
+                        d.topic,
+                        d.partition,
+                        d.offset,
+                        d.entity.as_deref().unwrap_or("-"),
+                        d.reason
+                    );
+                }
+                println!("{} dead letter(s)", letters.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Drop { id } => {
+            if ctl.drop_dead_letter(id).await? {
+                println!("dropped dead letter {id}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("no dead letter {id}");
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The federation file: one TOML file, deployed unchanged at every site.
+//!
+//! Loading is three steps: parse TOML, expand `${VAR}` in every string from the environment, then
+//! deserialize into typed structs and [`Config::validate`] them. Every problem found is reported
+//! with the file and the key it concerns; the process does not start on any of them.
+
+mod expand;
+mod filter;
+mod validate;
+
+pub use filter::{Filter, FilterError};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One problem in the configuration file, tied to the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, such as `entities.user.refs.creator_id`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// One or more problems, each naming its key.
+    #[error("{}", render_problems(.path, .problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[ConfigProblem]) -> String {
+    let mut out = format!("{}: {} problem(s) in the configuration", path.display(), problems.len());
+    for p in problems {
+        out.push_str(&format!("\n  {}: {}: {}", path.display(), p.key, p.message));
+    }
+    out
+}
+
+/// A string that must never appear in logs or error messages (passwords, connection URLs).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that needs it (opening a connection).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole federation file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names and databases shared by every site.
+    pub federation: Federation,
+    /// The Kafka cluster shared by every site.
+    pub kafka: KafkaConfig,
+    /// Every site, by id.
+    #[serde(default)]
+    pub sites: BTreeMap<String, SiteConfig>,
+    /// Every replicated entity, by name.
+    #[serde(default)]
+    pub entities: BTreeMap<String, EntityConfig>,
+    /// Who applies what from whom.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Apply-side tuning.
+    #[serde(default)]
+    pub apply: ApplyTuning,
+    /// Capture-side tuning.
+    #[serde(default)]
+    pub capture: CaptureTuning,
+    /// Where the file was read from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[federation]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// Federation name, written into `source.name` of every record.
+    pub name: String,
+    /// Site topics are `<topic_prefix>.<site id>`.
+    pub topic_prefix: String,
+    /// The application database at every site (a site may override it).
+    pub database: String,
+    /// sitesync's own tables, on each site's server.
+    #[serde(default = "default_control_database")]
+    pub control_database: String,
+}
+
+fn default_control_database() -> String {
+    "sitesync".into()
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Handed to librdkafka unchanged (TLS, SASL, tuning).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Partitions of each site topic created by `init`. One keeps a site's commit order total.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of the site topics created by `init`.
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+}
+
+fn default_partitions() -> i32 {
+    1
+}
+fn default_replication() -> i32 {
+    1
+}
+
+/// `[sites.<id>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `mysql://user:password@host:port/db`; a secret because it holds the password.
+    pub mysql: Secret,
+    /// Binlog client id, unique among the server's replicas.
+    pub server_id: u32,
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Overrides `federation.database` for this site.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+/// What happens at other sites when a row is deleted at its origin.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum OnDelete {
+    /// The delete is applied (default).
+    #[default]
+    Propagate,
+    /// The delete is not applied: the row stays at other sites.
+    Ignore,
+    /// The delete becomes an update of these columns (deactivation).
+    Set(BTreeMap<String, serde_json::Value>),
+}
+
+impl<'de> Deserialize<'de> for OnDelete {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Set { set: BTreeMap<String, toml::Value> },
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "propagate" => Ok(OnDelete::Propagate),
+            Raw::Word(w) if w == "ignore" => Ok(OnDelete::Ignore),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "unknown on_delete `{w}`: expected \"propagate\", \"ignore\" or {{ set = {{ column = value }} }}"
+            ))),
+            Raw::Set { set } => {
+                let mut out = BTreeMap::new();
+                for (k, v) in set {
+                    let json = serde_json::to_value(&v).map_err(serde::de::Error::custom)?;
+                    out.insert(k, json);
+                }
+                Ok(OnDelete::Set(out))
+            }
+        }
+    }
+}
+
+/// Optional conflict resolution.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictConfig {
+    /// Last writer wins by this column (larger value wins; ties broken by origin site id).
+    pub version_column: String,
+}
+
+/// `[entities.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// The table in the application database.
+    pub table: String,
+    /// Natural key: how the same row is recognised at every site. Empty: the primary key.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Columns that never leave the site.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Only rows matching this condition are replicated.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// What a delete does elsewhere.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+    /// Foreign-key columns and the entity each points to.
+    #[serde(default)]
+    pub refs: BTreeMap<String, String>,
+    /// Optional last-writer-wins.
+    #[serde(default)]
+    pub conflict: Option<ConflictConfig>,
+    /// Many-to-one: a local column that records the origin site id of applied rows.
+    #[serde(default)]
+    pub origin_column: Option<String>,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Origin sites, or `*`.
+    pub from: Vec<String>,
+    /// Target sites, or `*`.
+    pub to: Vec<String>,
+    /// Entities carried by this route.
+    pub entities: Vec<String>,
+}
+
+/// `[apply]`: tuning of the applier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyTuning {
+    /// At most this many records share one target transaction.
+    pub batch_records: usize,
+    /// How long a batch may wait for more records, in milliseconds.
+    pub batch_wait_ms: u64,
+}
+
+impl Default for ApplyTuning {
+    fn default() -> Self {
+        Self { batch_records: 2000, batch_wait_ms: 5 }
+    }
+}
+
+/// `[capture]`: tuning of the capture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureTuning {
+    /// Records produced but not yet acknowledged by Kafka, at most (bounds memory).
+    pub max_in_flight: usize,
+    /// How often the acknowledged position is written to the control database, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for CaptureTuning {
+    fn default() -> Self {
+        Self { max_in_flight: 20_000, checkpoint_interval_ms: 1000 }
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `path`, taking `${VAR}` values from `env`.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
+        let mut raw: toml::Value = toml::from_str(text).map_err(|e| {
+            invalid(vec![ConfigProblem { key: "(syntax)".into(), message: e.to_string() }])
+        })?;
+        let problems = expand::expand_env(&mut raw, env);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        let mut config: Config = serde_path_deserialize(raw).map_err(|p| invalid(vec![p]))?;
+        config.path = path.to_owned();
+        let problems = validate::validate(&config);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        Ok(config)
+    }
+
+    /// The site `id`, or an error naming the known ones.
+    pub fn site(&self, id: &str) -> Result<&SiteConfig, ConfigError> {
+        self.sites.get(id).ok_or_else(|| ConfigError::Invalid {
+            path: self.path.clone(),
+            problems: vec![ConfigProblem {
+                key: format!("sites.{id}"),
+                message: format!(
+                    "--site `{id}` is not defined; defined sites: {}",
+                    self.sites.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }],
+        })
+    }
+
+    /// The application database at `site`.
+    pub fn database_of(&self, site: &str) -> &str {
+        self.sites
+            .get(site)
+            .and_then(|s| s.database.as_deref())
+            .unwrap_or(&self.federation.database)
+    }
+
+    /// The Kafka topic holding the changes that originate at `site`.
+    pub fn topic_of(&self, site: &str) -> String {
+        format!("{}.{}", self.federation.topic_prefix, site)
+    }
+
+    /// Whether changes of `entity` made at `origin` are applied at `target`.
+    pub fn routes_entity(&self, origin: &str, target: &str, entity: &str) -> bool {
+        origin != target
+            && self.routes.iter().any(|r| {
+                matches_site(&r.from, origin)
+                    && matches_site(&r.to, target)
+                    && r.entities.iter().any(|e| e == entity || e == "*")
+            })
+    }
+
+    /// The sites whose changes `target` applies (some entity routed from them to it).
+    pub fn origins_of(&self, target: &str) -> Vec<String> {
+        self.sites
+            .keys()
+            .filter(|origin| {
+                self.entities.keys().any(|e| self.routes_entity(origin, target, e))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The entity whose table is `table`, if any.
+    pub fn entity_by_table(&self, table: &str) -> Option<(&str, &EntityConfig)> {
+        self.entities.iter().find(|(_, e)| e.table == table).map(|(n, e)| (n.as_str(), e))
+    }
+}
+
+fn matches_site(list: &[String], site: &str) -> bool {
+    list.iter().any(|s| s == "*" || s == site)
+}
+
+/// Deserializes with an error that names the key path, so a user sees `entities.user.on_delete`.
+fn serde_path_deserialize(raw: toml::Value) -> Result<Config, ConfigProblem> {
+    serde_path_to_error::deserialize::<_, Config>(raw).map_err(|e| ConfigProblem {
+        key: match e.path().to_string() {
+            p if p == "." => "(top level)".into(),
+            p => p,
+        },
+        message: e.inner().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

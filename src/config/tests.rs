@@ -1,0 +1,105 @@
+use super::*;
+
+const GOOD: &str = r#"
+[federation]
+name = "sdu"
+topic_prefix = "sitesync.sdu"
+database = "lims"
+control_database = "sitesync"
+
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[sites.jinan]
+mysql = "mysql://sitesync:${PW_A}@127.0.0.1:3307/lims"
+server_id = 4001
+listen = "127.0.0.1:9464"
+
+[sites.qingdao]
+mysql = "mysql://sitesync:${PW_B}@127.0.0.1:3308/lims"
+server_id = 4002
+
+[entities.user]
+table = "user"
+key = ["token"]
+exclude = ["avatar"]
+filter = "is_temporary = 0"
+on_delete = { set = { atime = 0 } }
+refs = { creator_id = "user" }
+conflict = { version_column = "mtime" }
+
+[entities.tag]
+table = "tag"
+on_delete = "propagate"
+
+[[routes]]
+from = ["*"]
+to = ["*"]
+entities = ["user", "tag"]
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PW_A" => Some("s3cr\"et".into()),
+        "PW_B" => Some("b".into()),
+        _ => None,
+    }
+}
+
+fn problems(text: &str) -> Vec<ConfigProblem> {
+    match Config::from_toml(text, Path::new("fed.toml"), &env) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn loads_the_design_example_and_expands_secrets() {
+    let c = Config::from_toml(GOOD, Path::new("fed.toml"), &env).unwrap();
+    assert_eq!(c.sites["jinan"].mysql.expose(), "mysql://sitesync:s3cr\"et@127.0.0.1:3307/lims");
+    assert!(!format!("{c:?}").contains("s3cr"), "secrets must not show in Debug output");
+    assert_eq!(c.entities["user"].on_delete, OnDelete::Set([("atime".to_string(), serde_json::json!(0))].into()));
+    assert!(c.routes_entity("jinan", "qingdao", "user"));
+    assert!(!c.routes_entity("jinan", "jinan", "user"));
+    assert_eq!(c.origins_of("qingdao"), vec!["jinan".to_string()]);
+    assert_eq!(c.topic_of("jinan"), "sitesync.sdu.jinan");
+}
+
+#[test]
+fn a_missing_variable_names_itself_and_its_key() {
+    let p = problems(&GOOD.replace("${PW_B}", "${NOPE}"));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "sites.qingdao.mysql");
+    assert!(p[0].message.contains("NOPE"));
+}
+
+#[test]
+fn every_cross_reference_mistake_is_reported_with_its_key() {
+    let bad = GOOD
+        .replace(r#"entities = ["user", "tag"]"#, r#"entities = ["user", "lab"]"#)
+        .replace(r#"to = ["*"]"#, r#"to = ["weihai"]"#)
+        .replace(r#"refs = { creator_id = "user" }"#, r#"refs = { creator_id = "person" }"#)
+        .replace(r#"filter = "is_temporary = 0""#, r#"filter = "is_temporary = ""#)
+        .replace("server_id = 4002", "server_id = 4001");
+    let p = problems(&bad);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for key in ["routes[0].entities", "routes[0].to", "entities.user.refs.creator_id", "entities.user.filter", "sites.qingdao.server_id"] {
+        assert!(keys.contains(&key), "no problem for {key}: {p:?}");
+    }
+}
+
+#[test]
+fn structural_errors_name_the_key() {
+    let p = problems(&GOOD.replace(r#"on_delete = "propagate""#, r#"on_delete = "sometimes""#));
+    assert_eq!(p[0].key, "entities.tag.on_delete");
+    let p = problems(&GOOD.replace("table = \"tag\"", "tabel = \"tag\""));
+    assert!(p[0].key.starts_with("entities.tag"), "{p:?}");
+}
+
+#[test]
+fn expansion_handles_dollars_and_rejects_bad_names() {
+    let e = |n: &str| if n == "X" { Some("1".to_string()) } else { None };
+    assert_eq!(expand::expand_str("a$$b${X}c$", &e).unwrap(), "a$b1c$");
+    assert!(expand::expand_str("${X", &e).is_err());
+    assert!(expand::expand_str("${A-B}", &e).is_err());
+}

@@ -1,0 +1,173 @@
+//! Cross-field checks of a parsed file. Each returns problems naming the key; none stops early,
+//! so a user fixes every mistake in one round.
+
+use super::{Config, ConfigProblem, Filter, OnDelete};
+
+/// Whether `name` can be used as a MySQL identifier inside backticks without escaping.
+pub fn is_safe_identifier(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && !name.contains(['`', '\0', '\n', '\r']) && name.trim() == name
+}
+
+fn is_site_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
+
+    let fed = &config.federation;
+    if fed.name.is_empty() {
+        problem("federation.name".into(), "must not be empty".into());
+    }
+    if fed.topic_prefix.is_empty()
+        || !fed.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        problem(
+            "federation.topic_prefix".into(),
+            format!("`{}` is not a valid Kafka topic prefix (letters, digits, `.`, `_`, `-`)", fed.topic_prefix),
+        );
+    }
+    for (key, name) in [("federation.database", &fed.database), ("federation.control_database", &fed.control_database)] {
+        if !is_safe_identifier(name) {
+            problem(key.into(), format!("`{name}` is not a valid database name"));
+        }
+    }
+    if fed.database == fed.control_database {
+        problem("federation.control_database".into(), "must differ from federation.database: sitesync never alters the application's database".into());
+    }
+    if config.kafka.bootstrap_servers.trim().is_empty() {
+        problem("kafka.bootstrap_servers".into(), "must not be empty (host:port[,host:port])".into());
+    }
+    if config.kafka.partitions < 1 {
+        problem("kafka.partitions".into(), "must be at least 1".into());
+    }
+
+    if config.sites.is_empty() {
+        problem("sites".into(), "at least one [sites.<id>] table is required".into());
+    }
+    let mut server_ids = std::collections::BTreeMap::new();
+    let mut listens = std::collections::BTreeMap::new();
+    for (id, site) in &config.sites {
+        if !is_site_id(id) {
+            problem(format!("sites.{id}"), "a site id may hold only letters, digits, `_` and `-`".into());
+        }
+        if !site.mysql.expose().starts_with("mysql://") {
+            problem(format!("sites.{id}.mysql"), "expected a URL of the form mysql://user:password@host:port/db".into());
+        }
+        if site.server_id == 0 {
+            problem(format!("sites.{id}.server_id"), "must be a non-zero binlog client id".into());
+        }
+        if let Some(other) = server_ids.insert(site.server_id, id) {
+            problem(format!("sites.{id}.server_id"), format!("{} is also the server_id of site `{other}`; two binlog readers with one id disconnect each other", site.server_id));
+        }
+        if let Some(listen) = site.listen {
+            if let Some(other) = listens.insert(listen, id) {
+                problem(format!("sites.{id}.listen"), format!("{listen} is also the listen address of site `{other}`"));
+            }
+        }
+        if let Some(db) = &site.database {
+            if !is_safe_identifier(db) {
+                problem(format!("sites.{id}.database"), format!("`{db}` is not a valid database name"));
+            }
+        }
+    }
+
+    let mut tables = std::collections::BTreeMap::new();
+    for (name, entity) in &config.entities {
+        let at = |k: &str| format!("entities.{name}.{k}");
+        if !is_safe_identifier(&entity.table) {
+            problem(at("table"), format!("`{}` is not a valid table name", entity.table));
+        }
+        if let Some(other) = tables.insert(entity.table.as_str(), name) {
+            problem(at("table"), format!("table `{}` is also entity `{other}`", entity.table));
+        }
+        for (i, col) in entity.key.iter().enumerate() {
+            if !is_safe_identifier(col) {
+                problem(format!("{}[{i}]", at("key")), format!("`{col}` is not a valid column name"));
+            }
+            if entity.exclude.contains(col) {
+                problem(at("exclude"), format!("`{col}` is part of the key and cannot be excluded"));
+            }
+        }
+        for (i, col) in entity.exclude.iter().enumerate() {
+            if !is_safe_identifier(col) {
+                problem(format!("{}[{i}]", at("exclude")), format!("`{col}` is not a valid column name"));
+            }
+        }
+        if let Some(filter) = &entity.filter {
+            match Filter::parse(filter) {
+                Ok(f) => {
+                    for col in f.columns() {
+                        if entity.exclude.iter().any(|e| e == col) {
+                            problem(at("filter"), format!("reads `{col}`, which is excluded; a filter may only read replicated columns"));
+                        }
+                    }
+                }
+                Err(e) => problem(at("filter"), format!("`{filter}`: {e}")),
+            }
+        }
+        for (col, target) in &entity.refs {
+            if !is_safe_identifier(col) {
+                problem(format!("{}.{col}", at("refs")), format!("`{col}` is not a valid column name"));
+            }
+            if !config.entities.contains_key(target) {
+                problem(
+                    format!("{}.{col}", at("refs")),
+                    format!("refers to entity `{target}`, which is not defined; defined entities: {}", config.entities.keys().cloned().collect::<Vec<_>>().join(", ")),
+                );
+            }
+            if entity.exclude.contains(col) {
+                problem(format!("{}.{col}", at("refs")), format!("`{col}` is excluded and cannot also be a reference"));
+            }
+        }
+        if let Some(conflict) = &entity.conflict {
+            if !is_safe_identifier(&conflict.version_column) || entity.exclude.contains(&conflict.version_column) {
+                problem(at("conflict.version_column"), format!("`{}` must be a replicated (not excluded) column", conflict.version_column));
+            }
+        }
+        if let OnDelete::Set(cols) = &entity.on_delete {
+            if cols.is_empty() {
+                problem(at("on_delete.set"), "names no column to set".into());
+            }
+            for col in cols.keys() {
+                if !is_safe_identifier(col) {
+                    problem(format!("{}.{col}", at("on_delete.set")), format!("`{col}` is not a valid column name"));
+                }
+            }
+        }
+        if let Some(col) = &entity.origin_column {
+            if !is_safe_identifier(col) {
+                problem(at("origin_column"), format!("`{col}` is not a valid column name"));
+            }
+        }
+    }
+
+    for (i, route) in config.routes.iter().enumerate() {
+        for (field, list) in [("from", &route.from), ("to", &route.to)] {
+            if list.is_empty() {
+                problem(format!("routes[{i}].{field}"), "names no site (use \"*\" for all)".into());
+            }
+            for site in list {
+                if site != "*" && !config.sites.contains_key(site) {
+                    problem(
+                        format!("routes[{i}].{field}"),
+                        format!("names site `{site}`, which is not defined; defined sites: {}", config.sites.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    );
+                }
+            }
+        }
+        if route.entities.is_empty() {
+            problem(format!("routes[{i}].entities"), "names no entity".into());
+        }
+        for entity in &route.entities {
+            if entity != "*" && !config.entities.contains_key(entity) {
+                problem(
+                    format!("routes[{i}].entities"),
+                    format!("names entity `{entity}`, which is not defined; defined entities: {}", config.entities.keys().cloned().collect::<Vec<_>>().join(", ")),
+                );
+            }
+        }
+    }
+    problems
+}

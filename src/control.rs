@@ -1,0 +1,411 @@
+//! The control database: sitesync's own tables on each site's server, never in the
+//! application's database.
+//!
+//! - `apply_offsets`: next Kafka offset per topic partition, written in the same transaction as
+//!   the rows applied from it. It is also the echo marker: every apply transaction writes it
+//!   first, and capture drops any binlog transaction whose first row change is to this table.
+//! - `apply_progress`: last applied transaction per origin and GTID stream, so a record that
+//!   capture published twice (after a crash) is applied once.
+//! - `capture_checkpoint`: the GTID state up to which Kafka acknowledged every record.
+//! - `identity_map`: entity, origin site, origin primary key -> local primary key.
+//! - `dead_letters`: records that could not be applied, with the reason.
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Executor, MySql, Row as _, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The table whose change marks a binlog transaction as written by sitesync's applier.
+pub const ECHO_MARKER_TABLE: &str = "apply_offsets";
+
+/// A control-database operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The connection URL is not usable.
+    #[error("site `{site}`: bad mysql URL: {source}")]
+    Url {
+        /// Site id.
+        site: String,
+        /// Parse error (holds no password).
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A statement failed.
+    #[error("control database `{db}`: {what}: {source}")]
+    Sql {
+        /// Control database name.
+        db: String,
+        /// What was being done.
+        what: &'static str,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Session settings of every connection sitesync writes with: UTC so TIMESTAMP values travel
+/// unchanged, strict so a value the column cannot hold is an error rather than silently cut,
+/// but zero dates allowed since applications store them and they must arrive as they left.
+pub const SESSION_SETUP: &str = "SET time_zone = '+00:00', \
+     sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
+     NAMES utf8mb4 COLLATE utf8mb4_bin";
+
+/// Opens a pool to a site's server, with sitesync's session settings.
+pub async fn connect(site: &str, url: &str, max: u32) -> Result<MySqlPool, ControlError> {
+    let options = MySqlConnectOptions::from_str(url)
+        .map_err(|source| ControlError::Url { site: site.to_string(), source })?;
+    MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(SESSION_SETUP).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|source| ControlError::Sql { db: String::new(), what: "connecting", source })
+}
+
+/// Handle on one site's control database.
+#[derive(Clone)]
+pub struct Control {
+    pool: MySqlPool,
+    db: String,
+}
+
+/// A dead letter as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// Id.
+    pub id: u64,
+    /// Origin site, when known.
+    pub origin: Option<String>,
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Entity, when known.
+    pub entity: Option<String>,
+    /// Why it was not applied.
+    pub reason: String,
+    /// The message key, as received.
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    /// The message value, as received.
+    #[serde(skip)]
+    pub value: Option<Vec<u8>>,
+    /// When it was stored.
+    pub created_at: String,
+}
+
+/// A dead letter about to be stored.
+pub struct NewDeadLetter<'a> {
+    /// Origin site, when known.
+    pub origin: Option<&'a str>,
+    /// Kafka topic.
+    pub topic: &'a str,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Entity, when known.
+    pub entity: Option<&'a str>,
+    /// Why.
+    pub reason: &'a str,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value.
+    pub value: Option<&'a [u8]>,
+}
+
+impl Control {
+    /// A handle on database `db` through `pool`.
+    pub fn new(pool: MySqlPool, db: &str) -> Self {
+        Self { pool, db: db.to_string() }
+    }
+
+    /// The pool (shared with the applier).
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// The control database name.
+    pub fn database(&self) -> &str {
+        &self.db
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError + '_ {
+        move |source| ControlError::Sql { db: self.db.clone(), what, source }
+    }
+
+    /// The statements that create every control table; idempotent.
+    pub fn ddl(&self) -> Vec<String> {
+        let db = &self.db;
+        vec![
+            format!("CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`apply_offsets` (
+                   topic VARCHAR(249) NOT NULL,
+                   kafka_partition INT NOT NULL,
+                   next_offset BIGINT NOT NULL,
+                   updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+                   PRIMARY KEY (topic, kafka_partition)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`apply_progress` (
+                   origin VARCHAR(64) NOT NULL,
+                   stream VARCHAR(64) NOT NULL,
+                   seq BIGINT UNSIGNED NOT NULL,
+                   gtid VARCHAR(128) NOT NULL,
+                   source_ts_ms BIGINT NOT NULL,
+                   applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+                   PRIMARY KEY (origin, stream)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`capture_checkpoint` (
+                   site VARCHAR(64) NOT NULL PRIMARY KEY,
+                   gtid_state TEXT NOT NULL,
+                   binlog_file VARCHAR(255) NOT NULL,
+                   binlog_pos BIGINT UNSIGNED NOT NULL,
+                   source_ts_ms BIGINT NOT NULL,
+                   updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`identity_map` (
+                   entity VARCHAR(64) NOT NULL,
+                   origin VARCHAR(64) NOT NULL,
+                   origin_key VARCHAR(512) NOT NULL,
+                   local_key VARCHAR(512) NOT NULL,
+                   PRIMARY KEY (entity, origin, origin_key),
+                   KEY by_local (entity, local_key)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`dead_letters` (
+                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                   origin VARCHAR(64) NULL,
+                   topic VARCHAR(249) NOT NULL,
+                   kafka_partition INT NOT NULL,
+                   kafka_offset BIGINT NOT NULL,
+                   entity VARCHAR(64) NULL,
+                   reason TEXT NOT NULL,
+                   record_key LONGBLOB NULL,
+                   record_value LONGBLOB NULL,
+                   created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+                 ) ENGINE=InnoDB"
+            ),
+        ]
+    }
+
+    /// Creates every control table; idempotent.
+    pub async fn init(&self) -> Result<(), ControlError> {
+        for stmt in self.ddl() {
+            sqlx::query(AssertSqlSafe(stmt.as_str())).execute(&self.pool).await.map_err(self.err("creating control tables"))?;
+        }
+        Ok(())
+    }
+
+    /// The control tables that are missing (for `check`).
+    pub async fn missing_tables(&self) -> Result<Vec<String>, ControlError> {
+        let rows = sqlx::query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?")
+            .bind(&self.db)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("listing control tables"))?;
+        let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "dead_letters"]
+            .iter()
+            .filter(|t| !present.iter().any(|p| p == *t))
+            .map(|t| t.to_string())
+            .collect())
+    }
+
+    /// The stored capture checkpoint of `site`: (gtid state, file, pos).
+    pub async fn load_checkpoint(&self, site: &str) -> Result<Option<(String, String, u64)>, ControlError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT gtid_state, binlog_file, binlog_pos FROM `{}`.`capture_checkpoint` WHERE site = ?",
+            self.db
+        )))
+        .bind(site)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.err("reading the capture checkpoint"))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Stores the capture checkpoint of `site`.
+    pub async fn save_checkpoint(
+        &self,
+        site: &str,
+        gtid_state: &str,
+        file: &str,
+        pos: u64,
+        source_ts_ms: i64,
+    ) -> Result<(), ControlError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO `{}`.`capture_checkpoint` (site, gtid_state, binlog_file, binlog_pos, source_ts_ms)
+             VALUES (?, ?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE gtid_state = VALUES(gtid_state), binlog_file = VALUES(binlog_file),
+               binlog_pos = VALUES(binlog_pos), source_ts_ms = VALUES(source_ts_ms)",
+            self.db
+        )))
+        .bind(site)
+        .bind(gtid_state)
+        .bind(file)
+        .bind(pos)
+        .bind(source_ts_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err("writing the capture checkpoint"))?;
+        Ok(())
+    }
+
+    /// Every stored apply offset: (topic, partition) -> next offset.
+    pub async fn load_offsets(&self) -> Result<Vec<(String, i32, i64)>, ControlError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT topic, kafka_partition, next_offset FROM `{}`.`apply_offsets`",
+            self.db
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("reading apply offsets"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Writes apply offsets inside the apply transaction `tx` (the echo marker: call it first).
+    pub async fn write_offsets(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        offsets: &[(&str, i32, i64)],
+    ) -> Result<(), sqlx::Error> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut sql = format!(
+            "INSERT INTO `{}`.`apply_offsets` (topic, kafka_partition, next_offset) VALUES ",
+            self.db
+        );
+        sql.push_str(&vec!["(?, ?, ?)"; offsets.len()].join(", "));
+        sql.push_str(" ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset)");
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for (topic, partition, offset) in offsets {
+            q = q.bind(*topic).bind(*partition).bind(*offset);
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Every stored apply progress: (origin, stream) -> seq.
+    pub async fn load_progress(&self) -> Result<Vec<(String, String, u64, i64)>, ControlError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT origin, stream, seq, source_ts_ms FROM `{}`.`apply_progress`",
+            self.db
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("reading apply progress"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
+    /// Records the last applied transaction of (origin, stream) inside `tx`.
+    pub async fn write_progress(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        progress: &[(&str, &str, u64, &str, i64)],
+    ) -> Result<(), sqlx::Error> {
+        if progress.is_empty() {
+            return Ok(());
+        }
+        let mut sql = format!(
+            "INSERT INTO `{}`.`apply_progress` (origin, stream, seq, gtid, source_ts_ms) VALUES ",
+            self.db
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?)"; progress.len()].join(", "));
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE seq = VALUES(seq), gtid = VALUES(gtid), source_ts_ms = VALUES(source_ts_ms)",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for (origin, stream, seq, gtid, ts) in progress {
+            q = q.bind(*origin).bind(*stream).bind(*seq).bind(*gtid).bind(*ts);
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Stores a dead letter inside `tx`.
+    pub async fn insert_dead_letter(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        d: &NewDeadLetter<'_>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO `{}`.`dead_letters` (origin, topic, kafka_partition, kafka_offset, entity, reason, record_key, record_value)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self.db
+        )))
+        .bind(d.origin)
+        .bind(d.topic)
+        .bind(d.partition)
+        .bind(d.offset)
+        .bind(d.entity)
+        .bind(d.reason)
+        .bind(d.key)
+        .bind(d.value)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every dead letter, oldest first.
+    pub async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, ControlError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, origin, topic, kafka_partition, kafka_offset, entity, reason, record_key, record_value,
+                    DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ')
+             FROM `{}`.`dead_letters` ORDER BY id",
+            self.db
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("listing dead letters"))?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                origin: r.get(1),
+                topic: r.get(2),
+                partition: r.get(3),
+                offset: r.get(4),
+                entity: r.get(5),
+                reason: r.get(6),
+                key: r.get(7),
+                value: r.get(8),
+                created_at: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Number of dead letters waiting.
+    pub async fn count_dead_letters(&self) -> Result<i64, ControlError> {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM `{}`.`dead_letters`", self.db)))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("counting dead letters"))
+    }
+
+    /// Deletes one dead letter; whether it existed.
+    pub async fn drop_dead_letter(&self, id: u64) -> Result<bool, ControlError> {
+        let r = sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`dead_letters` WHERE id = ?", self.db)))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("dropping a dead letter"))?;
+        Ok(r.rows_affected() > 0)
+    }
+}

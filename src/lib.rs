@@ -1,0 +1,19 @@
+//! sitesync: keeps chosen tables in step between sites' MySQL/MariaDB databases through Kafka.
+//!
+//! Layout: [`config`] (the federation file), [`capture`] (binlog -> Kafka), [`apply`]
+//! (Kafka -> local database), [`record`] (the change record), [`position`] (GTIDs),
+//! [`control`] (sitesync's own tables), [`kafka`] (client configuration), [`telemetry`]
+//! (metrics and HTTP), [`preflight`] (server settings), [`commands`] (one function per command).
+
+pub mod apply;
+pub mod capture;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod kafka;
+pub mod position;
+pub mod preflight;
+pub mod record;
+pub mod shutdown;
+pub mod telemetry;

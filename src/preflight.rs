@@ -1,0 +1,117 @@
+//! Server settings that capture depends on, read once and judged in one place, so that
+//! `sitesync check` and capture's own start-up refuse the same things with the same words.
+
+use mysql_async::prelude::Queryable;
+
+/// The settings of a source server that matter to capture.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    /// `VERSION()`.
+    pub version: String,
+    /// MariaDB rather than MySQL.
+    pub mariadb: bool,
+    /// `@@server_id`.
+    pub server_id: u32,
+    /// `@@log_bin`.
+    pub log_bin: bool,
+    /// `@@binlog_format`.
+    pub binlog_format: String,
+    /// `@@binlog_row_image`.
+    pub binlog_row_image: String,
+    /// `@@binlog_row_metadata` (empty when the server has no such variable).
+    pub binlog_row_metadata: String,
+    /// `@@log_bin_compress` (MariaDB).
+    pub log_bin_compress: bool,
+    /// `@@gtid_mode` (MySQL).
+    pub gtid_mode: String,
+    /// Current GTID position: `@@gtid_binlog_pos` (MariaDB) or `@@gtid_executed` (MySQL).
+    pub gtid_position: String,
+}
+
+/// One judged setting.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Short name of the check.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found, and on failure how to fix it.
+    pub detail: String,
+}
+
+impl Finding {
+    fn pass(name: &str, detail: String) -> Self {
+        Finding { name: name.into(), ok: true, detail }
+    }
+    fn fail(name: &str, detail: String) -> Self {
+        Finding { name: name.into(), ok: false, detail }
+    }
+}
+
+async fn var(conn: &mut mysql_async::Conn, name: &str) -> Result<Option<String>, mysql_async::Error> {
+    let row: Option<(String, Option<String>)> =
+        conn.exec_first("SHOW GLOBAL VARIABLES WHERE Variable_name = ?", (name,)).await?;
+    Ok(row.and_then(|(_, v)| v))
+}
+
+/// Reads the settings from a connected server.
+pub async fn read_settings(conn: &mut mysql_async::Conn) -> Result<ServerSettings, mysql_async::Error> {
+    let version: String = conn.query_first("SELECT VERSION()").await?.unwrap_or_default();
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let on = |v: Option<String>| v.is_some_and(|v| v.eq_ignore_ascii_case("ON") || v == "1");
+    Ok(ServerSettings {
+        mariadb,
+        server_id: var(conn, "server_id").await?.and_then(|v| v.parse().ok()).unwrap_or(0),
+        log_bin: on(var(conn, "log_bin").await?),
+        binlog_format: var(conn, "binlog_format").await?.unwrap_or_default(),
+        binlog_row_image: var(conn, "binlog_row_image").await?.unwrap_or_default(),
+        binlog_row_metadata: var(conn, "binlog_row_metadata").await?.unwrap_or_default(),
+        log_bin_compress: on(var(conn, "log_bin_compress").await?),
+        gtid_mode: var(conn, "gtid_mode").await?.unwrap_or_default(),
+        gtid_position: if mariadb {
+            var(conn, "gtid_binlog_pos").await?.unwrap_or_default()
+        } else {
+            var(conn, "gtid_executed").await?.unwrap_or_default().replace('\n', "")
+        },
+        version,
+    })
+}
+
+/// Judges the settings; every failure says how to fix it.
+pub fn judge(s: &ServerSettings) -> Vec<Finding> {
+    let mut out = Vec::new();
+    out.push(if s.log_bin {
+        Finding::pass("binlog", "log_bin=ON".into())
+    } else {
+        Finding::fail("binlog", "log_bin is OFF: start the server with --log-bin=<dir>/mysql-bin".into())
+    });
+    out.push(if s.binlog_format.eq_ignore_ascii_case("ROW") {
+        Finding::pass("binlog_format", "ROW".into())
+    } else {
+        Finding::fail("binlog_format", format!("is {}: set binlog_format=ROW (SET GLOBAL binlog_format='ROW' and in the server's config)", s.binlog_format))
+    });
+    out.push(if s.binlog_row_image.eq_ignore_ascii_case("FULL") {
+        Finding::pass("binlog_row_image", "FULL".into())
+    } else {
+        Finding::fail("binlog_row_image", format!("is {}: set binlog_row_image=FULL, or updates lose the columns they do not change", s.binlog_row_image))
+    });
+    out.push(if s.binlog_row_metadata.eq_ignore_ascii_case("FULL") {
+        Finding::pass("binlog_row_metadata", "FULL".into())
+    } else {
+        Finding::fail("binlog_row_metadata", format!("is {:?}: set binlog_row_metadata=FULL (MariaDB 10.5+, MySQL 8.0.1+), so column names travel with every row", s.binlog_row_metadata))
+    });
+    if s.mariadb {
+        out.push(if !s.log_bin_compress {
+            Finding::pass("log_bin_compress", "OFF".into())
+        } else {
+            Finding::fail("log_bin_compress", "is ON: compressed binlog events cannot be read; set log_bin_compress=OFF".into())
+        });
+    } else {
+        out.push(if s.gtid_mode.eq_ignore_ascii_case("ON") {
+            Finding::pass("gtid_mode", "ON".into())
+        } else {
+            Finding::fail("gtid_mode", format!("is {}: set gtid_mode=ON and enforce_gtid_consistency=ON", s.gtid_mode))
+        });
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! Observability: metric names (the contract of DESIGN.md), their registry, the health flags,
+//! and the HTTP endpoints `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
+
+/// Every metric sitesync exports. Names and labels of the first six are DESIGN.md's contract.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `sitesync_capture_events_total{site,entity,op}`: row changes published.
+    pub capture_events: IntCounterVec,
+    /// `sitesync_capture_source_timestamp_seconds{site}`: commit time of the last captured transaction.
+    pub capture_source_timestamp: GaugeVec,
+    /// `sitesync_apply_records_total{site,origin,entity,outcome}`.
+    pub apply_records: IntCounterVec,
+    /// `sitesync_apply_lag_seconds{site,origin}`.
+    pub apply_lag: GaugeVec,
+    /// `sitesync_dead_letters{site}`.
+    pub dead_letters: IntGaugeVec,
+    /// `sitesync_build_info{version}`.
+    pub build_info: IntGaugeVec,
+    /// `sitesync_capture_transactions_total{site,kind}`: binlog transactions read, by kind.
+    pub capture_transactions: IntCounterVec,
+    /// `sitesync_errors_total{site,kind}`: errors by kind (database, kafka, decode, apply).
+    pub errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let m = Metrics {
+            capture_events: counter("sitesync_capture_events_total", "Row changes published to Kafka.", &["site", "entity", "op"]),
+            capture_source_timestamp: gauge("sitesync_capture_source_timestamp_seconds", "Commit time of the last transaction captured, seconds since the epoch.", &["site"]),
+            apply_records: counter("sitesync_apply_records_total", "Records consumed by the applier, by outcome (applied, skipped, conflict_lost, dead_letter).", &["site", "origin", "entity", "outcome"]),
+            apply_lag: gauge("sitesync_apply_lag_seconds", "How far this site's applied state is behind the origin's commits; 0 when caught up.", &["site", "origin"]),
+            dead_letters: int_gauge("sitesync_dead_letters", "Dead letters waiting.", &["site"]),
+            build_info: int_gauge("sitesync_build_info", "Always 1; the version label says which sitesync runs.", &["version"]),
+            capture_transactions: counter("sitesync_capture_transactions_total", "Binlog transactions read by capture, by kind (published, echo, unrelated).", &["site", "kind"]),
+            errors: counter("sitesync_errors_total", "Errors by kind (database, kafka, decode, apply).", &["site", "kind"]),
+            registry,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Health flags set by the running components, read by `/readyz`.
+#[derive(Default)]
+pub struct Health {
+    /// Capture is expected to run in this process.
+    pub capture_enabled: AtomicBool,
+    /// Capture is connected and streaming.
+    pub capture_running: AtomicBool,
+    /// Apply is expected to run in this process.
+    pub apply_enabled: AtomicBool,
+    /// Apply is consuming and its database answers.
+    pub apply_running: AtomicBool,
+}
+
+impl Health {
+    /// Ready when every enabled component runs.
+    pub fn ready(&self) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if self.capture_enabled.load(Ordering::Relaxed) && !self.capture_running.load(Ordering::Relaxed) {
+            missing.push("capture not running");
+        }
+        if self.apply_enabled.load(Ordering::Relaxed) && !self.apply_running.load(Ordering::Relaxed) {
+            missing.push("apply not running");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join(", "))
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" => match health.ready() {
+                    Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+                },
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
