@@ -251,7 +251,7 @@ impl Reader {
             return Err(CaptureError::ServerSettings { site: self.ctx.site.clone(), problems });
         }
         let collations: Vec<(u16, String)> = conn
-            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS")
+            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL AND CHARACTER_SET_NAME IS NOT NULL")
             .await
             .map_err(|e| self.source_err(e))?;
         self.encodings = collations.into_iter().map(|(id, cs)| (id, decode::encoding_of_charset(&cs))).collect();

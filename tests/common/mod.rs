@@ -1,0 +1,278 @@
+//! Test harness: a federation of real sites on the local stack (`deploy/local/stack.sh up`).
+//!
+//! Each test gets its own application and control databases at every site, its own topic
+//! prefix and its own binlog client ids, so tests run side by side without touching each other.
+//! A missing server fails the test loudly: nothing here skips.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Server URL of stack site `n` (0 = A, 1 = B, 2 = C), from `stack.sh env` or the defaults.
+pub fn server_url(n: usize) -> String {
+    let (var, port) = [("SITESYNC_MYSQL_A", 3307), ("SITESYNC_MYSQL_B", 3308), ("SITESYNC_MYSQL_C", 3309)][n];
+    std::env::var(var).unwrap_or_else(|_| format!("mysql://root@127.0.0.1:{port}"))
+}
+
+/// Kafka bootstrap servers.
+pub fn kafka() -> String {
+    std::env::var("SITESYNC_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A federation of sites for one test.
+pub struct Federation {
+    pub name: String,
+    pub app_db: String,
+    pub control_db: String,
+    pub topic_prefix: String,
+    pub sites: Vec<String>,
+    pub config_path: PathBuf,
+    pub dir: PathBuf,
+    pools: HashMap<String, MySqlPool>,
+    children: Vec<(String, Child)>,
+    /// Children stopped on purpose (not a failure when found dead).
+    ended: Vec<usize>,
+}
+
+/// Builder input: site ids in stack order, entity and route TOML, schema SQL run at each site.
+pub struct Spec<'a> {
+    pub sites: &'a [&'a str],
+    pub schema: &'a str,
+    pub entities_and_routes: &'a str,
+}
+
+impl Federation {
+    pub async fn new(test: &str, spec: Spec<'_>) -> Federation {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let unique = format!("{}_{}_{}", test, std::process::id() % 100_000, n);
+        let app_db = format!("t_{unique}");
+        let control_db = format!("c_{unique}");
+        let topic_prefix = format!("test.{unique}");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&unique);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let mut pools = HashMap::new();
+        let mut toml = format!(
+            "[federation]\nname = \"{test}\"\ntopic_prefix = \"{topic_prefix}\"\ndatabase = \"{app_db}\"\ncontrol_database = \"{control_db}\"\n\n\
+             [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\n\n[capture]\ncheckpoint_interval_ms = 200\n\n",
+            kafka()
+        );
+        for (i, site) in spec.sites.iter().enumerate() {
+            let server = server_url(i);
+            let pool = MySqlPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&server)
+                .await
+                .unwrap_or_else(|e| panic!("site {site}: cannot connect to {server}: {e}. Is the local stack up? Run deploy/local/stack.sh up"));
+            exec(&pool, &format!("CREATE DATABASE `{app_db}` CHARACTER SET utf8mb4")).await;
+            let pool = MySqlPoolOptions::new()
+                .max_connections(4)
+                .connect(&format!("{server}/{app_db}"))
+                .await
+                .unwrap();
+            for stmt in spec.schema.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                exec(&pool, stmt).await;
+            }
+            pools.insert(site.to_string(), pool);
+            let server_id = 100_000 + (std::process::id() % 10_000) * 100 + n * 7 + i as u32;
+            toml.push_str(&format!(
+                "[sites.{site}]\nmysql = \"{server}/{app_db}\"\nserver_id = {server_id}\n\n"
+            ));
+        }
+        toml.push_str(spec.entities_and_routes);
+        let config_path = dir.join("sitesync.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let fed = Federation {
+            name: test.to_string(),
+            app_db,
+            control_db,
+            topic_prefix,
+            sites: spec.sites.iter().map(|s| s.to_string()).collect(),
+            config_path,
+            dir,
+            pools,
+            children: Vec::new(),
+            ended: Vec::new(),
+        };
+        for site in &fed.sites {
+            let out = fed.command(site, &["init"]).output().unwrap();
+            assert!(out.status.success(), "init at {site} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        fed
+    }
+
+    /// A `sitesync` command for `site`.
+    pub fn command(&self, site: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sitesync"));
+        c.arg("--config").arg(&self.config_path).arg("--site").arg(site).args(args);
+        c.env_remove("SITESYNC_CONFIG").env_remove("SITESYNC_SITE");
+        c
+    }
+
+    /// Starts `sitesync <args>` at `site` in the background; logs go to the test's directory.
+    pub fn start(&mut self, site: &str, args: &[&str]) -> usize {
+        let log = self.dir.join(format!("{site}-{}-{}.log", args.join("-"), self.children.len()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(site, args)
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap();
+        self.children.push((log.display().to_string(), child));
+        self.children.len() - 1
+    }
+
+    /// SIGKILL: no chance to flush or checkpoint.
+    pub fn kill9(&mut self, handle: usize) {
+        let child = &mut self.children[handle].1;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.ended.push(handle);
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, handle: usize) -> std::process::ExitStatus {
+        self.ended.push(handle);
+        let child = &mut self.children[handle].1;
+        unsafe_sigterm(child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails the test if a background process died (with its log).
+    pub fn assert_running(&mut self) {
+        for (i, (log, child)) in self.children.iter_mut().enumerate() {
+            if self.ended.contains(&i) {
+                continue;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("sitesync exited with {status}; log {log}:\n{}", std::fs::read_to_string(&*log).unwrap_or_default());
+            }
+        }
+    }
+
+    pub fn pool(&self, site: &str) -> &MySqlPool {
+        &self.pools[site]
+    }
+
+    pub async fn exec(&self, site: &str, sql: &str) {
+        exec(self.pool(site), sql).await
+    }
+
+    /// Rows of `sql` as strings (NULL as "NULL"), for comparisons.
+    pub async fn rows(&self, site: &str, sql: &str) -> Vec<Vec<String>> {
+        rows(self.pool(site), sql).await
+    }
+
+    pub async fn scalar(&self, site: &str, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_string())).fetch_one(self.pool(site)).await.unwrap()
+    }
+
+    /// Waits until `check` returns true, failing with `what` and the logs after `timeout`.
+    pub async fn wait_for<F, Fut>(&mut self, timeout: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check().await {
+                return;
+            }
+            self.assert_running();
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        for (log, _) in &self.children {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- {log} (last 40 lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
+
+    /// Kafka high watermark of `site`'s topic (the number of records it ever held).
+    pub fn topic_records(&self, site: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka())
+            .create()
+            .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks(&format!("{}.{site}", self.topic_prefix), 0, Duration::from_secs(10))
+            .unwrap();
+        high - low
+    }
+
+    /// Table contents at `site`, ordered, every column as text (HEX for exactness).
+    pub async fn table(&self, site: &str, table: &str, order_by: &str) -> Vec<Vec<String>> {
+        self.rows(site, &format!("SELECT * FROM `{table}` ORDER BY {order_by}")).await
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+pub async fn exec(pool: &MySqlPool, sql: &str) {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+pub async fn rows(pool: &MySqlPool, sql: &str) -> Vec<Vec<String>> {
+    let rows = sqlx::raw_sql(AssertSqlSafe(sql.to_string())).fetch_all(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    if let Ok(v) = r.try_get::<Option<String>, _>(i) {
+                        return v.unwrap_or_else(|| "NULL".into());
+                    }
+                    if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
+                        return v.map(|v| v.to_string()).unwrap_or_else(|| "NULL".into());
+                    }
+                    if let Ok(v) = r.try_get::<Option<u64>, _>(i) {
+                        return v.map(|v| v.to_string()).unwrap_or_else(|| "NULL".into());
+                    }
+                    if let Ok(v) = r.try_get::<Option<Vec<u8>>, _>(i) {
+                        return v.map(|v| v.iter().map(|b| format!("{b:02X}")).collect()).unwrap_or_else(|| "NULL".into());
+                    }
+                    panic!("{sql}: column {i} has a type the harness cannot show; select it as text")
+                })
+                .collect()
+        })
+        .collect()
+}
