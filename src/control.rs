@@ -8,6 +8,7 @@
 //!   capture published twice (after a crash) is applied once.
 //! - `capture_checkpoint`: the GTID state up to which Kafka acknowledged every record.
 //! - `identity_map`: entity, origin site, origin primary key -> local primary key.
+//! - `parked`: source transactions waiting for the rows they reference to arrive.
 //! - `dead_letters`: records that could not be applied, with the reason.
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
@@ -122,6 +123,47 @@ pub struct NewDeadLetter<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// A parked source transaction as stored.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    /// Id.
+    pub id: u64,
+    /// Origin site.
+    pub origin: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Offset of its first record.
+    pub offset: i64,
+    /// The rows it writes, one `entity|key` per line: later changes to them wait behind it.
+    pub row_keys: String,
+    /// Its record values, as a JSON array.
+    pub records: Vec<u8>,
+    /// What it waits for.
+    pub reason: String,
+    /// Seconds since it was parked.
+    pub age_seconds: i64,
+}
+
+/// A source transaction about to be parked.
+pub struct NewParked<'a> {
+    /// Origin site.
+    pub origin: &'a str,
+    /// Kafka topic.
+    pub topic: &'a str,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Offset of its first record.
+    pub offset: i64,
+    /// `entity|key` per line.
+    pub row_keys: &'a str,
+    /// Record values as a JSON array.
+    pub records: &'a [u8],
+    /// What it waits for.
+    pub reason: &'a str,
+}
+
 impl Control {
     /// A handle on database `db` through `pool`.
     pub fn new(pool: MySqlPool, db: &str) -> Self {
@@ -188,6 +230,19 @@ impl Control {
                  ) ENGINE=InnoDB"
             ),
             format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`parked` (
+                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                   origin VARCHAR(64) NOT NULL,
+                   topic VARCHAR(249) NOT NULL,
+                   kafka_partition INT NOT NULL,
+                   kafka_offset BIGINT NOT NULL,
+                   row_keys LONGTEXT NOT NULL,
+                   records LONGBLOB NOT NULL,
+                   reason TEXT NOT NULL,
+                   first_seen TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.`dead_letters` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                    origin VARCHAR(64) NULL,
@@ -220,7 +275,7 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "dead_letters"]
+        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "parked", "dead_letters"]
             .iter()
             .filter(|t| !present.iter().any(|p| p == *t))
             .map(|t| t.to_string())
@@ -389,6 +444,65 @@ impl Control {
                 created_at: r.get(9),
             })
             .collect())
+    }
+
+    /// Parks a source transaction inside `tx`.
+    pub async fn insert_parked(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        p: &NewParked<'_>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO `{}`.`parked` (origin, topic, kafka_partition, kafka_offset, row_keys, records, reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            self.db
+        )))
+        .bind(p.origin)
+        .bind(p.topic)
+        .bind(p.partition)
+        .bind(p.offset)
+        .bind(p.row_keys)
+        .bind(p.records)
+        .bind(p.reason)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every parked transaction, oldest first.
+    pub async fn list_parked(&self) -> Result<Vec<Parked>, ControlError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, origin, topic, kafka_partition, kafka_offset, row_keys, records, reason,
+                    TIMESTAMPDIFF(SECOND, first_seen, CURRENT_TIMESTAMP(6))
+             FROM `{}`.`parked` ORDER BY id",
+            self.db
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("listing parked transactions"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Parked {
+                id: r.get(0),
+                origin: r.get(1),
+                topic: r.get(2),
+                partition: r.get(3),
+                offset: r.get(4),
+                row_keys: r.get(5),
+                records: r.get(6),
+                reason: r.get(7),
+                age_seconds: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Removes a parked transaction inside `tx`.
+    pub async fn delete_parked(&self, tx: &mut Transaction<'_, MySql>, id: u64) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`parked` WHERE id = ?", self.db)))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Number of dead letters waiting.

@@ -104,6 +104,21 @@ pub struct SitesyncMeta {
     pub key: Row,
     /// True on the last change of its source transaction: the applier commits only whole ones.
     pub last_in_transaction: bool,
+    /// The natural keys of the rows that reference columns point to, resolved at the origin,
+    /// so that each site can find its own id for them. Absent when no reference needs it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<RefKey>,
+}
+
+/// A referenced row: the origin's id of it and its natural key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefKey {
+    /// The referenced entity.
+    pub entity: String,
+    /// The origin's value of the reference column (the referenced row's primary key there).
+    pub id: Value,
+    /// The referenced row's natural key.
+    pub key: Row,
 }
 
 /// The message value.

@@ -36,7 +36,7 @@ entities = ["person"]
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn two_sites(test: &str) -> Federation {
-    Federation::new(test, Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: TWO_WAY }).await
+    Federation::new(test, Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: TWO_WAY, ..Spec::default() }).await
 }
 
 async fn wait_equal(fed: &mut Federation, what: &str) {
@@ -144,6 +144,7 @@ async fn exactly_once_after_kill(test: &str, kill_capture: bool) {
             sites: &["a", "b"],
             schema: SCHEMA,
             entities_and_routes: "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n",
+            ..Spec::default()
         },
     )
     .await;

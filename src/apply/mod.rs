@@ -15,9 +15,9 @@ mod target;
 mod writer;
 
 pub use target::{TargetColumn, TargetTable};
-pub use writer::{EntityPlan, Outcome};
+pub use writer::{EntityPlan, Outcome, Plans};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::control::{self, Control, ControlError, NewDeadLetter};
+use crate::control::{self, Control, ControlError, NewDeadLetter, NewParked};
 use crate::position::TxnId;
 use crate::record::{self, ChangeRecord};
 use crate::shutdown::Shutdown;
@@ -42,6 +42,9 @@ pub enum ApplyError {
     /// The record cannot be applied as it is (bad value, missing column): a dead letter.
     #[error("{0}")]
     Definite(String),
+    /// The record references rows that have not arrived here yet.
+    #[error("waiting: {0}")]
+    Wait(String),
     /// The local schema does not fit the configuration.
     #[error("{0}")]
     Schema(String),
@@ -125,7 +128,9 @@ struct Partial {
 struct Applier {
     ctx: Arc<ApplyContext>,
     control: Control,
-    plans: HashMap<String, Arc<EntityPlan>>,
+    plans: Plans,
+    /// Rows written by parked transactions: later changes to them wait behind.
+    parked_keys: HashSet<String>,
     /// Topic -> origin site.
     origins: HashMap<String, String>,
     partials: HashMap<(String, i32), Partial>,
@@ -146,13 +151,22 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         tracing::warn!(site = %ctx.site, "no route leads to this site: apply has nothing to do");
     }
     let db = config.database_of(&ctx.site).to_string();
-    let mut plans = HashMap::new();
-    for (name, entity) in &config.entities {
-        if !origins.iter().any(|o| config.routes_entity(o, &ctx.site, name)) {
-            continue;
+    // Entities applied here, and the ones they reference (to find this site's ids).
+    let routed: Vec<&String> =
+        config.entities.keys().filter(|name| origins.iter().any(|o| config.routes_entity(o, &ctx.site, name))).collect();
+    let mut needed: Vec<&String> = routed.clone();
+    for name in &routed {
+        for target in config.entities[*name].refs.values() {
+            if !needed.contains(&target) {
+                needed.push(target);
+            }
         }
+    }
+    let mut plans = Plans::new();
+    for name in needed {
+        let entity = &config.entities[name];
         let target = TargetTable::load(&pool, &db, &entity.table).await?;
-        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target)?));
+        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target, &config.federation.control_database)?));
     }
 
     let consumer: StreamConsumer = crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
@@ -191,10 +205,12 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         .into_iter()
         .map(|(origin, stream, seq, _)| ((origin, stream), seq))
         .collect();
+    let parked_keys = control.list_parked().await?.iter().flat_map(|p| p.row_keys.lines().map(str::to_string).collect::<Vec<_>>()).collect();
     let mut applier = Applier {
         ctx: ctx.clone(),
         control,
         plans,
+        parked_keys,
         origins: origins.iter().map(|o| (config.topic_of(o), o.clone())).collect(),
         partials: HashMap::new(),
         progress,
@@ -232,7 +248,8 @@ impl Applier {
                     _ = tokio::time::sleep(wait) => None,
                 }
             };
-            let mut flush = !first && msg.is_none();
+            let idle = msg.is_none();
+            let mut flush = !first && idle;
             if let Some(m) = msg {
                 let m = m.map_err(ApplyError::Kafka)?.detach();
                 if let Some(txn) = self.accept(m) {
@@ -245,7 +262,18 @@ impl Applier {
                 let batch = std::mem::take(&mut ready);
                 ready_records = 0;
                 self.apply_batch(batch).await?;
+                if !self.parked_keys.is_empty() {
+                    self.retry_parked_logged().await;
+                }
+            } else if first && idle && !self.parked_keys.is_empty() {
+                self.retry_parked_logged().await;
             }
+        }
+    }
+
+    async fn retry_parked_logged(&mut self) {
+        if let Err(e) = self.retry_parked().await {
+            tracing::warn!(site = %self.ctx.site, error = %e, "retrying parked transactions failed; will try again");
         }
     }
 
@@ -382,46 +410,88 @@ impl Applier {
         self.control.write_offsets(&mut tx, &offsets).await.map_err(ApplyError::Database)?;
         let mut counts: HashMap<(String, String, &'static str), u64> = HashMap::new();
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
+        let mut newly_parked: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
         for t in batch {
             let duplicate = self.already_applied(t)
                 || t.txn.as_ref().is_some_and(|(id, _)| {
                     progress.get(&(t.origin.clone(), id.stream.clone())).is_some_and(|(seq, _, _)| *seq >= id.seq)
                 });
-            for inc in &t.records {
-                let entity = inc.record.as_ref().map(|r| r.sitesync.entity.clone()).unwrap_or_else(|_| "(unreadable)".into());
-                let outcome = match (&inc.record, dead_reason) {
-                    (Err(reason), _) => {
-                        self.dead_letter(&mut tx, t, inc, None, reason).await?;
-                        dead += 1;
-                        "dead_letter"
-                    }
-                    (Ok(_), _) if duplicate => "skipped",
-                    (Ok(r), Some(reason)) => {
-                        self.dead_letter(&mut tx, t, inc, Some(&r.sitesync.entity), reason).await?;
-                        dead += 1;
-                        "dead_letter"
-                    }
-                    (Ok(r), None) => {
-                        if r.sitesync.origin == self.ctx.site || !self.ctx.config.routes_entity(&t.origin, &self.ctx.site, &r.sitesync.entity) {
-                            "skipped"
-                        } else {
-                            match self.plans.get(&r.sitesync.entity) {
-                                None => "skipped",
-                                Some(plan) => match plan.apply(&mut tx, &t.origin, r).await? {
-                                    Outcome::Applied => "applied",
-                                    Outcome::Skipped => "skipped",
-                                },
-                            }
-                        }
-                    }
-                };
-                *counts.entry((t.origin.clone(), entity, outcome)).or_default() += 1;
-            }
             if let Some((id, gtid)) = &t.txn {
                 if !duplicate {
                     progress.insert((t.origin.clone(), id.stream.clone()), (id.seq, gtid.clone(), t.source_ts_ms));
                 }
+            }
+            let entity_of = |inc: &Incoming| inc.record.as_ref().map(|r| r.sitesync.entity.clone()).unwrap_or_else(|_| "(unreadable)".into());
+            // Unreadable messages and whole dead transactions become dead letters.
+            let unreadable = t.records.iter().any(|r| r.record.is_err());
+            if unreadable || dead_reason.is_some() {
+                for inc in &t.records {
+                    let (entity, reason) = match (&inc.record, dead_reason) {
+                        (Err(reason), _) => (None, reason.as_str()),
+                        (Ok(r), Some(reason)) => (Some(r.sitesync.entity.as_str()), reason),
+                        (Ok(r), None) => (Some(r.sitesync.entity.as_str()), "part of a transaction with an unreadable record"),
+                    };
+                    if duplicate && inc.record.is_ok() {
+                        *counts.entry((t.origin.clone(), entity_of(inc), "skipped")).or_default() += 1;
+                        continue;
+                    }
+                    self.dead_letter(&mut tx, t, inc, entity, reason).await?;
+                    dead += 1;
+                    *counts.entry((t.origin.clone(), entity_of(inc), "dead_letter")).or_default() += 1;
+                }
+                continue;
+            }
+            let records: Vec<&ChangeRecord> = t.records.iter().filter_map(|r| r.record.as_ref().ok()).collect();
+            if duplicate {
+                for r in &records {
+                    *counts.entry((t.origin.clone(), r.sitesync.entity.clone(), "skipped")).or_default() += 1;
+                }
+                continue;
+            }
+            let keys = row_keys(&t.origin, &records);
+            let behind_parked = keys.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k));
+            let outcome = if behind_parked {
+                Err(ApplyError::Wait("an earlier transaction changing the same rows is waiting".into()))
+            } else {
+                sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                let result = self.apply_records(&mut tx, &t.origin, &records).await;
+                if matches!(result, Err(ApplyError::Wait(_))) {
+                    sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                }
+                result
+            };
+            match outcome {
+                Ok(outcomes) => {
+                    for (r, o) in records.iter().zip(outcomes) {
+                        *counts.entry((t.origin.clone(), r.sitesync.entity.clone(), o)).or_default() += 1;
+                    }
+                }
+                Err(ApplyError::Wait(reason)) => {
+                    let values: Vec<&[u8]> = t.records.iter().filter_map(|r| r.value.as_deref()).collect();
+                    let mut json = b"[".to_vec();
+                    json.extend_from_slice(&values.join(&b","[..]));
+                    json.push(b']');
+                    let joined = keys.join("\n");
+                    self.control
+                        .insert_parked(
+                            &mut tx,
+                            &NewParked {
+                                origin: &t.origin,
+                                topic: &t.topic,
+                                partition: t.partition,
+                                offset: t.records[0].offset,
+                                row_keys: &joined,
+                                records: &json,
+                                reason: &reason,
+                            },
+                        )
+                        .await
+                        .map_err(ApplyError::Database)?;
+                    tracing::info!(site = %self.ctx.site, origin = %t.origin, offset = t.records[0].offset, reason = %reason, "transaction waits for the rows it references");
+                    newly_parked.extend(keys);
+                }
+                Err(e) => return Err(e),
             }
         }
         let rows: Vec<(&str, &str, u64, &str, i64)> = progress
@@ -434,21 +504,168 @@ impl Applier {
         for ((o, s), (seq, _, _)) in progress {
             self.progress.insert((o, s), seq);
         }
-        let site = self.ctx.site.clone();
-        for ((origin, entity, outcome), n) in counts {
-            self.ctx.metrics.apply_records.with_label_values(&[&site, &origin, &entity, outcome]).inc_by(n);
-        }
+        self.parked_keys.extend(newly_parked);
+        self.count(counts);
         if dead > 0 {
-            if let Ok(n) = self.control.count_dead_letters().await {
-                self.ctx.metrics.dead_letters.with_label_values(&[&site]).set(n);
-            }
+            self.refresh_dead_letter_gauge().await;
         }
         let now = record::now_ms();
         for t in batch {
             let lag = ((now - t.source_ts_ms) as f64 / 1000.0).max(0.0);
-            self.ctx.metrics.apply_lag.with_label_values(&[&site, &t.origin]).set(lag);
+            self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, &t.origin]).set(lag);
         }
         self.ctx.health.apply_running.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn count(&self, counts: HashMap<(String, String, &'static str), u64>) {
+        for ((origin, entity, outcome), n) in counts {
+            self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &origin, &entity, outcome]).inc_by(n);
+        }
+    }
+
+    async fn refresh_dead_letter_gauge(&self) {
+        if let Ok(n) = self.control.count_dead_letters().await {
+            self.ctx.metrics.dead_letters.with_label_values(&[&self.ctx.site]).set(n);
+        }
+    }
+
+    /// Applies the records of one source transaction. A record whose referenced rows are not
+    /// here yet is tried again after the others (a tree may arrive children first); the
+    /// transaction waits only if no order of its records resolves every reference.
+    async fn apply_records(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        origin: &str,
+        records: &[&ChangeRecord],
+    ) -> Result<Vec<&'static str>, ApplyError> {
+        let mut outcomes: Vec<&'static str> = vec!["skipped"; records.len()];
+        let mut pending: Vec<usize> = (0..records.len()).collect();
+        loop {
+            let mut deferred = Vec::new();
+            let mut deferred_rows: HashSet<String> = HashSet::new();
+            let mut last_wait = None;
+            let mut progressed = false;
+            for i in pending {
+                let r = records[i];
+                let row = row_key(origin, r);
+                if deferred_rows.contains(&row) {
+                    // Keep the order of changes to one row.
+                    deferred.push(i);
+                    continue;
+                }
+                if r.sitesync.origin == self.ctx.site || !self.ctx.config.routes_entity(origin, &self.ctx.site, &r.sitesync.entity) {
+                    progressed = true;
+                    continue;
+                }
+                let Some(plan) = self.plans.get(&r.sitesync.entity) else {
+                    progressed = true;
+                    continue;
+                };
+                match plan.apply(tx, origin, r, &self.plans).await {
+                    Ok(Outcome::Applied) => {
+                        outcomes[i] = "applied";
+                        progressed = true;
+                    }
+                    Ok(Outcome::Skipped) => progressed = true,
+                    Err(ApplyError::Wait(why)) => {
+                        deferred.push(i);
+                        deferred_rows.insert(row);
+                        last_wait = Some(why);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if deferred.is_empty() {
+                return Ok(outcomes);
+            }
+            if !progressed {
+                return Err(ApplyError::Wait(last_wait.unwrap_or_default()));
+            }
+            pending = deferred;
+        }
+    }
+
+    /// Tries the parked transactions again, oldest first; those that waited too long become
+    /// dead letters. Returns whether any left the parking.
+    async fn retry_parked(&mut self) -> Result<(), ApplyError> {
+        let parked = self.control.list_parked().await?;
+        let limit = self.ctx.config.apply.ref_wait_seconds as i64;
+        let mut still: HashSet<String> = HashSet::new();
+        for p in parked {
+            let keys: Vec<String> = p.row_keys.lines().map(str::to_string).collect();
+            if keys.iter().any(|k| still.contains(k)) {
+                still.extend(keys);
+                continue;
+            }
+            let records: Result<Vec<ChangeRecord>, _> = serde_json::from_slice(&p.records);
+            let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
+            let outcome = match &records {
+                Ok(records) => {
+                    let refs: Vec<&ChangeRecord> = records.iter().collect();
+                    self.apply_records(&mut tx, &p.origin, &refs).await
+                }
+                Err(e) => Err(ApplyError::Definite(format!("parked records unreadable: {e}"))),
+            };
+            match outcome {
+                Ok(outcomes) => {
+                    self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
+                    tx.commit().await.map_err(ApplyError::Database)?;
+                    let mut counts = HashMap::new();
+                    for (r, o) in records.as_ref().expect("applied").iter().zip(outcomes) {
+                        *counts.entry((p.origin.clone(), r.sitesync.entity.clone(), o)).or_default() += 1;
+                    }
+                    self.count(counts);
+                    tracing::info!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, "parked transaction applied");
+                }
+                Err(ApplyError::Wait(reason)) if p.age_seconds < limit => {
+                    drop(tx);
+                    let _ = reason;
+                    still.extend(keys);
+                }
+                Err(e @ (ApplyError::Wait(_) | ApplyError::Definite(_))) => {
+                    drop(tx);
+                    let reason = match e {
+                        ApplyError::Wait(why) => format!("waited {} s for referenced rows: {why}", p.age_seconds),
+                        other => other.to_string(),
+                    };
+                    let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
+                    let entities: Vec<String> = match &records {
+                        Ok(rs) => rs.iter().map(|r| r.sitesync.entity.clone()).collect(),
+                        Err(_) => vec![String::new()],
+                    };
+                    let values: Vec<Vec<u8>> = match &records {
+                        Ok(rs) => rs.iter().map(|r| serde_json::to_vec(r).unwrap_or_default()).collect(),
+                        Err(_) => vec![p.records.clone()],
+                    };
+                    for (entity, value) in entities.iter().zip(&values) {
+                        self.control
+                            .insert_dead_letter(
+                                &mut tx,
+                                &NewDeadLetter {
+                                    origin: Some(&p.origin),
+                                    topic: &p.topic,
+                                    partition: p.partition,
+                                    offset: p.offset,
+                                    entity: Some(entity).filter(|e| !e.is_empty()).map(String::as_str),
+                                    reason: &reason,
+                                    key: None,
+                                    value: Some(value),
+                                },
+                            )
+                            .await
+                            .map_err(ApplyError::Database)?;
+                        self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &p.origin, entity, "dead_letter"]).inc();
+                    }
+                    self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
+                    tx.commit().await.map_err(ApplyError::Database)?;
+                    tracing::warn!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, reason = %reason, "parked transaction becomes a dead letter");
+                    self.refresh_dead_letter_gauge().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.parked_keys = still;
         Ok(())
     }
 
@@ -477,4 +694,16 @@ impl Applier {
             .await
             .map_err(ApplyError::Database)
     }
+}
+
+/// `origin|entity|key`: identifies a row's changes for ordering behind parked transactions.
+fn row_key(origin: &str, r: &ChangeRecord) -> String {
+    format!("{origin}|{}|{}", r.sitesync.entity, serde_json::Value::Object(r.sitesync.key.clone()))
+}
+
+fn row_keys(origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
+    let mut keys: Vec<String> = records.iter().map(|r| row_key(origin, r)).collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }

@@ -1,12 +1,18 @@
 //! Writes one change record into the local database, inside the caller's transaction.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, MySql, Transaction};
 
 use super::target::{bind, to_sql, SqlValue, TargetTable};
 use super::ApplyError;
 use crate::config::{EntityConfig, OnDelete};
-use crate::record::{ChangeRecord, Op};
+use crate::record::{ChangeRecord, Op, RefKey};
+
+/// Every entity known here by name: the ones applied and the ones referenced.
+pub type Plans = HashMap<String, Arc<EntityPlan>>;
 
 /// A routed entity bound to its local table.
 pub struct EntityPlan {
@@ -18,8 +24,12 @@ pub struct EntityPlan {
     pub target: TargetTable,
     /// Natural key columns (the primary key when none is configured).
     pub key_columns: Vec<String>,
-    /// The natural key is the primary key: rows are upserted by it.
+    /// The natural key is the primary key: rows are upserted by it, ids are the same everywhere.
     pub key_is_primary: bool,
+    /// Reference columns and the entity each points to.
+    pub refs: Vec<(String, String)>,
+    /// The control database (for the identity map).
+    pub control_db: String,
 }
 
 /// What happened to one record.
@@ -33,7 +43,7 @@ pub enum Outcome {
 
 impl EntityPlan {
     /// Binds an entity to its table; fails if a configured column is missing there.
-    pub fn new(name: &str, config: &EntityConfig, target: TargetTable) -> Result<Self, ApplyError> {
+    pub fn new(name: &str, config: &EntityConfig, target: TargetTable, control_db: &str) -> Result<Self, ApplyError> {
         let key_columns = if config.key.is_empty() { target.primary_key.clone() } else { config.key.clone() };
         if key_columns.is_empty() {
             return Err(ApplyError::Schema(format!(
@@ -51,6 +61,11 @@ impl EntityPlan {
                 ApplyError::Schema(format!("entities.{name}.origin_column: {} has no column `{col}`", target.qualified()))
             })?;
         }
+        for col in config.refs.keys() {
+            target.column(col).map_err(|_| {
+                ApplyError::Schema(format!("entities.{name}.refs: {} has no column `{col}`", target.qualified()))
+            })?;
+        }
         let mut sorted_key = key_columns.clone();
         sorted_key.sort();
         let mut sorted_pk = target.primary_key.clone();
@@ -59,6 +74,8 @@ impl EntityPlan {
             name: name.to_string(),
             config: config.clone(),
             key_is_primary: sorted_key == sorted_pk,
+            refs: config.refs.iter().map(|(c, e)| (c.clone(), e.clone())).collect(),
+            control_db: control_db.to_string(),
             target,
             key_columns,
         })
@@ -98,17 +115,109 @@ impl EntityPlan {
             .collect()
     }
 
+    /// This site's id of the `self` row whose natural key is `key`, if the row exists here.
+    async fn local_id(&self, tx: &mut Transaction<'_, MySql>, key: &Map<String, Value>) -> Result<Option<Value>, ApplyError> {
+        let [pk] = self.target.primary_key.as_slice() else {
+            return Err(ApplyError::Schema(format!(
+                "entities.{}: references need {} to have a one-column primary key",
+                self.name,
+                self.target.qualified()
+            )));
+        };
+        let values = self.key_values(key)?;
+        let sql = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1", self.target.qualified(), where_clause(&values));
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+        for (_, v) in values {
+            q = match v {
+                SqlValue::Null => q.bind(None::<String>),
+                SqlValue::Int(i) => q.bind(i),
+                SqlValue::UInt(u) => q.bind(u),
+                SqlValue::Double(d) => q.bind(d),
+                SqlValue::Text(s) => q.bind(s),
+                SqlValue::Bytes(b) => q.bind(b),
+            };
+        }
+        let id = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
+        Ok(id.map(|s| s.parse::<i64>().map(Value::from).unwrap_or(Value::String(s))))
+    }
+
+    /// Replaces the origin's ids in reference columns by this site's ids of the same rows.
+    async fn translate(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        image: &Map<String, Value>,
+        refs: &[RefKey],
+        plans: &Plans,
+    ) -> Result<Map<String, Value>, ApplyError> {
+        let mut out = image.clone();
+        for (col, target) in &self.refs {
+            let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
+            let plan = plans.get(target).ok_or_else(|| {
+                ApplyError::Schema(format!("entities.{}.refs.{col}: entity `{target}` has no table at this site", self.name))
+            })?;
+            if plan.key_is_primary {
+                continue;
+            }
+            let rk = refs.iter().find(|r| &r.entity == target && &r.id == id).ok_or_else(|| {
+                ApplyError::Definite(format!(
+                    "`{col}` = {id} refers to a {target} whose natural key the origin did not send (the row no longer existed there)"
+                ))
+            })?;
+            match plan.local_id(tx, &rk.key).await? {
+                Some(local) => {
+                    out.insert(col.clone(), local);
+                }
+                None => {
+                    return Err(ApplyError::Wait(format!(
+                        "`{col}` refers to {target} {} which has not arrived here yet",
+                        Value::Object(rk.key.clone())
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records which local row the origin's row became (natural-key entities).
+    async fn remember_identity(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        origin: &str,
+        origin_image: &Map<String, Value>,
+        key: &[(String, SqlValue)],
+    ) -> Result<(), ApplyError> {
+        let [pk] = self.target.primary_key.as_slice() else { return Ok(()) };
+        let Some(origin_id) = origin_image.get(pk) else { return Ok(()) };
+        let sql = format!(
+            "INSERT INTO `{}`.`identity_map` (entity, origin, origin_key, local_key)
+             SELECT ?, ?, ?, CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1
+             ON DUPLICATE KEY UPDATE local_key = VALUES(local_key)",
+            self.control_db,
+            self.target.qualified(),
+            where_clause(key)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.name).bind(origin).bind(origin_id.to_string());
+        for (_, v) in key {
+            q = bind(q, v.clone());
+        }
+        q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
+        Ok(())
+    }
+
     /// Applies `record` inside `tx`.
     pub async fn apply(
         &self,
         tx: &mut Transaction<'_, MySql>,
         origin: &str,
         record: &ChangeRecord,
+        plans: &Plans,
     ) -> Result<Outcome, ApplyError> {
+        let refs = &record.sitesync.refs;
         match record.op {
             Op::Delete => {
                 let before = record.before.as_ref().expect("checked when parsed");
-                let key = self.key_values(before)?;
+                let before = self.translate(tx, before, refs, plans).await?;
+                let key = self.key_values(&before)?;
                 match &self.config.on_delete {
                     OnDelete::Ignore => Ok(Outcome::Skipped),
                     OnDelete::Propagate => {
@@ -132,11 +241,15 @@ impl EntityPlan {
                 }
             }
             Op::Create | Op::Read | Op::Update => {
-                let after = record.after.as_ref().expect("checked when parsed");
-                let sets = self.assignments(after, origin)?;
-                let after_key = self.key_values(after)?;
+                let origin_after = record.after.as_ref().expect("checked when parsed");
+                let after = self.translate(tx, origin_after, refs, plans).await?;
+                let sets = self.assignments(&after, origin)?;
+                let after_key = self.key_values(&after)?;
                 let where_key = match (&record.op, &record.before) {
-                    (Op::Update, Some(before)) => self.key_values(before)?,
+                    (Op::Update, Some(before)) => {
+                        let before = self.translate(tx, before, refs, plans).await?;
+                        self.key_values(&before)?
+                    }
                     _ => after_key.clone(),
                 };
                 let key_changed = where_key != after_key;
@@ -150,6 +263,9 @@ impl EntityPlan {
                     } else {
                         self.insert(tx, &sets).await?;
                     }
+                }
+                if !self.key_is_primary {
+                    self.remember_identity(tx, origin, origin_after, &after_key).await?;
                 }
                 Ok(Outcome::Applied)
             }

@@ -9,6 +9,7 @@
 
 mod decode;
 mod publisher;
+mod refs;
 mod table;
 
 pub use decode::{encode_value, latin1_to_string, TextEncoding};
@@ -34,6 +35,7 @@ use crate::record::{self, ChangeRecord, Op, Source, SitesyncMeta, TransactionInf
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 use publisher::{Checkpoint, Publisher};
+use refs::RefResolver;
 
 /// Why capture stopped.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,10 @@ struct EntityTable {
     encodings: Vec<Option<TextEncoding>>,
     key_columns: Vec<String>,
     filter: Option<Filter>,
+    /// The one-column primary key, when the table has one.
+    pk_column: Option<String>,
+    /// Reference columns whose target entity has its own natural key: (column, entity).
+    translated_refs: Vec<(String, String)>,
 }
 
 /// The transaction being read.
@@ -165,6 +171,7 @@ struct Reader {
     txn: Option<Txn>,
     last_source_ts_ms: i64,
     warned_tables: HashSet<String>,
+    refs: RefResolver,
 }
 
 /// Runs capture until shutdown or a definite error.
@@ -201,6 +208,11 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         txn: None,
         last_source_ts_ms: 0,
         warned_tables: HashSet::new(),
+        refs: RefResolver::new(
+            mysql_async::Pool::new(opts.clone()),
+            ctx.config.database_of(&ctx.site).to_string(),
+            ctx.config.clone(),
+        ),
         ctx: ctx.clone(),
     };
     let mut first = true;
@@ -508,7 +520,25 @@ impl Reader {
         if self.warned_tables.insert(info.table.clone()) {
             tracing::info!(site = %self.ctx.site, entity = name, table = %info.table, columns = info.columns.len(), "capturing table");
         }
-        Ok(EntityTable { name: name.to_string(), info, encodings, key_columns, filter })
+        let pk_column = match info.primary_key.as_slice() {
+            [i] => Some(info.columns[*i].name.clone()),
+            _ => None,
+        };
+        let translated_refs = entity
+            .refs
+            .iter()
+            .filter(|(_, target)| self.refs.translates(target))
+            .map(|(c, t)| (c.clone(), t.clone()))
+            .collect();
+        for col in entity.refs.keys() {
+            if info.index_of(col).is_none() {
+                return Err(CaptureError::Config(format!(
+                    "entities.{name}.refs: table {}.{} has no column `{col}`",
+                    info.db, info.table
+                )));
+            }
+        }
+        Ok(EntityTable { name: name.to_string(), info, encodings, key_columns, filter, pk_column, translated_refs })
     }
 
     async fn on_rows(
@@ -574,7 +604,24 @@ impl Reader {
             })?;
             let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
             let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
+            if let Some(pk) = &entity.pk_column {
+                if let Some(image) = after.as_ref().or(before.as_ref()) {
+                    self.refs.remember(&entity.name, pk, image);
+                }
+            }
             let Some((op, before, after)) = apply_filter(&entity, event_op, before, after) else { continue };
+            let mut ref_keys: Vec<record::RefKey> = Vec::new();
+            for (col, target) in &entity.translated_refs {
+                for image in [before.as_ref(), after.as_ref()].into_iter().flatten() {
+                    let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
+                    if ref_keys.iter().any(|r| &r.entity == target && &r.id == id) {
+                        continue;
+                    }
+                    if let Some(key) = self.refs.resolve(target, id).await? {
+                        ref_keys.push(record::RefKey { entity: target.clone(), id: id.clone(), key });
+                    }
+                }
+            }
             let key_image = after.as_ref().or(before.as_ref()).expect("an image exists");
             let mut key = Map::new();
             for col in &entity.key_columns {
@@ -616,6 +663,7 @@ impl Reader {
                     entity: entity.name.clone(),
                     key: key.clone(),
                     last_in_transaction: false,
+                    refs: ref_keys,
                 },
             };
             let key_bytes = record::key_bytes(&entity.name, &key);

@@ -263,11 +263,14 @@ pub struct ApplyTuning {
     pub batch_records: usize,
     /// How long a batch may wait for more records, in milliseconds.
     pub batch_wait_ms: u64,
+    /// How long a transaction whose referenced rows have not arrived waits before it becomes a
+    /// dead letter, in seconds.
+    pub ref_wait_seconds: u64,
 }
 
 impl Default for ApplyTuning {
     fn default() -> Self {
-        Self { batch_records: 2000, batch_wait_ms: 5 }
+        Self { batch_records: 2000, batch_wait_ms: 5, ref_wait_seconds: 300 }
     }
 }
 

@@ -61,7 +61,9 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
         if let Some(other) = server_ids.insert(site.server_id, id) {
             problem(format!("sites.{id}.server_id"), format!("{} is also the server_id of site `{other}`; two binlog readers with one id disconnect each other", site.server_id));
         }
-        if let Some(listen) = site.listen {
+        // Sites on one machine (a demo) must not share a loopback listen address; sites on
+        // their own machines may all use the same one.
+        if let Some(listen) = site.listen.filter(|l| l.ip().is_loopback()) {
             if let Some(other) = listens.insert(listen, id) {
                 problem(format!("sites.{id}.listen"), format!("{listen} is also the listen address of site `{other}`"));
             }

@@ -28,6 +28,18 @@ pub fn kafka() -> String {
     std::env::var("SITESYNC_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The `[entities.*]` and `[[routes]]` of an example file in `config/`, and its site ids.
+pub fn example(name: &str) -> (String, Vec<String>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut value: toml::Table = toml::from_str(&text).unwrap();
+    let sites: Vec<String> = value["sites"].as_table().unwrap().keys().cloned().collect();
+    for section in ["federation", "kafka", "sites"] {
+        value.remove(section);
+    }
+    (toml::to_string(&value).unwrap(), sites)
+}
+
 /// A federation of sites for one test.
 pub struct Federation {
     pub name: String,
@@ -48,6 +60,17 @@ pub struct Spec<'a> {
     pub sites: &'a [&'a str],
     pub schema: &'a str,
     pub entities_and_routes: &'a str,
+    /// `[apply] ref_wait_seconds`.
+    pub ref_wait_seconds: u64,
+    /// SQL run at site (index, id) after the schema and before `init`: history that exists
+    /// before sitesync and is therefore not captured.
+    pub seed: fn(usize, &str) -> String,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec { sites: &["a", "b"], schema: "", entities_and_routes: "", ref_wait_seconds: 300, seed: |_, _| String::new() }
+    }
 }
 
 impl Federation {
@@ -63,8 +86,9 @@ impl Federation {
         let mut pools = HashMap::new();
         let mut toml = format!(
             "[federation]\nname = \"{test}\"\ntopic_prefix = \"{topic_prefix}\"\ndatabase = \"{app_db}\"\ncontrol_database = \"{control_db}\"\n\n\
-             [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\n\n[capture]\ncheckpoint_interval_ms = 200\n\n",
-            kafka()
+             [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\nref_wait_seconds = {}\n\n[capture]\ncheckpoint_interval_ms = 200\n\n",
+            kafka(),
+            spec.ref_wait_seconds
         );
         for (i, site) in spec.sites.iter().enumerate() {
             let server = server_url(i);
@@ -82,6 +106,10 @@ impl Federation {
                 .unwrap();
             for stmt in spec.schema.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
                 exec(&pool, stmt).await;
+            }
+            let seed = (spec.seed)(i, site);
+            if !seed.is_empty() {
+                exec(&pool, &seed).await;
             }
             pools.insert(site.to_string(), pool);
             let server_id = 100_000 + (std::process::id() % 10_000) * 100 + n * 7 + i as u32;
