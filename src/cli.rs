@@ -51,6 +51,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare entity contents by natural key between this site and others; exit 1 on any
+    /// difference.
+    Verify {
+        /// Only these entities (default: all).
+        #[arg(long = "entity")]
+        entities: Vec<String>,
+        /// Only against these sites (default: every other site).
+        #[arg(long = "against")]
+        against: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// The dead letters.
     Dlq {
         /// What to do with them.

@@ -31,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Apply => run(config, site, false, true).await,
         Command::Status { json } => status(&config, &site, json).await,
         Command::Dlq { action } => dlq(&config, &site, action).await,
+        Command::Verify { entities, against, json } => verify(&config, &site, &entities, &against, json).await,
     }
 }
 
@@ -269,6 +270,20 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         println!("  dead letters        {dead}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sitesync verify`.
+async fn verify(config: &Config, site: &str, entities: &[String], against: &[String], json: bool) -> Result<ExitCode> {
+    let diffs = crate::verify::verify(config, site, entities, against).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&diffs)?);
+    } else {
+        for d in &diffs {
+            println!("DIFF {} {} ({} -> {}): {}", d.entity, d.key, d.from, d.to, d.detail);
+        }
+        println!("{} difference(s)", diffs.len());
+    }
+    Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `sitesync dlq ...`.

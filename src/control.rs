@@ -8,6 +8,8 @@
 //!   capture published twice (after a crash) is applied once.
 //! - `capture_checkpoint`: the GTID state up to which Kafka acknowledged every record.
 //! - `identity_map`: entity, origin site, origin primary key -> local primary key.
+//! - `row_versions`: which site wrote the version of a row that an applied change brought, so
+//!   last-writer-wins breaks ties the same way at every site.
 //! - `parked`: source transactions waiting for the rows they reference to arrive.
 //! - `dead_letters`: records that could not be applied, with the reason.
 
@@ -230,6 +232,15 @@ impl Control {
                  ) ENGINE=InnoDB"
             ),
             format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`row_versions` (
+                   entity VARCHAR(64) NOT NULL,
+                   row_key VARCHAR(512) NOT NULL,
+                   origin VARCHAR(64) NOT NULL,
+                   version VARCHAR(128) NOT NULL,
+                   PRIMARY KEY (entity, row_key)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.`parked` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                    origin VARCHAR(64) NOT NULL,
@@ -275,7 +286,7 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "parked", "dead_letters"]
+        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "parked", "dead_letters"]
             .iter()
             .filter(|t| !present.iter().any(|p| p == *t))
             .map(|t| t.to_string())

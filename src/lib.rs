@@ -3,7 +3,8 @@
 //! Layout: [`config`] (the federation file), [`capture`] (binlog -> Kafka), [`apply`]
 //! (Kafka -> local database), [`record`] (the change record), [`position`] (GTIDs),
 //! [`control`] (sitesync's own tables), [`kafka`] (client configuration), [`telemetry`]
-//! (metrics and HTTP), [`preflight`] (server settings), [`commands`] (one function per command).
+//! (metrics and HTTP), [`preflight`] (server settings), [`verify`] (comparing sites),
+//! [`commands`] (one function per command).
 
 pub mod apply;
 pub mod capture;
@@ -17,3 +18,4 @@ pub mod preflight;
 pub mod record;
 pub mod shutdown;
 pub mod telemetry;
+pub mod verify;

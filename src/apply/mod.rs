@@ -145,6 +145,15 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let site_cfg = config.site(&ctx.site).map_err(|e| ApplyError::Config(e.to_string()))?;
     let pool = control::connect(&ctx.site, site_cfg.mysql.expose(), 4).await?;
     let control = Control::new(pool.clone(), &config.federation.control_database);
+    let missing = control.missing_tables().await?;
+    if !missing.is_empty() {
+        return Err(ApplyError::Config(format!(
+            "control database `{}` lacks {}: run `sitesync init --site {}`",
+            config.federation.control_database,
+            missing.join(", "),
+            ctx.site
+        )));
+    }
 
     let origins: Vec<String> = config.origins_of(&ctx.site);
     if origins.is_empty() {
@@ -166,7 +175,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     for name in needed {
         let entity = &config.entities[name];
         let target = TargetTable::load(&pool, &db, &entity.table).await?;
-        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target, &config.federation.control_database)?));
+        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target, &config.federation.control_database, &ctx.site)?));
     }
 
     let consumer: StreamConsumer = crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
@@ -568,6 +577,10 @@ impl Applier {
                         progressed = true;
                     }
                     Ok(Outcome::Skipped) => progressed = true,
+                    Ok(Outcome::ConflictLost) => {
+                        outcomes[i] = "conflict_lost";
+                        progressed = true;
+                    }
                     Err(ApplyError::Wait(why)) => {
                         deferred.push(i);
                         deferred_rows.insert(row);

@@ -30,6 +30,8 @@ pub struct EntityPlan {
     pub refs: Vec<(String, String)>,
     /// The control database (for the identity map).
     pub control_db: String,
+    /// This site's id (the writer of versions the application wrote here).
+    pub local_site: String,
 }
 
 /// What happened to one record.
@@ -39,11 +41,19 @@ pub enum Outcome {
     Applied,
     /// Deliberately not written (on_delete = ignore, nothing to do).
     Skipped,
+    /// Not written: the local row holds a later version (last writer wins).
+    ConflictLost,
 }
 
 impl EntityPlan {
     /// Binds an entity to its table; fails if a configured column is missing there.
-    pub fn new(name: &str, config: &EntityConfig, target: TargetTable, control_db: &str) -> Result<Self, ApplyError> {
+    pub fn new(
+        name: &str,
+        config: &EntityConfig,
+        target: TargetTable,
+        control_db: &str,
+        local_site: &str,
+    ) -> Result<Self, ApplyError> {
         let key_columns = if config.key.is_empty() { target.primary_key.clone() } else { config.key.clone() };
         if key_columns.is_empty() {
             return Err(ApplyError::Schema(format!(
@@ -76,6 +86,7 @@ impl EntityPlan {
             key_is_primary: sorted_key == sorted_pk,
             refs: config.refs.iter().map(|(c, e)| (c.clone(), e.clone())).collect(),
             control_db: control_db.to_string(),
+            local_site: local_site.to_string(),
             target,
             key_columns,
         })
@@ -128,14 +139,7 @@ impl EntityPlan {
         let sql = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1", self.target.qualified(), where_clause(&values));
         let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
         for (_, v) in values {
-            q = match v {
-                SqlValue::Null => q.bind(None::<String>),
-                SqlValue::Int(i) => q.bind(i),
-                SqlValue::UInt(u) => q.bind(u),
-                SqlValue::Double(d) => q.bind(d),
-                SqlValue::Text(s) => q.bind(s),
-                SqlValue::Bytes(b) => q.bind(b),
-            };
+            q = bind_scalar(q, v);
         }
         let id = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
         Ok(id.map(|s| s.parse::<i64>().map(Value::from).unwrap_or(Value::String(s))))
@@ -176,6 +180,70 @@ impl EntityPlan {
             }
         }
         Ok(out)
+    }
+
+    /// Last writer wins: whether the incoming image beats the local row, by (version, site id);
+    /// the same comparison at every site makes them all keep the same version. Records the
+    /// winner's origin, so a later tie is broken by who really wrote the local version.
+    async fn incoming_wins(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        origin: &str,
+        after: &Map<String, Value>,
+        key: &[(String, SqlValue)],
+        version_column: &str,
+    ) -> Result<bool, ApplyError> {
+        let col = self.target.column(version_column)?;
+        let Some(incoming) = after.get(version_column) else { return Ok(true) };
+        let incoming = sql_text(&to_sql(col, incoming)?);
+        let sql = format!(
+            "SELECT CAST(`{}` AS CHAR) FROM {} WHERE {} LIMIT 1 FOR UPDATE",
+            col.name,
+            self.target.qualified(),
+            where_clause(key)
+        );
+        let mut q = sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(sql));
+        for (_, v) in key {
+            q = bind_scalar(q, v.clone());
+        }
+        let row_key = Value::Array(key.iter().map(|(_, v)| Value::String(sql_text(v))).collect()).to_string();
+        let local = match q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)? {
+            None => None,
+            Some(v) => Some(v.unwrap_or_default()),
+        };
+        if let Some(local) = local {
+            let writer: Option<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT origin, version FROM `{}`.`row_versions` WHERE entity = ? AND row_key = ?",
+                self.control_db
+            )))
+            .bind(&self.name)
+            .bind(&row_key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(ApplyError::classify)?;
+            // A version this site's applier did not write was written here, by the application.
+            let local_origin = match writer {
+                Some((o, v)) if v == local => o,
+                _ => self.local_site.clone(),
+            };
+            let ord = compare_versions(&incoming, &local).then_with(|| origin.cmp(local_origin.as_str()));
+            if ord == std::cmp::Ordering::Less {
+                return Ok(false);
+            }
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO `{}`.`row_versions` (entity, row_key, origin, version) VALUES (?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version)",
+            self.control_db
+        )))
+        .bind(&self.name)
+        .bind(&row_key)
+        .bind(origin)
+        .bind(&incoming)
+        .execute(&mut **tx)
+        .await
+        .map_err(ApplyError::classify)?;
+        Ok(true)
     }
 
     /// Records which local row the origin's row became (natural-key entities).
@@ -252,6 +320,11 @@ impl EntityPlan {
                     }
                     _ => after_key.clone(),
                 };
+                if let Some(conflict) = &self.config.conflict {
+                    if !self.incoming_wins(tx, origin, &after, &where_key, &conflict.version_column).await? {
+                        return Ok(Outcome::ConflictLost);
+                    }
+                }
                 let key_changed = where_key != after_key;
                 if self.key_is_primary && !key_changed {
                     self.upsert(tx, &sets).await?;
@@ -335,4 +408,53 @@ impl EntityPlan {
 
 fn where_clause(key: &[(String, SqlValue)]) -> String {
     key.iter().map(|(c, _)| format!("`{c}` <=> ?")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// Binds `v` to a scalar query.
+fn bind_scalar<'q, O>(
+    q: sqlx::query::QueryScalar<'q, MySql, O, sqlx::mysql::MySqlArguments>,
+    v: SqlValue,
+) -> sqlx::query::QueryScalar<'q, MySql, O, sqlx::mysql::MySqlArguments> {
+    match v {
+        SqlValue::Null => q.bind(None::<String>),
+        SqlValue::Int(i) => q.bind(i),
+        SqlValue::UInt(u) => q.bind(u),
+        SqlValue::Double(d) => q.bind(d),
+        SqlValue::Text(s) => q.bind(s),
+        SqlValue::Bytes(b) => q.bind(b),
+    }
+}
+
+/// A bound value as text, for version comparison and row identity.
+fn sql_text(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Null => String::new(),
+        SqlValue::Int(i) => i.to_string(),
+        SqlValue::UInt(u) => u.to_string(),
+        SqlValue::Double(d) => d.to_string(),
+        SqlValue::Text(s) => s.clone(),
+        SqlValue::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+    }
+}
+
+/// Orders two versions: numerically when both are numbers, else as text (dates compare
+/// correctly as `YYYY-MM-DD HH:MM:SS` text).
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+        _ => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_as_numbers_or_text() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("10", "9"), Greater);
+        assert_eq!(compare_versions("2024-01-02 00:00:00", "2024-01-01 23:59:59"), Greater);
+        assert_eq!(compare_versions("5", "5.0"), Equal);
+    }
 }
