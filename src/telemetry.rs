@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -17,7 +17,8 @@ pub struct Metrics {
     registry: Registry,
     /// `sitesync_capture_events_total{site,entity,op}`: row changes published.
     pub capture_events: IntCounterVec,
-    /// `sitesync_capture_source_timestamp_seconds{site}`: commit time of the last captured transaction.
+    /// `sitesync_capture_source_timestamp_seconds{site}`: commit time of the last captured transaction
+    /// (the last binlog heartbeat while the source is idle, so its age means "capture is behind").
     pub capture_source_timestamp: GaugeVec,
     /// `sitesync_apply_records_total{site,origin,entity,outcome}`.
     pub apply_records: IntCounterVec,
@@ -31,6 +32,23 @@ pub struct Metrics {
     pub capture_transactions: IntCounterVec,
     /// `sitesync_errors_total{site,kind}`: errors by kind (database, kafka, decode, apply).
     pub errors: IntCounterVec,
+    /// `sitesync_component_running{site,component}`: 1 while `capture` / `apply` runs (the
+    /// `/readyz` flags as a metric, so that Prometheus sees readiness); 0 while it retries.
+    pub component_running: IntGaugeVec,
+    /// `sitesync_capture_delay_seconds{site}`: wall clock minus commit time when capture reads a
+    /// transaction's commit (how far behind the binlog capture reads). Binlog timestamps are whole
+    /// seconds, so values carry up to 1 s of rounding.
+    pub capture_delay: HistogramVec,
+    /// `sitesync_capture_publish_duration_seconds{site}`: from handing a record to the Kafka
+    /// producer until Kafka acknowledged it.
+    pub capture_publish_duration: HistogramVec,
+    /// `sitesync_apply_latency_seconds{site,origin}`: end to end, origin commit to local commit,
+    /// once per source transaction applied (duplicates not counted).
+    pub apply_latency: HistogramVec,
+    /// `sitesync_apply_batch_duration_seconds{site}`: one local apply transaction, begin to commit.
+    pub apply_batch_duration: HistogramVec,
+    /// `sitesync_apply_batch_records{site}`: records per local apply transaction.
+    pub apply_batch_records: HistogramVec,
 }
 
 impl Metrics {
@@ -52,15 +70,30 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("registered once");
             g
         };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        // Seconds, from a fast local commit to an origin that was down for an hour.
+        const DELAY: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+        const DURATION: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        const RECORDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0];
         let m = Metrics {
             capture_events: counter("sitesync_capture_events_total", "Row changes published to Kafka.", &["site", "entity", "op"]),
-            capture_source_timestamp: gauge("sitesync_capture_source_timestamp_seconds", "Commit time of the last transaction captured, seconds since the epoch.", &["site"]),
+            capture_source_timestamp: gauge("sitesync_capture_source_timestamp_seconds", "Commit time of the last transaction captured, seconds since the epoch; while the source is idle, the time of its last binlog heartbeat.", &["site"]),
             apply_records: counter("sitesync_apply_records_total", "Records consumed by the applier, by outcome (applied, skipped, conflict_lost, dead_letter).", &["site", "origin", "entity", "outcome"]),
             apply_lag: gauge("sitesync_apply_lag_seconds", "How far this site's applied state is behind the origin's commits; 0 when caught up.", &["site", "origin"]),
             dead_letters: int_gauge("sitesync_dead_letters", "Dead letters waiting.", &["site"]),
             build_info: int_gauge("sitesync_build_info", "Always 1; the version label says which sitesync runs.", &["version"]),
             capture_transactions: counter("sitesync_capture_transactions_total", "Binlog transactions read by capture, by kind (published, echo, unrelated).", &["site", "kind"]),
             errors: counter("sitesync_errors_total", "Errors by kind (database, kafka, decode, apply).", &["site", "kind"]),
+            component_running: int_gauge("sitesync_component_running", "1 while the component (capture, apply) runs, 0 while it is down or retrying.", &["site", "component"]),
+            capture_delay: histogram("sitesync_capture_delay_seconds", "Wall clock minus commit time when capture reads a transaction's commit.", &["site"], DELAY),
+            capture_publish_duration: histogram("sitesync_capture_publish_duration_seconds", "Time from handing a record to the Kafka producer until Kafka acknowledged it.", &["site"], DURATION),
+            apply_latency: histogram("sitesync_apply_latency_seconds", "Origin commit to local commit, per source transaction applied.", &["site", "origin"], DELAY),
+            apply_batch_duration: histogram("sitesync_apply_batch_duration_seconds", "Duration of one local apply transaction, begin to commit.", &["site"], DURATION),
+            apply_batch_records: histogram("sitesync_apply_batch_records", "Records per local apply transaction.", &["site"], RECORDS),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

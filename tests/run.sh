@@ -6,4 +6,12 @@ cd "$(dirname "$0")/.."
 deploy/local/stack.sh up
 eval "$(deploy/local/stack.sh env)"
 export SITESYNC_MYSQL_A SITESYNC_MYSQL_B SITESYNC_MYSQL_C SITESYNC_KAFKA
+# tests/observability.rs runs promtool and a Prometheus server (Debian package `prometheus`).
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus ||
+        { "${as_root[@]}" apt-get update -q && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
+    # The package may start its own server; the tests run their own.
+    "${as_root[@]}" systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+fi
 cargo test --locked --all-targets -- --test-threads="${SITESYNC_TEST_THREADS:-4}" "$@"
