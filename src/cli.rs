@@ -51,6 +51,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish the rows that exist now (op "r"), consistently with the binlog, through the
+    /// running capture of this site; shows progress until done.
+    Snapshot {
+        /// Only these entities (default: all configured).
+        #[arg(long = "entity")]
+        entities: Vec<String>,
+        /// Do not wait for the snapshot to finish.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Compare entity contents by natural key between this site and others; exit 1 on any
     /// difference.
     Verify {

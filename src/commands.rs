@@ -31,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Apply => run(config, site, false, true).await,
         Command::Status { json } => status(&config, &site, json).await,
         Command::Dlq { action } => dlq(&config, &site, action).await,
+        Command::Snapshot { entities, no_wait } => snapshot(&config, &site, &entities, no_wait).await,
         Command::Verify { entities, against, json } => verify(&config, &site, &entities, &against, json).await,
     }
 }
@@ -270,6 +271,52 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         println!("  dead letters        {dead}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sitesync snapshot`: asks the running capture for a snapshot and follows its progress.
+async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: bool) -> Result<ExitCode> {
+    for e in entities {
+        if !config.entities.contains_key(e) {
+            return Err(anyhow!("--entity {e}: no such entity in {}; entities: {}", config.path.display(), config.entities.keys().cloned().collect::<Vec<_>>().join(", ")));
+        }
+    }
+    let ctl = control_of(config, site).await?;
+    let db = ctl.database().to_string();
+    let id = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO `{db}`.`snapshot_requests` (entities) VALUES (?)")))
+        .bind(entities.join(","))
+        .execute(ctl.pool())
+        .await
+        .context("asking for a snapshot (did `sitesync init` run?)")?
+        .last_insert_id();
+    println!("snapshot {id} requested at site {site} ({})", if entities.is_empty() { "all entities".to_string() } else { entities.join(", ") });
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let row: (String, i64, i64, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT status, rows_done, rows_total, message FROM `{db}`.`snapshot_requests` WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_one(ctl.pool())
+        .await?;
+        let (status, done, total, message) = row;
+        let line = match status.as_str() {
+            "requested" => format!("waiting for the capture of site {site} to start it (is `sitesync run` running there?)"),
+            "running" => format!("running: {done} of {total} rows published ({:.0}%)", if total > 0 { 100.0 * done as f64 / total as f64 } else { 100.0 }),
+            other => format!("{other}: {}", message.clone().unwrap_or_default()),
+        };
+        if line != last {
+            println!("snapshot {id}: {line}  [{:.0} s]", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        match status.as_str() {
+            "done" => return Ok(ExitCode::SUCCESS),
+            "failed" => return Ok(ExitCode::from(1)),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }
 
 /// `sitesync verify`.

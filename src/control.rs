@@ -11,6 +11,8 @@
 //! - `row_versions`: which site wrote the version of a row that an applied change brought, so
 //!   last-writer-wins breaks ties the same way at every site.
 //! - `parked`: source transactions waiting for the rows they reference to arrive.
+//! - `snapshot_requests`, `snapshot_watermarks`: snapshots asked for and their progress, and
+//!   the watermarks that place each snapshot chunk in the binlog (see `capture::snapshot`).
 //! - `dead_letters`: records that could not be applied, with the reason.
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
@@ -241,6 +243,27 @@ impl Control {
                  ) ENGINE=InnoDB"
             ),
             format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
+                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                   entities TEXT NOT NULL,
+                   status VARCHAR(16) NOT NULL DEFAULT 'requested',
+                   rows_total BIGINT NOT NULL DEFAULT 0,
+                   rows_done BIGINT NOT NULL DEFAULT 0,
+                   message TEXT NULL,
+                   created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                   updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_watermarks` (
+                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                   request_id BIGINT UNSIGNED NOT NULL,
+                   run BIGINT UNSIGNED NOT NULL,
+                   chunk BIGINT UNSIGNED NOT NULL,
+                   kind VARCHAR(8) NOT NULL
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.`parked` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                    origin VARCHAR(64) NOT NULL,
@@ -286,7 +309,7 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "parked", "dead_letters"]
+        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters"]
             .iter()
             .filter(|t| !present.iter().any(|p| p == *t))
             .map(|t| t.to_string())

@@ -322,6 +322,10 @@ impl EntityPlan {
                 };
                 if let Some(conflict) = &self.config.conflict {
                     if !self.incoming_wins(tx, origin, &after, &where_key, &conflict.version_column).await? {
+                        // The rows are still the same entity: link them.
+                        if !self.key_is_primary {
+                            self.remember_identity(tx, origin, origin_after, &where_key).await?;
+                        }
                         return Ok(Outcome::ConflictLost);
                     }
                 }

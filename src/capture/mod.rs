@@ -10,12 +10,13 @@
 mod decode;
 mod publisher;
 mod refs;
+mod snapshot;
 mod table;
 
 pub use decode::{encode_value, latin1_to_string, TextEncoding};
 pub use table::{ColumnInfo, TableInfo};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,10 @@ enum TableRole {
     Entity(Arc<EntityTable>),
     /// This site's echo marker: the transaction was written by sitesync's applier.
     EchoMarker,
+    /// A snapshot request (`sitesync snapshot`).
+    SnapshotRequest(Arc<TableInfo>),
+    /// A snapshot watermark.
+    Watermark(Arc<TableInfo>),
     /// Anything else.
     Other,
 }
@@ -143,6 +148,29 @@ struct EntityTable {
     pk_column: Option<String>,
     /// Reference columns whose target entity has its own natural key: (column, entity).
     translated_refs: Vec<(String, String)>,
+}
+
+/// A row change that leaves the site, before it gets its place in the stream.
+pub(crate) struct Change {
+    op: Op,
+    before: Option<Map<String, Value>>,
+    after: Option<Map<String, Value>>,
+    key: Map<String, Value>,
+    refs: Vec<record::RefKey>,
+}
+
+/// Where a change stands: its position and transaction.
+pub(crate) struct Place {
+    server_id: u32,
+    gtid: Option<String>,
+    txn_id: String,
+    file: String,
+    pos: u64,
+    row: u32,
+    ts_ms: i64,
+    snapshot: &'static str,
+    total_order: u64,
+    data_collection_order: u64,
 }
 
 /// The transaction being read.
@@ -172,6 +200,13 @@ struct Reader {
     last_source_ts_ms: i64,
     warned_tables: HashSet<String>,
     refs: RefResolver,
+    /// Connections for reference lookups and snapshots.
+    pool: mysql_async::Pool,
+    pool_opts: Opts,
+    /// Collation name -> id (snapshots describe tables from information_schema).
+    charset_names: HashMap<String, u16>,
+    snapshot: Option<snapshot::Snapshot>,
+    queued_snapshots: VecDeque<(u64, String)>,
 }
 
 /// Runs capture until shutdown or a definite error.
@@ -213,6 +248,11 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
             ctx.config.database_of(&ctx.site).to_string(),
             ctx.config.clone(),
         ),
+        pool: mysql_async::Pool::new(opts.clone()),
+        pool_opts: opts.clone(),
+        charset_names: HashMap::new(),
+        snapshot: None,
+        queued_snapshots: VecDeque::new(),
         ctx: ctx.clone(),
     };
     let mut first = true;
@@ -262,11 +302,12 @@ impl Reader {
         if !problems.is_empty() {
             return Err(CaptureError::ServerSettings { site: self.ctx.site.clone(), problems });
         }
-        let collations: Vec<(u16, String)> = conn
-            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL AND CHARACTER_SET_NAME IS NOT NULL")
+        let collations: Vec<(u16, String, String)> = conn
+            .query("SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL AND CHARACTER_SET_NAME IS NOT NULL")
             .await
             .map_err(|e| self.source_err(e))?;
-        self.encodings = collations.into_iter().map(|(id, cs)| (id, decode::encoding_of_charset(&cs))).collect();
+        self.encodings = collations.iter().map(|(id, cs, _)| (*id, decode::encoding_of_charset(cs))).collect();
+        self.charset_names = collations.into_iter().map(|(id, _, name)| (name, id)).collect();
 
         if first {
             match ctl.load_checkpoint(&self.ctx.site).await? {
@@ -287,6 +328,17 @@ impl Reader {
         }
         self.tables.clear();
         self.txn = None;
+        if first {
+            // A snapshot that was running when capture stopped starts again.
+            let running: Vec<(u64, String)> = conn
+                .query(format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status = 'running' ORDER BY id", self.control_db))
+                .await
+                .map_err(|e| self.source_err(e))?;
+            for (id, entities) in running {
+                tracing::info!(site = %self.ctx.site, request = id, "restarting the snapshot that was running");
+                self.start_snapshot(id, &entities).await?;
+            }
+        }
 
         let server_id = self.ctx.config.site(&self.ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.server_id;
         conn.query_drop("SET @master_heartbeat_period = 1000000000").await.map_err(|e| self.source_err(e))?;
@@ -459,8 +511,14 @@ impl Reader {
     fn role_of(&mut self, tme: &TableMapEvent<'_>) -> Result<TableRole, CaptureError> {
         let db = tme.database_name();
         let table = tme.table_name();
-        if db == self.control_db.as_str() && table == ECHO_MARKER_TABLE {
-            return Ok(TableRole::EchoMarker);
+        if db == self.control_db.as_str() {
+            let info = || TableInfo::from_event(tme).map(Arc::new).map_err(|e| CaptureError::Config(e.to_string()));
+            return Ok(match table.as_ref() {
+                ECHO_MARKER_TABLE => TableRole::EchoMarker,
+                "snapshot_requests" => TableRole::SnapshotRequest(info()?),
+                "snapshot_watermarks" => TableRole::Watermark(info()?),
+                _ => TableRole::Other,
+            });
         }
         if db != self.db.as_str() {
             return Ok(TableRole::Other);
@@ -570,6 +628,35 @@ impl Reader {
             }
             Some(TableRole::Entity(e)) => e.clone(),
             Some(TableRole::Other) => return Ok(()),
+            Some(TableRole::SnapshotRequest(info)) | Some(TableRole::Watermark(info)) => {
+                let is_request = matches!(self.tables.get(&table_id), Some(TableRole::SnapshotRequest(_)));
+                if !matches!(data, RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_)) {
+                    return Ok(());
+                }
+                let info = info.clone();
+                let tme = stream.get_tme(table_id).ok_or_else(|| CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos: start_pos,
+                    reason: format!("no table map for table id {table_id}"),
+                })?;
+                let mut images = Vec::new();
+                for row in data.rows(tme) {
+                    let (_, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
+                    if let Some(after) = after {
+                        images.push(self.control_image(&info, &after, start_pos)?);
+                    }
+                }
+                for image in images {
+                    if is_request {
+                        let id = image.get("id").and_then(Value::as_u64).unwrap_or(0);
+                        let entities = image.get("entities").and_then(Value::as_str).unwrap_or("").to_string();
+                        self.start_snapshot(id, &entities).await?;
+                    } else {
+                        self.on_watermark(&image, publisher).await?;
+                    }
+                }
+                return Ok(());
+            }
             None => {
                 return Err(CaptureError::Binlog {
                     file: self.file.clone(),
@@ -604,74 +691,121 @@ impl Reader {
             })?;
             let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
             let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
-            if let Some(pk) = &entity.pk_column {
-                if let Some(image) = after.as_ref().or(before.as_ref()) {
-                    self.refs.remember(&entity.name, pk, image);
-                }
+            if let Some(snapshot) = self.snapshot.as_mut() {
+                snapshot.superseded(&entity.name, before.as_ref(), after.as_ref());
             }
-            let Some((op, before, after)) = apply_filter(&entity, event_op, before, after) else { continue };
-            let mut ref_keys: Vec<record::RefKey> = Vec::new();
-            for (col, target) in &entity.translated_refs {
-                for image in [before.as_ref(), after.as_ref()].into_iter().flatten() {
-                    let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
-                    if ref_keys.iter().any(|r| &r.entity == target && &r.id == id) {
-                        continue;
-                    }
-                    if let Some(key) = self.refs.resolve(target, id).await? {
-                        ref_keys.push(record::RefKey { entity: target.clone(), id: id.clone(), key });
-                    }
-                }
-            }
-            let key_image = after.as_ref().or(before.as_ref()).expect("an image exists");
-            let mut key = Map::new();
-            for col in &entity.key_columns {
-                key.insert(col.clone(), key_image.get(col).cloned().unwrap_or(Value::Null));
-            }
+            let Some(change) = self.prepare(&entity, event_op, before, after).await? else { continue };
             let txn = self.txn.as_mut().expect("transaction started");
             txn.records += 1;
             let per_table = txn.per_table.entry(entity.name.clone()).or_insert(0);
             *per_table += 1;
             let gtid = txn.gtid.as_ref().map(|g| g.to_string());
-            let record = ChangeRecord {
-                op,
-                before,
-                after,
-                source: Source {
-                    connector: "sitesync".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    name: self.ctx.config.federation.name.clone(),
-                    site: self.ctx.site.clone(),
-                    db: entity.info.db.clone(),
-                    table: entity.info.table.clone(),
-                    server_id: if txn.server_id != 0 { txn.server_id } else { header.server_id() },
-                    gtid: gtid.clone(),
-                    file: self.file.clone(),
-                    pos: start_pos,
-                    row: row_index as u32,
-                    ts_ms,
-                    snapshot: "false".into(),
-                },
-                ts_ms: record::now_ms(),
-                transaction: TransactionInfo {
-                    id: gtid.unwrap_or_else(|| format!("{}:{}", self.file, start_pos)),
-                    total_order: txn.records,
-                    data_collection_order: *per_table,
-                },
-                sitesync: SitesyncMeta {
-                    v: RECORD_VERSION,
-                    origin: self.ctx.site.clone(),
-                    entity: entity.name.clone(),
-                    key: key.clone(),
-                    last_in_transaction: false,
-                    refs: ref_keys,
-                },
+            let place = Place {
+                server_id: if txn.server_id != 0 { txn.server_id } else { header.server_id() },
+                txn_id: gtid.clone().unwrap_or_else(|| format!("{}:{}", self.file, start_pos)),
+                gtid,
+                file: self.file.clone(),
+                pos: start_pos,
+                row: row_index as u32,
+                ts_ms,
+                snapshot: "false",
+                total_order: txn.records,
+                data_collection_order: *per_table,
             };
-            let key_bytes = record::key_bytes(&entity.name, &key);
+            let (key_bytes, record) = self.envelope(&entity, change, place);
+            let txn = self.txn.as_mut().expect("transaction started");
             if let Some((k, r)) = txn.pending.replace((key_bytes, record)) {
                 self.publish(publisher, k, r).await?;
             }
         }
         Ok(())
+    }
+
+    /// Filters a row change, and resolves its references: `None` when it does not leave the site.
+    async fn prepare(
+        &mut self,
+        entity: &EntityTable,
+        op: Op,
+        before: Option<Map<String, Value>>,
+        after: Option<Map<String, Value>>,
+    ) -> Result<Option<Change>, CaptureError> {
+        if let Some(pk) = &entity.pk_column {
+            if let Some(image) = after.as_ref().or(before.as_ref()) {
+                self.refs.remember(&entity.name, pk, image);
+            }
+        }
+        let Some((op, before, after)) = apply_filter(entity, op, before, after) else { return Ok(None) };
+        let mut refs: Vec<record::RefKey> = Vec::new();
+        for (col, target) in &entity.translated_refs {
+            for image in [before.as_ref(), after.as_ref()].into_iter().flatten() {
+                let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
+                if refs.iter().any(|r| &r.entity == target && &r.id == id) {
+                    continue;
+                }
+                if let Some(key) = self.refs.resolve(target, id).await? {
+                    refs.push(record::RefKey { entity: target.clone(), id: id.clone(), key });
+                }
+            }
+        }
+        let key_image = after.as_ref().or(before.as_ref()).expect("an image exists");
+        let mut key = Map::new();
+        for col in &entity.key_columns {
+            key.insert(col.clone(), key_image.get(col).cloned().unwrap_or(Value::Null));
+        }
+        Ok(Some(Change { op, before, after, key, refs }))
+    }
+
+    /// The record of a change at `place`, and its message key.
+    fn envelope(&self, entity: &EntityTable, change: Change, place: Place) -> (Vec<u8>, ChangeRecord) {
+        let key_bytes = record::key_bytes(&entity.name, &change.key);
+        let record = ChangeRecord {
+            op: change.op,
+            before: change.before,
+            after: change.after,
+            source: Source {
+                connector: "sitesync".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                name: self.ctx.config.federation.name.clone(),
+                site: self.ctx.site.clone(),
+                db: entity.info.db.clone(),
+                table: entity.info.table.clone(),
+                server_id: place.server_id,
+                gtid: place.gtid,
+                file: place.file,
+                pos: place.pos,
+                row: place.row,
+                ts_ms: place.ts_ms,
+                snapshot: place.snapshot.into(),
+            },
+            ts_ms: record::now_ms(),
+            transaction: TransactionInfo {
+                id: place.txn_id,
+                total_order: place.total_order,
+                data_collection_order: place.data_collection_order,
+            },
+            sitesync: SitesyncMeta {
+                v: RECORD_VERSION,
+                origin: self.ctx.site.clone(),
+                entity: entity.name.clone(),
+                key: change.key,
+                last_in_transaction: false,
+                refs: change.refs,
+            },
+        };
+        (key_bytes, record)
+    }
+
+    /// A row of one of sitesync's own control tables.
+    fn control_image(&self, info: &TableInfo, row: &mysql_async::binlog::row::BinlogRow, pos: u64) -> Result<Map<String, Value>, CaptureError> {
+        let mut out = Map::new();
+        for (i, col) in info.columns.iter().enumerate() {
+            let Some(value) = row.as_ref(i) else { continue };
+            let encoding = self.encodings.get(&col.charset).copied().unwrap_or(TextEncoding::Binary);
+            let v = encode_value(col, encoding, value)
+                .map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos, reason: format!("control table {}: {e}", info.table) })?;
+            out.insert(col.name.clone(), v);
+        }
+        Ok(out)
     }
 
     fn image(&self, entity: &EntityTable, row: &mysql_async::binlog::row::BinlogRow, pos: u64) -> Result<Map<String, Value>, CaptureError> {

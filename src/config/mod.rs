@@ -282,11 +282,13 @@ pub struct CaptureTuning {
     pub max_in_flight: usize,
     /// How often the acknowledged position is written to the control database, in milliseconds.
     pub checkpoint_interval_ms: u64,
+    /// Rows read per snapshot chunk (memory holds one chunk).
+    pub snapshot_chunk_rows: usize,
 }
 
 impl Default for CaptureTuning {
     fn default() -> Self {
-        Self { max_in_flight: 20_000, checkpoint_interval_ms: 1000 }
+        Self { max_in_flight: 20_000, checkpoint_interval_ms: 1000, snapshot_chunk_rows: 2000 }
     }
 }
 

@@ -86,7 +86,7 @@ impl Federation {
         let mut pools = HashMap::new();
         let mut toml = format!(
             "[federation]\nname = \"{test}\"\ntopic_prefix = \"{topic_prefix}\"\ndatabase = \"{app_db}\"\ncontrol_database = \"{control_db}\"\n\n\
-             [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\nref_wait_seconds = {}\n\n[capture]\ncheckpoint_interval_ms = 200\n\n",
+             [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\nref_wait_seconds = {}\n\n[capture]\ncheckpoint_interval_ms = 200\nsnapshot_chunk_rows = 3\n\n",
             kafka(),
             spec.ref_wait_seconds
         );

@@ -1,0 +1,444 @@
+//! Snapshots: publishing the rows that already exist (history, a new site) as `op = "r"`
+//! records, consistently with the binlog stream, while capture goes on.
+//!
+//! `sitesync snapshot` only inserts a request into the control table `snapshot_requests`; the
+//! running capture sees that insert in the binlog and performs the snapshot in chunks, with the
+//! watermark algorithm of DBLog (also Debezium's incremental snapshots):
+//!
+//! 1. write a low watermark (a row in `snapshot_watermarks`), read the next chunk of rows by
+//!    primary key, write a high watermark;
+//! 2. keep streaming the binlog; every row change of the table seen between the two watermarks
+//!    removes that row from the chunk, because the change itself is published and is at least
+//!    as new as what the chunk read;
+//! 3. at the high watermark, publish what is left of the chunk, then start the next chunk.
+//!
+//! So no change made during the snapshot is lost or overtaken by an older snapshot row, memory
+//! holds one chunk, and streaming never stops. The records of a chunk form one transaction for
+//! the applier, which merges them by natural key: matching rows are linked, missing ones
+//! created. A capture restarted during a snapshot starts that snapshot again (the records are
+//! idempotent); watermarks of the earlier run are told apart by a per-run nonce.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+use serde_json::{Map, Value};
+
+use super::decode::{encode_value, latin1_to_string, DecodeError, TextEncoding};
+use super::publisher::Publisher;
+use super::table::{ColumnInfo, TableInfo};
+use super::{CaptureError, EntityTable, Place, Reader};
+use crate::record::{self, Op};
+
+/// A snapshot in progress.
+pub(super) struct Snapshot {
+    request_id: u64,
+    /// Tells this run's watermarks from an earlier run's.
+    run: u64,
+    conn: mysql_async::Conn,
+    remaining: VecDeque<String>,
+    entity: Option<Arc<EntityTable>>,
+    pk_columns: Vec<String>,
+    last_key: Option<Vec<mysql_async::Value>>,
+    chunk: u64,
+    window_open: bool,
+    /// The chunk read: primary key (JSON) and row image.
+    rows: Vec<(String, Map<String, Value>)>,
+    /// The chunk was shorter than the chunk size: the entity is done after it.
+    exhausted: bool,
+    rows_done: u64,
+}
+
+impl Snapshot {
+    /// A binlog change to `entity` supersedes the chunk's copy of the same row.
+    pub(super) fn superseded(&mut self, entity: &str, before: Option<&Map<String, Value>>, after: Option<&Map<String, Value>>) {
+        if !self.window_open || self.entity.as_ref().map(|e| e.name.as_str()) != Some(entity) {
+            return;
+        }
+        for image in [before, after].into_iter().flatten() {
+            let key = pk_json(&self.pk_columns, image);
+            self.rows.retain(|(k, _)| *k != key);
+        }
+    }
+}
+
+fn pk_json(pk: &[String], image: &Map<String, Value>) -> String {
+    Value::Array(pk.iter().map(|c| image.get(c).cloned().unwrap_or(Value::Null)).collect()).to_string()
+}
+
+impl Reader {
+    fn control_table(&self, table: &str) -> String {
+        format!("`{}`.`{table}`", self.control_db)
+    }
+
+    async fn snapshot_conn(&self) -> Result<mysql_async::Conn, CaptureError> {
+        // A connection of its own: its session settings must not leak into the pool.
+        let mut conn = mysql_async::Conn::new(self.pool_opts.clone()).await.map_err(|e| self.source_err(e))?;
+        // Raw bytes in each column's own character set, TIMESTAMP in UTC: the same values the
+        // binlog carries, so a snapshot row and a streamed row encode alike.
+        conn.query_drop("SET character_set_results = binary, time_zone = '+00:00'").await.map_err(|e| self.source_err(e))?;
+        Ok(conn)
+    }
+
+    /// Starts the snapshot `id` of `entities` (all configured ones when empty).
+    pub(super) async fn start_snapshot(&mut self, id: u64, entities: &str) -> Result<(), CaptureError> {
+        if self.snapshot.as_ref().is_some_and(|s| s.request_id == id) {
+            return Ok(());
+        }
+        if self.snapshot.is_some() {
+            // One at a time: this one starts when the current one ends.
+            self.queued_snapshots.push_back((id, entities.to_string()));
+            return Ok(());
+        }
+        let mut names: Vec<String> = entities.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        if names.is_empty() {
+            names = self.ctx.config.entities.keys().cloned().collect();
+        }
+        if let Some(unknown) = names.iter().find(|n| !self.ctx.config.entities.contains_key(*n)) {
+            let message = format!("entity `{unknown}` is not configured");
+            self.finish_request(id, "failed", &message).await?;
+            return Ok(());
+        }
+        let conn = self.snapshot_conn().await?;
+        let run = (record::now_ms() as u64).wrapping_mul(6364136223846793005) ^ id;
+        tracing::info!(site = %self.ctx.site, request = id, entities = %names.join(","), "snapshot starts");
+        let mut total: i64 = 0;
+        let db = self.db.clone();
+        let mut conn_count = self.pool.get_conn().await.map_err(|e| self.source_err(e))?;
+        for n in &names {
+            let table = &self.ctx.config.entities[n].table;
+            let count: Option<i64> = conn_count
+                .query_first(format!("SELECT COUNT(*) FROM `{db}`.`{table}`"))
+                .await
+                .map_err(|e| self.source_err(e))?;
+            total += count.unwrap_or(0);
+        }
+        drop(conn_count);
+        self.control_exec(
+            &format!("UPDATE {} SET status = 'running', rows_total = ?, rows_done = 0 WHERE id = ?", self.control_table("snapshot_requests")),
+            (total, id),
+        )
+        .await?;
+        self.snapshot = Some(Snapshot {
+            request_id: id,
+            run,
+            conn,
+            remaining: names.into(),
+            entity: None,
+            pk_columns: Vec::new(),
+            last_key: None,
+            chunk: 0,
+            window_open: false,
+            rows: Vec::new(),
+            exhausted: false,
+            rows_done: 0,
+        });
+        self.next_chunk().await
+    }
+
+    async fn control_exec<P: Into<mysql_async::Params> + Send>(&self, sql: &str, params: P) -> Result<(), CaptureError> {
+        let mut conn = self.pool.get_conn().await.map_err(|e| self.source_err(e))?;
+        conn.exec_drop(sql, params).await.map_err(|e| self.source_err(e))
+    }
+
+    async fn finish_request(&mut self, id: u64, status: &str, message: &str) -> Result<(), CaptureError> {
+        self.control_exec(
+            &format!("UPDATE {} SET status = ?, message = ? WHERE id = ?", self.control_table("snapshot_requests")),
+            (status, message, id),
+        )
+        .await?;
+        tracing::info!(site = %self.ctx.site, request = id, status, message, "snapshot ends");
+        Ok(())
+    }
+
+    /// Reads the next chunk between two watermarks (or ends the snapshot).
+    async fn next_chunk(&mut self) -> Result<(), CaptureError> {
+        loop {
+            let Some(snap) = self.snapshot.as_mut() else { return Ok(()) };
+            if snap.entity.is_none() {
+                let Some(name) = snap.remaining.pop_front() else {
+                    let (id, done) = (snap.request_id, snap.rows_done);
+                    self.snapshot = None;
+                    self.finish_request(id, "done", &format!("{done} rows published")).await?;
+                    if let Some((next, entities)) = self.queued_snapshots.pop_front() {
+                        return Box::pin(self.start_snapshot(next, &entities)).await;
+                    }
+                    return Ok(());
+                };
+                let config = self.ctx.config.clone();
+                let cfg = &config.entities[&name];
+                let info = table_info(&mut snap.conn, &self.db, &cfg.table, &self.charset_names).await.map_err(|e| CaptureError::Source { site: self.ctx.site.clone(), source: e })?;
+                if info.primary_key.is_empty() {
+                    let id = snap.request_id;
+                    self.snapshot = None;
+                    return self.finish_request(id, "failed", &format!("table {}.{} has no primary key to read it in chunks", self.db, cfg.table)).await;
+                }
+                let pk_columns = info.primary_key.iter().map(|&i| info.columns[i].name.clone()).collect();
+                let entity = Arc::new(self.bind_entity(&name, cfg, info)?);
+                let snap = self.snapshot.as_mut().expect("snapshot running");
+                snap.pk_columns = pk_columns;
+                snap.entity = Some(entity);
+                snap.last_key = None;
+            }
+            break;
+        }
+        let chunk_rows = self.ctx.config.capture.snapshot_chunk_rows.max(1);
+        let watermarks = self.control_table("snapshot_watermarks");
+        let snap = self.snapshot.as_mut().expect("snapshot running");
+        snap.chunk += 1;
+        snap.window_open = false;
+        let entity = snap.entity.clone().expect("entity chosen");
+        let mark = |kind: &'static str| format!("INSERT INTO {watermarks} (request_id, run, chunk, kind) VALUES ({}, {}, {}, '{kind}')", snap.request_id, snap.run, snap.chunk);
+        let (low, high) = (mark("low"), mark("high"));
+        let columns: Vec<String> = entity.info.columns.iter().map(|c| format!("`{}`", c.name)).collect();
+        let pk: Vec<String> = snap.pk_columns.iter().map(|c| format!("`{c}`")).collect();
+        let after = match &snap.last_key {
+            Some(_) => format!("WHERE ({}) > ({})", pk.join(", "), vec!["?"; pk.len()].join(", ")),
+            None => String::new(),
+        };
+        let select = format!(
+            "SELECT {} FROM `{}`.`{}` {after} ORDER BY {} LIMIT {chunk_rows}",
+            columns.join(", "),
+            entity.info.db,
+            entity.info.table,
+            pk.join(", ")
+        );
+        let params: Vec<mysql_async::Value> = snap.last_key.clone().unwrap_or_default();
+        let site = self.ctx.site.clone();
+        let source_err = |e| CaptureError::Source { site: site.clone(), source: e };
+        snap.conn.query_drop(&low).await.map_err(source_err)?;
+        let rows: Vec<mysql_async::Row> = if params.is_empty() {
+            snap.conn.exec(&select, ()).await.map_err(source_err)?
+        } else {
+            snap.conn.exec(&select, mysql_async::Params::Positional(params)).await.map_err(source_err)?
+        };
+        snap.conn.query_drop(&high).await.map_err(source_err)?;
+        snap.exhausted = rows.len() < chunk_rows;
+        let pk_index: Vec<usize> = snap.pk_columns.iter().filter_map(|c| entity.info.index_of(c)).collect();
+        let mut images = Vec::with_capacity(rows.len());
+        let mut last_key = None;
+        for mut row in rows {
+            let mut image = Map::new();
+            let values: Vec<mysql_async::Value> = (0..entity.info.columns.len()).map(|i| row.take(i).unwrap_or(mysql_async::Value::NULL)).collect();
+            for (i, col) in entity.info.columns.iter().enumerate() {
+                let Some(encoding) = entity.encodings[i] else { continue };
+                let v = select_value(col, encoding, values[i].clone()).map_err(|e| CaptureError::Config(format!("snapshot of {}: {e}", entity.info.table)))?;
+                image.insert(col.name.clone(), v);
+            }
+            last_key = Some(pk_index.iter().map(|&i| values[i].clone()).collect());
+            images.push((pk_json(&snap.pk_columns, &image), image));
+        }
+        if last_key.is_some() {
+            snap.last_key = last_key;
+        }
+        snap.rows = images;
+        Ok(())
+    }
+
+    /// A watermark row seen in the binlog.
+    pub(super) async fn on_watermark(&mut self, image: &Map<String, Value>, publisher: &mut Publisher) -> Result<(), CaptureError> {
+        let num = |k: &str| image.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (request, run, chunk) = (num("request_id"), num("run"), num("chunk"));
+        let kind = image.get("kind").and_then(Value::as_str).unwrap_or("");
+        let Some(snap) = self.snapshot.as_mut() else { return Ok(()) };
+        if snap.request_id != request || snap.run != run || snap.chunk != chunk {
+            return Ok(());
+        }
+        if kind == "low" {
+            snap.window_open = true;
+            return Ok(());
+        }
+        if kind != "high" {
+            return Ok(());
+        }
+        snap.window_open = false;
+        let entity = snap.entity.clone().expect("entity chosen");
+        let rows = std::mem::take(&mut snap.rows);
+        let (request_id, run, exhausted) = (snap.request_id, snap.run, snap.exhausted);
+        let last_of_all = exhausted && snap.remaining.is_empty();
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, image) in rows {
+            if let Some(change) = self.prepare(&entity, Op::Read, None, Some(image)).await? {
+                out.push(change);
+            }
+        }
+        let n = out.len();
+        let txn_id = format!("snapshot-{request_id}-{run}-{}-{chunk}", entity.name);
+        let mut records = Vec::with_capacity(n);
+        for (i, change) in out.into_iter().enumerate() {
+            let place = Place {
+                server_id: 0,
+                gtid: None,
+                txn_id: txn_id.clone(),
+                file: self.file.clone(),
+                pos: self.pos,
+                row: i as u32,
+                ts_ms: record::now_ms(),
+                snapshot: if last_of_all && i + 1 == n { "last" } else { "true" },
+                total_order: i as u64 + 1,
+                data_collection_order: i as u64 + 1,
+            };
+            records.push(self.envelope(&entity, change, place));
+        }
+        if let Some(last) = records.last_mut() {
+            last.1.sitesync.last_in_transaction = true;
+        }
+        for (key, record) in records {
+            self.publish(publisher, key, record).await?;
+        }
+        let snap = self.snapshot.as_mut().expect("snapshot running");
+        snap.rows_done += n as u64;
+        let done = snap.rows_done;
+        if exhausted {
+            snap.entity = None;
+        }
+        self.control_exec(
+            &format!("UPDATE {} SET rows_done = ? WHERE id = ?", self.control_table("snapshot_requests")),
+            (done, request_id),
+        )
+        .await?;
+        self.next_chunk().await
+    }
+}
+
+/// A table described by `information_schema` (a snapshot may read a table before any of its
+/// changes brought a table map): the same [`TableInfo`] the binlog would give.
+async fn table_info(
+    conn: &mut mysql_async::Conn,
+    db: &str,
+    table: &str,
+    charsets: &std::collections::HashMap<String, u16>,
+) -> Result<TableInfo, mysql_async::Error> {
+    let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Option<u32>, Option<Vec<u8>>, Vec<u8>)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), DATETIME_PRECISION, COLLATION_NAME, COLUMN_KEY
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await?;
+    let pk_names: Vec<Vec<u8>> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        .await?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut columns = Vec::new();
+    for (name, data_type, column_type, precision, collation, _) in &rows {
+        let (data_type, column_type) = (text(data_type), text(column_type));
+        let ctype = column_type_of(&data_type);
+        let charset = match collation {
+            Some(c) => charsets.get(&text(c)).copied().unwrap_or(0),
+            None => super::decode::BINARY_CHARSET,
+        };
+        let members = if matches!(ctype, ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET) {
+            parse_members(&column_type).into_iter().map(Into::into).collect()
+        } else {
+            Vec::new()
+        };
+        columns.push(ColumnInfo {
+            name: text(name),
+            ctype,
+            meta: vec![precision.unwrap_or(0) as u8],
+            unsigned: column_type.contains("unsigned"),
+            charset,
+            members,
+        });
+    }
+    let primary_key = pk_names.iter().filter_map(|p| columns.iter().position(|c| c.name.as_bytes() == p.as_slice())).collect();
+    Ok(TableInfo { db: db.to_string(), table: table.to_string(), columns, primary_key })
+}
+
+fn column_type_of(data_type: &str) -> ColumnType {
+    use ColumnType::*;
+    match data_type {
+        "tinyint" => MYSQL_TYPE_TINY,
+        "smallint" => MYSQL_TYPE_SHORT,
+        "mediumint" => MYSQL_TYPE_INT24,
+        "int" | "integer" => MYSQL_TYPE_LONG,
+        "bigint" => MYSQL_TYPE_LONGLONG,
+        "decimal" | "numeric" => MYSQL_TYPE_NEWDECIMAL,
+        "float" => MYSQL_TYPE_FLOAT,
+        "double" | "real" => MYSQL_TYPE_DOUBLE,
+        "bit" => MYSQL_TYPE_BIT,
+        "date" => MYSQL_TYPE_NEWDATE,
+        "datetime" => MYSQL_TYPE_DATETIME2,
+        "timestamp" => MYSQL_TYPE_TIMESTAMP2,
+        "time" => MYSQL_TYPE_TIME2,
+        "year" => MYSQL_TYPE_YEAR,
+        "char" | "binary" => MYSQL_TYPE_STRING,
+        "varchar" | "varbinary" => MYSQL_TYPE_VARCHAR,
+        "enum" => MYSQL_TYPE_ENUM,
+        "set" => MYSQL_TYPE_SET,
+        "json" => MYSQL_TYPE_JSON,
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+        | "geometrycollection" => MYSQL_TYPE_GEOMETRY,
+        _ => MYSQL_TYPE_BLOB,
+    }
+}
+
+/// `enum('a','b''c')` -> ["a", "b'c"].
+fn parse_members(column_type: &str) -> Vec<String> {
+    let Some(start) = column_type.find('(') else { return Vec::new() };
+    let body = &column_type[start + 1..column_type.len().saturating_sub(1)];
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = body.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('\'', false) => quoted = true,
+            ('\'', true) if chars.peek() == Some(&'\'') => {
+                current.push('\'');
+                chars.next();
+            }
+            ('\'', true) => {
+                quoted = false;
+                out.push(std::mem::take(&mut current));
+            }
+            (c, true) => current.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A value read by SELECT, encoded as the binlog's value of the same column would be.
+fn select_value(col: &ColumnInfo, encoding: TextEncoding, v: mysql_async::Value) -> Result<Value, DecodeError> {
+    use mysql_async::Value as V;
+    let err = |reason: String| DecodeError { column: col.name.clone(), reason };
+    Ok(match (col.ctype, v) {
+        (_, V::NULL) => Value::Null,
+        (ColumnType::MYSQL_TYPE_YEAR, V::Int(y)) => Value::from(y),
+        (ColumnType::MYSQL_TYPE_YEAR, V::UInt(y)) => Value::from(y),
+        (ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET, V::Bytes(b)) => Value::String(match encoding {
+            TextEncoding::Latin1 => latin1_to_string(&b),
+            _ => String::from_utf8(b).map_err(|_| err("member is not UTF-8".into()))?,
+        }),
+        (ColumnType::MYSQL_TYPE_TIMESTAMP2, V::Date(y, mo, d, h, mi, s, us)) => {
+            let mut t = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+            let decimals = col.meta.first().copied().unwrap_or(0).min(6) as usize;
+            if decimals > 0 {
+                t.push('.');
+                t.push_str(&format!("{us:06}")[..decimals]);
+            }
+            t.push('Z');
+            Value::String(t)
+        }
+        (_, v) => encode_value(col, encoding, &BinlogValue::Value(v))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_members_parse_with_quotes_and_commas() {
+        assert_eq!(parse_members("enum('a','b,c','it''s')"), vec!["a", "b,c", "it's"]);
+        assert_eq!(parse_members("set('x')"), vec!["x"]);
+    }
+}
