@@ -224,10 +224,11 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         partials: HashMap::new(),
         progress,
     };
-    ctx.health.apply_running.store(true, Ordering::Relaxed);
+    applier.set_running(true);
+    applier.refresh_dead_letter_gauge().await;
     tracing::info!(site = %ctx.site, origins = ?origins, "applying");
     let result = applier.consume(&consumer).await;
-    ctx.health.apply_running.store(false, Ordering::Relaxed);
+    applier.set_running(false);
     result
 }
 
@@ -274,8 +275,12 @@ impl Applier {
                 if !self.parked_keys.is_empty() {
                     self.retry_parked_logged().await;
                 }
-            } else if first && idle && !self.parked_keys.is_empty() {
-                self.retry_parked_logged().await;
+            } else if first && idle {
+                // Idle: dead letters may have been dropped or replayed by hand meanwhile.
+                self.refresh_dead_letter_gauge().await;
+                if !self.parked_keys.is_empty() {
+                    self.retry_parked_logged().await;
+                }
             }
         }
     }
@@ -361,6 +366,8 @@ impl Applier {
                 Err(e) => {
                     self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "database"]).inc();
                     tracing::warn!(site = %self.ctx.site, error = %e, "apply failed; retrying");
+                    // A stalled applier must not look idle: the lag grows while it retries.
+                    self.set_lag(&batch, record::now_ms());
                     self.retry_wait(&mut backoff).await?;
                 }
             }
@@ -395,8 +402,21 @@ impl Applier {
         Ok(())
     }
 
+    /// Lag per origin: how old the newest applied (or waiting) change of the batch is.
+    fn set_lag(&self, batch: &[CompleteTxn], now: i64) {
+        let mut newest: HashMap<&str, i64> = HashMap::new();
+        for t in batch {
+            let e = newest.entry(t.origin.as_str()).or_insert(t.source_ts_ms);
+            *e = (*e).max(t.source_ts_ms);
+        }
+        for (origin, ts) in newest {
+            let lag = ((now - ts) as f64 / 1000.0).max(0.0);
+            self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(lag);
+        }
+    }
+
     async fn retry_wait(&self, backoff: &mut Duration) -> Result<(), ApplyError> {
-        self.ctx.health.apply_running.store(false, Ordering::Relaxed);
+        self.set_running(false);
         tokio::select! {
             _ = tokio::time::sleep(*backoff) => {}
             _ = self.ctx.shutdown.wait() => return Err(ApplyError::Config("stopped while retrying".into())),
@@ -415,13 +435,15 @@ impl Applier {
                 None => offsets.push((&t.topic, t.partition, t.next_offset())),
             }
         }
+        let started = std::time::Instant::now();
         let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
         self.control.write_offsets(&mut tx, &offsets).await.map_err(ApplyError::Database)?;
         let mut counts: HashMap<(String, String, &'static str), u64> = HashMap::new();
+        let mut applied_txns: Vec<usize> = Vec::new();
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
         let mut newly_parked: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
-        for t in batch {
+        for (t_index, t) in batch.iter().enumerate() {
             let duplicate = self.already_applied(t)
                 || t.txn.as_ref().is_some_and(|(id, _)| {
                     progress.get(&(t.origin.clone(), id.stream.clone())).is_some_and(|(seq, _, _)| *seq >= id.seq)
@@ -472,6 +494,7 @@ impl Applier {
             };
             match outcome {
                 Ok(outcomes) => {
+                    applied_txns.push(t_index);
                     for (r, o) in records.iter().zip(outcomes) {
                         *counts.entry((t.origin.clone(), r.sitesync.entity.clone(), o)).or_default() += 1;
                     }
@@ -518,13 +541,25 @@ impl Applier {
         if dead > 0 {
             self.refresh_dead_letter_gauge().await;
         }
+        let site = &self.ctx.site;
+        self.ctx.metrics.apply_batch_duration.with_label_values(&[site]).observe(started.elapsed().as_secs_f64());
+        let records: usize = batch.iter().map(|t| t.records.len()).sum();
+        self.ctx.metrics.apply_batch_records.with_label_values(&[site]).observe(records as f64);
         let now = record::now_ms();
-        for t in batch {
-            let lag = ((now - t.source_ts_ms) as f64 / 1000.0).max(0.0);
-            self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, &t.origin]).set(lag);
+        for i in applied_txns {
+            let t = &batch[i];
+            let latency = ((now - t.source_ts_ms) as f64 / 1000.0).max(0.0);
+            self.ctx.metrics.apply_latency.with_label_values(&[site, &t.origin]).observe(latency);
         }
-        self.ctx.health.apply_running.store(true, Ordering::Relaxed);
+        self.set_lag(batch, now);
+        self.set_running(true);
         Ok(())
+    }
+
+    /// Apply's health flag and its metric, together.
+    fn set_running(&self, running: bool) {
+        self.ctx.health.apply_running.store(running, Ordering::Relaxed);
+        self.ctx.metrics.component_running.with_label_values(&[&self.ctx.site, "apply"]).set(running as i64);
     }
 
     fn count(&self, counts: HashMap<(String, String, &'static str), u64>) {

@@ -224,6 +224,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     let mut publisher = Publisher::start(
         producer,
         topic.clone(),
+        ctx.metrics.capture_publish_duration.with_label_values(&[&ctx.site]),
         ctx.config.capture.max_in_flight,
         ctl.clone(),
         ctx.site.clone(),
@@ -261,7 +262,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         match reader.stream(&opts, &ctl, &mut publisher, first).await {
             Ok(()) => break Ok(()),
             Err(e) if e.is_transient() && !ctx.shutdown.is_triggered() => {
-                ctx.health.capture_running.store(false, Ordering::Relaxed);
+                set_running(&ctx, false);
                 ctx.metrics.errors.with_label_values(&[&ctx.site, "database"]).inc();
                 tracing::warn!(site = %ctx.site, error = %e, retry_in_ms = backoff.as_millis() as u64, "binlog connection lost; reconnecting");
                 tokio::select! {
@@ -274,9 +275,15 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
             Err(e) => break Err(e),
         }
     };
-    ctx.health.capture_running.store(false, Ordering::Relaxed);
+    set_running(&ctx, false);
     let finished = publisher.finish().await;
     result.and(finished)
+}
+
+/// Capture's health flag and its metric, together.
+fn set_running(ctx: &CaptureContext, running: bool) {
+    ctx.health.capture_running.store(running, Ordering::Relaxed);
+    ctx.metrics.component_running.with_label_values(&[&ctx.site, "capture"]).set(running as i64);
 }
 
 impl Reader {
@@ -362,7 +369,7 @@ impl Reader {
             request.with_gtid().with_gtid_set(sids.iter().cloned())
         };
         let mut stream = conn.get_binlog_stream(request).await.map_err(|e| self.map_stream_err(e, &gtid_text))?;
-        self.ctx.health.capture_running.store(true, Ordering::Relaxed);
+        set_running(&self.ctx, true);
         tracing::info!(site = %self.ctx.site, gtid = %gtid_text, server_id, "streaming the binlog");
 
         loop {
@@ -853,6 +860,10 @@ impl Reader {
         let kind = if txn.echo { "echo" } else if published { "published" } else { "unrelated" };
         self.ctx.metrics.capture_transactions.with_label_values(&[&self.ctx.site, kind]).inc();
         self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(ts as f64);
+        if published {
+            let delay = (record::now_ms() - ts_ms) as f64 / 1000.0;
+            self.ctx.metrics.capture_delay.with_label_values(&[&self.ctx.site]).observe(delay.max(0.0));
+        }
         publisher
             .boundary(Checkpoint { gtid: self.gtid.to_string(), file: self.file.clone(), pos: self.pos, source_ts_ms: ts_ms }, published)
             .await?;

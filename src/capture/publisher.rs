@@ -32,7 +32,7 @@ pub struct Checkpoint {
 }
 
 enum InFlight {
-    Record(DeliveryFuture),
+    Record(DeliveryFuture, Instant),
     Boundary { checkpoint: Checkpoint, published: bool },
 }
 
@@ -64,6 +64,7 @@ impl Publisher {
     pub fn start(
         producer: FutureProducer,
         topic: String,
+        publish_duration: prometheus::Histogram,
         max_in_flight: usize,
         control: Control,
         site: String,
@@ -75,8 +76,8 @@ impl Publisher {
         let tracker = tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
                 match item {
-                    InFlight::Record(fut) => match fut.await {
-                        Ok(Ok(_)) => {}
+                    InFlight::Record(fut, sent) => match fut.await {
+                        Ok(Ok(_)) => publish_duration.observe(sent.elapsed().as_secs_f64()),
                         Ok(Err((e, _))) => return Err(CaptureError::Delivery(e)),
                         Err(_) => return Err(CaptureError::Delivery(KafkaError::Canceled)),
                     },
@@ -160,7 +161,7 @@ impl Publisher {
     pub async fn send(&mut self, key: &[u8], payload: &[u8]) -> Result<(), CaptureError> {
         loop {
             match self.producer.send_result(FutureRecord::to(&self.topic).key(key).payload(payload)) {
-                Ok(fut) => return self.push(InFlight::Record(fut)).await,
+                Ok(fut) => return self.push(InFlight::Record(fut, Instant::now())).await,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
