@@ -307,3 +307,18 @@ async fn zhejiang_history_on_both_sides_merges_by_natural_key_through_snapshots(
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_the_table_lacks_stops_start_up_naming_file_and_key() {
+    let config = "[entities.user]\ntable = \"user\"\nkey = [\"tokn\"]\nexclude = [\"avatr\"]\n\n[entities.lab]\ntable = \"labs\"\n\n[[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"user\", \"lab\"]\n";
+    let fed = Federation::new("badcols", Spec { schema: LIMS, entities_and_routes: config, ..Spec::default() }).await;
+    for command in ["capture", "apply"] {
+        let out = fed.command("a", &[command]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} must not start");
+        let file = fed.config_path.display().to_string();
+        for expected in [file.as_str(), "entities.user.key", "`tokn`", "entities.user.exclude", "`avatr`", "entities.lab.table", "labs"] {
+            assert!(text.contains(expected), "{command}: no `{expected}` in:\n{text}");
+        }
+    }
+}

@@ -171,10 +171,26 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
             }
         }
     }
-    let mut plans = Plans::new();
+    let mut tables = Vec::new();
+    let mut problems = Vec::new();
     for name in needed {
         let entity = &config.entities[name];
-        let target = TargetTable::load(&pool, &db, &entity.table).await?;
+        match TargetTable::load(&pool, &db, &entity.table).await {
+            Ok(t) => {
+                let columns: Vec<String> = t.columns.keys().cloned().collect();
+                problems.extend(crate::config::columns_problems(&config, name, &ctx.site, &columns, &t.primary_key));
+                tables.push((name, t));
+            }
+            Err(ApplyError::Schema(_)) => problems.extend(crate::config::columns_problems(&config, name, &ctx.site, &[], &[])),
+            Err(e) => return Err(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApplyError::Config(config.invalid(problems).to_string()));
+    }
+    let mut plans = Plans::new();
+    for (name, target) in tables {
+        let entity = &config.entities[name];
         plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target, &config.federation.control_database, &ctx.site)?));
     }
 

@@ -214,6 +214,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     let ctx = Arc::new(ctx);
     let site_cfg = ctx.config.site(&ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.clone();
     let pool = control::connect(&ctx.site, site_cfg.mysql.expose(), 2).await?;
+    check_tables(&ctx, &pool).await?;
     let ctl = Control::new(pool, &ctx.config.federation.control_database);
 
     let producer: FutureProducer = crate::kafka::producer_config(&ctx.config.kafka)
@@ -278,6 +279,28 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     set_running(&ctx, false);
     let finished = publisher.finish().await;
     result.and(finished)
+}
+
+/// Every configured column of every entity captured here must exist: a mistake stops start-up
+/// with the file and key, rather than the first change to the table.
+async fn check_tables(ctx: &CaptureContext, pool: &sqlx::MySqlPool) -> Result<(), CaptureError> {
+    let config = &ctx.config;
+    let db = config.database_of(&ctx.site);
+    let mut problems = Vec::new();
+    for name in config.captured_at(&ctx.site) {
+        let table = &config.entities[name].table;
+        let (columns, pk) = match crate::apply::TargetTable::load(pool, db, table).await {
+            Ok(t) => (t.columns.keys().cloned().collect::<Vec<_>>(), t.primary_key),
+            Err(crate::apply::ApplyError::Schema(_)) => (Vec::new(), Vec::new()),
+            Err(e) => return Err(CaptureError::Config(format!("reading the schema of {db}.{table}: {e}"))),
+        };
+        problems.extend(crate::config::columns_problems(config, name, &ctx.site, &columns, &pk));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CaptureError::Config(config.invalid(problems).to_string()))
+    }
 }
 
 /// Capture's health flag and its metric, together.

@@ -9,6 +9,7 @@ mod filter;
 mod validate;
 
 pub use filter::{Filter, FilterError};
+pub use validate::columns_problems;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -368,6 +369,20 @@ impl Config {
                 self.entities.keys().any(|e| self.routes_entity(origin, target, e))
             })
             .cloned()
+            .collect()
+    }
+
+    /// A configuration error made of `problems` (for checks against live schemas).
+    pub fn invalid(&self, problems: Vec<ConfigProblem>) -> ConfigError {
+        ConfigError::Invalid { path: self.path.clone(), problems }
+    }
+
+    /// The entities whose changes at `site` some route carries elsewhere.
+    pub fn captured_at(&self, site: &str) -> Vec<&str> {
+        self.entities
+            .keys()
+            .filter(|e| self.sites.keys().any(|target| self.routes_entity(site, target, e)))
+            .map(String::as_str)
             .collect()
     }
 

@@ -173,3 +173,65 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     }
     problems
 }
+
+/// Checks one entity against the columns its table really has at a site: every configured
+/// column must exist there.
+pub fn columns_problems(
+    config: &super::Config,
+    entity: &str,
+    site: &str,
+    columns: &[String],
+    primary_key: &[String],
+) -> Vec<ConfigProblem> {
+    let Some(e) = config.entities.get(entity) else { return Vec::new() };
+    let table = format!("{}.{}", config.database_of(site), e.table);
+    let mut problems = Vec::new();
+    if columns.is_empty() {
+        problems.push(ConfigProblem {
+            key: format!("entities.{entity}.table"),
+            message: format!("table {table} does not exist at site `{site}`"),
+        });
+        return problems;
+    }
+    let mut missing = |key: String, col: &str| {
+        if !columns.iter().any(|c| c == col) {
+            problems.push(ConfigProblem {
+                key,
+                message: format!("column `{col}` does not exist in {table} at site `{site}`; columns: {}", columns.join(", ")),
+            });
+        }
+    };
+    for col in &e.key {
+        missing(format!("entities.{entity}.key"), col);
+    }
+    for col in &e.exclude {
+        missing(format!("entities.{entity}.exclude"), col);
+    }
+    for col in e.refs.keys() {
+        missing(format!("entities.{entity}.refs.{col}"), col);
+    }
+    if let Some(c) = &e.conflict {
+        missing(format!("entities.{entity}.conflict.version_column"), &c.version_column);
+    }
+    if let Some(c) = &e.origin_column {
+        missing(format!("entities.{entity}.origin_column"), c);
+    }
+    if let super::OnDelete::Set(values) = &e.on_delete {
+        for col in values.keys() {
+            missing(format!("entities.{entity}.on_delete.set.{col}"), col);
+        }
+    }
+    if let Some(f) = e.filter.as_deref().and_then(|f| Filter::parse(f).ok()) {
+        for col in f.columns() {
+            missing(format!("entities.{entity}.filter"), col);
+        }
+    }
+    drop(missing);
+    if e.key.is_empty() && primary_key.is_empty() {
+        problems.push(ConfigProblem {
+            key: format!("entities.{entity}.key"),
+            message: format!("table {table} has no primary key at site `{site}`: set `key` to the columns that identify a row at every site"),
+        });
+    }
+    problems
+}
