@@ -496,11 +496,24 @@ impl Reader {
             16 => self.commit(publisher, end_pos, header.timestamp()).await?,
             // Query: BEGIN, COMMIT (non-transactional tables) or DDL.
             2 => {
-                let query = match event.read_data() {
-                    Ok(Some(EventData::QueryEvent(q))) => q.query().into_owned(),
-                    _ => String::new(),
+                let (query, schema) = match event.read_data() {
+                    Ok(Some(EventData::QueryEvent(q))) => (q.query().into_owned(), q.schema().into_owned()),
+                    _ => (String::new(), String::new()),
                 };
                 let q = query.trim();
+                if schema == self.db && is_row_change_statement(q) {
+                    // A session wrote with binlog_format=STATEMENT (it can be switched per
+                    // session): the rows it changed are not in the binlog, so refuse loudly.
+                    return Err(CaptureError::Binlog {
+                        file: self.file.clone(),
+                        pos: end_pos,
+                        reason: format!(
+                            "a change to database `{}` was logged as a statement, not as rows: a session uses binlog_format={}; set binlog_format=ROW globally and for every session (the changed rows cannot be captured; re-seed with `sitesync snapshot`)",
+                            self.db,
+                            if q.len() > 0 { "STATEMENT or MIXED" } else { "?" }
+                        ),
+                    });
+                }
                 if q.eq_ignore_ascii_case("BEGIN") {
                 } else if q.eq_ignore_ascii_case("COMMIT") {
                     self.commit(publisher, end_pos, header.timestamp()).await?;
@@ -707,6 +720,20 @@ impl Reader {
             pos: start_pos,
             reason: format!("no table map for table id {table_id}"),
         })?;
+        // A session with binlog_row_image=MINIMAL logs only some columns: never guess the rest.
+        let columns = data.num_columns() as usize;
+        let before_full = data.columns_before_image().map_or(true, |b| b.count_ones() >= columns);
+        let after_full = data.columns_after_image().map_or(true, |b| b.count_ones() >= columns);
+        if !before_full || !after_full {
+            return Err(CaptureError::Binlog {
+                file: self.file.clone(),
+                pos: start_pos,
+                reason: format!(
+                    "table {}: a row change logged without all its columns: a session uses binlog_row_image=MINIMAL or NOBLOB; set binlog_row_image=FULL globally and for every session",
+                    entity.info.table
+                ),
+            });
+        }
         let event_op = match &data {
             RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
             RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
@@ -892,6 +919,17 @@ impl Reader {
             .await?;
         Ok(())
     }
+}
+
+/// Whether a logged statement changes rows (statement-based logging of DML).
+fn is_row_change_statement(query: &str) -> bool {
+    let mut q = query.trim_start();
+    // Skip leading comments such as `/* app */`.
+    while let Some(rest) = q.strip_prefix("/*") {
+        q = rest.split_once("*/").map(|(_, r)| r.trim_start()).unwrap_or("");
+    }
+    let word: String = q.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase();
+    matches!(word.as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD")
 }
 
 /// Applies the entity's row filter: rows that do not match never leave the site. A row that
