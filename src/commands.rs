@@ -47,7 +47,11 @@ async fn init(config: &Config, site: &str) -> Result<ExitCode> {
     ctl.init().await?;
     println!("control tables ready in `{}`", ctl.database());
     let topics: Vec<String> = config.sites.keys().map(|s| config.topic_of(s)).collect();
-    for (topic, state) in kafka::create_topics(&config.kafka, &topics).await? {
+    for (topic, state) in kafka::create_topics(&config.kafka, &topics, -1).await? {
+        println!("topic {topic}: {state}");
+    }
+    let heartbeats: Vec<String> = config.sites.keys().map(|s| config.heartbeat_topic_of(s)).collect();
+    for (topic, state) in kafka::create_topics(&config.kafka, &heartbeats, 3_600_000).await? {
         println!("topic {topic}: {state}");
     }
     if ctl.load_checkpoint(site).await?.is_none() {

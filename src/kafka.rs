@@ -93,21 +93,24 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> Result<ClientConfig,
     Ok(c)
 }
 
-/// Creates `topics` if missing (one partition keeps a site's commit order total).
+/// Creates `topics` if missing (one partition keeps a site's commit order total);
+/// `retention_ms` of -1 keeps records forever (site topics); heartbeats need only minutes.
 pub async fn create_topics(
     kafka: &KafkaConfig,
     topics: &[String],
+    retention_ms: i64,
 ) -> Result<Vec<(String, &'static str)>, TransportError> {
     let admin: AdminClient<DefaultClientContext> = base(kafka, &[])?
         .create()
         .map_err(|source| TransportError::Kafka { what: "creating the admin client".into(), source })?;
     let max = MAX_MESSAGE_BYTES.to_string();
+    let retention = retention_ms.to_string();
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
             NewTopic::new(t, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor))
                 .set("max.message.bytes", &max)
-                .set("retention.ms", "-1")
+                .set("retention.ms", &retention)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

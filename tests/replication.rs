@@ -192,3 +192,31 @@ async fn capture_killed_mid_burst_loses_nothing_and_applies_once() {
 async fn applier_killed_mid_burst_loses_nothing_and_applies_once() {
     exactly_once_after_kill("killapp", false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
+    let mut fed = Federation::new(
+        "lag",
+        Spec {
+            sites: &["a", "b"],
+            schema: SCHEMA,
+            entities_and_routes: "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n",
+            ..Spec::default()
+        },
+    )
+    .await;
+    let addr = fed.listen("b");
+    let capture = fed.start("a", &["capture"]);
+    fed.start("b", &["apply"]);
+    fed.exec("a", "INSERT INTO person (id, name) VALUES (1, 'x')").await;
+    let lag = move || common::http_get(addr, "/metrics").and_then(|m| common::metric(&m, "sitesync_apply_lag_seconds", &["origin=\"a\""]));
+    fed.wait_for(WAIT, "lag 0 on an idle federation (capture heartbeats)", || async move { lag() == Some(0.0) }).await;
+    // Idle for longer than any grace: still 0, because A's capture says it is caught up.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(lag(), Some(0.0), "an idle origin must not look like lag");
+    // A's capture stops: B's view of A grows, even though nothing arrives.
+    fed.kill9(capture);
+    fed.wait_for(WAIT, "lag grows while the origin's capture is stopped", || async move { lag().is_some_and(|l| l >= 3.0) }).await;
+    fed.start("a", &["capture"]);
+    fed.wait_for(WAIT, "lag back to 0 after the capture restarts", || async move { lag() == Some(0.0) }).await;
+}

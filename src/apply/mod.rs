@@ -45,6 +45,9 @@ pub enum ApplyError {
     /// The record references rows that have not arrived here yet.
     #[error("waiting: {0}")]
     Wait(String),
+    /// The record has a column the local table lacks (a schema change not applied here yet).
+    #[error("{0}")]
+    MissingColumn(String),
     /// The local schema does not fit the configuration.
     #[error("{0}")]
     Schema(String),
@@ -67,6 +70,8 @@ impl ApplyError {
             match code {
                 // Deadlock, lock wait timeout, server shutting down, read-only: retry.
                 Some(1213 | 1205 | 1053 | 1290 | 1836) => return ApplyError::Database(e),
+                // Unknown column: the table changed since it was read; read it again and wait.
+                Some(1054) => return ApplyError::MissingColumn(format!("local table changed: {}", db.message())),
                 Some(_) => return ApplyError::Definite(format!("local database refused the change: {}", db.message())),
                 None => {}
             }
@@ -131,6 +136,14 @@ struct Applier {
     plans: Plans,
     /// Rows written by parked transactions: later changes to them wait behind.
     parked_keys: HashSet<String>,
+    /// Heartbeat topic -> origin site.
+    heartbeat_origins: HashMap<String, String>,
+    /// Origin -> when it was last known caught up (ms): newest applied change or heartbeat.
+    last_seen: HashMap<String, i64>,
+    /// When this applier started (ms): an origin never heard of since is behind since then.
+    started_ms: i64,
+    /// A record named a column a local table lacks: read the tables again before retrying.
+    schema_changed: std::sync::atomic::AtomicBool,
     /// Topic -> origin site.
     origins: HashMap<String, String>,
     partials: HashMap<(String, i32), Partial>,
@@ -222,6 +235,23 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
             tpl.add_partition_offset(topic, p, offset).map_err(ApplyError::Kafka)?;
         }
     }
+    // Heartbeats of the origins' captures: only new ones matter.
+    let heartbeat_topics: Vec<String> = origins.iter().map(|o| config.heartbeat_topic_of(o)).collect();
+    let kafka_cfg = config.kafka.clone();
+    let hb = tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka_cfg, &heartbeat_topics, Duration::from_secs(10)))
+        .await
+        .map_err(|e| ApplyError::Config(e.to_string()))?
+        .map_err(|e| ApplyError::Config(e.to_string()))?;
+    for (topic, count) in hb {
+        match count {
+            Some(n) => {
+                for p in 0..n as i32 {
+                    tpl.add_partition_offset(&topic, p, Offset::End).map_err(ApplyError::Kafka)?;
+                }
+            }
+            None => tracing::warn!(site = %ctx.site, topic = %topic, "heartbeat topic missing (run `sitesync init`): lag of an idle origin cannot be told from a stopped one"),
+        }
+    }
     consumer.assign(&tpl).map_err(ApplyError::Kafka)?;
 
     let progress = control
@@ -239,6 +269,10 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         origins: origins.iter().map(|o| (config.topic_of(o), o.clone())).collect(),
         partials: HashMap::new(),
         progress,
+        heartbeat_origins: origins.iter().map(|o| (config.heartbeat_topic_of(o), o.clone())).collect(),
+        last_seen: HashMap::new(),
+        started_ms: record::now_ms(),
+        schema_changed: std::sync::atomic::AtomicBool::new(false),
     };
     applier.set_running(true);
     applier.refresh_dead_letter_gauge().await;
@@ -254,18 +288,17 @@ impl Applier {
         let wait = Duration::from_millis(self.ctx.config.apply.batch_wait_ms);
         let mut ready: Vec<CompleteTxn> = Vec::new();
         let mut ready_records = 0usize;
+        let mut last_tick = std::time::Instant::now();
         loop {
-            // Wait for the first message without limit; then gather for `wait` more.
+            // Wait for the first record without limit (but tick every second); then gather
+            // for `wait` more.
             let first = ready.is_empty();
             let msg = if first {
                 tokio::select! {
                     biased;
                     _ = self.ctx.shutdown.wait() => return Ok(()),
                     m = consumer.recv() => Some(m),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        self.idle();
-                        None
-                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => None,
                 }
             } else {
                 tokio::select! {
@@ -274,8 +307,7 @@ impl Applier {
                     _ = tokio::time::sleep(wait) => None,
                 }
             };
-            let idle = msg.is_none();
-            let mut flush = !first && idle;
+            let mut flush = !first && msg.is_none();
             if let Some(m) = msg {
                 let m = m.map_err(ApplyError::Kafka)?.detach();
                 if let Some(txn) = self.accept(m) {
@@ -291,34 +323,80 @@ impl Applier {
                 if !self.parked_keys.is_empty() {
                     self.retry_parked_logged().await;
                 }
-            } else if first && idle {
-                // Idle: dead letters may have been dropped or replayed by hand meanwhile.
-                self.refresh_dead_letter_gauge().await;
-                if !self.parked_keys.is_empty() {
-                    self.retry_parked_logged().await;
-                }
+            }
+            if ready.is_empty() && last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = std::time::Instant::now();
+                self.tick().await;
             }
         }
     }
 
+    /// Reads every local table again (after a schema change).
+    async fn reload_tables(&mut self) -> Result<(), ApplyError> {
+        let db = self.ctx.config.database_of(&self.ctx.site).to_string();
+        let mut plans = Plans::new();
+        for (name, plan) in &self.plans {
+            let target = TargetTable::load(self.control.pool(), &db, &plan.config.table).await?;
+            let fresh = EntityPlan::new(name, &plan.config, target, &self.ctx.config.federation.control_database, &self.ctx.site)?;
+            plans.insert(name.clone(), Arc::new(fresh));
+        }
+        self.plans = plans;
+        tracing::info!(site = %self.ctx.site, "local tables read again after a schema change");
+        Ok(())
+    }
+
+    /// Once a second while nothing waits to be applied: lag from heartbeats, the dead-letter
+    /// gauge (letters may be dropped by hand), parked transactions.
+    async fn tick(&mut self) {
+        self.idle();
+        self.refresh_dead_letter_gauge().await;
+        if !self.parked_keys.is_empty() {
+            self.retry_parked_logged().await;
+        }
+    }
+
     async fn retry_parked_logged(&mut self) {
+        if self.schema_changed.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.reload_tables().await {
+                self.schema_changed.store(true, Ordering::Relaxed);
+                tracing::warn!(site = %self.ctx.site, error = %e, "reading the local tables again failed; will try again");
+                return;
+            }
+        }
         if let Err(e) = self.retry_parked().await {
             tracing::warn!(site = %self.ctx.site, error = %e, "retrying parked transactions failed; will try again");
         }
     }
 
-    /// Sets lag to 0 for origins with nothing waiting.
+    /// Lag of origins with nothing waiting here: how long ago the origin was last known to be
+    /// caught up (its newest change applied, or its capture's heartbeat). An idle origin whose
+    /// capture is alive reads 0; one whose capture stopped reads a growing lag.
     fn idle(&self) {
+        let now = record::now_ms();
         for origin in self.origins.values() {
             let waiting = self.partials.iter().any(|((t, _), p)| self.origins.get(t) == Some(origin) && !p.records.is_empty());
-            if !waiting {
-                self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(0.0);
+            if waiting {
+                continue;
             }
+            let seen = self.last_seen.get(origin).copied().unwrap_or(self.started_ms);
+            let lag = ((now - seen - HEARTBEAT_GRACE_MS) as f64 / 1000.0).max(0.0);
+            self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(lag);
         }
     }
 
     /// Adds a message to its partition's transaction; returns the transaction once complete.
     fn accept(&mut self, m: OwnedMessage) -> Option<CompleteTxn> {
+        if let Some(origin) = self.heartbeat_origins.get(m.topic()) {
+            let ts = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                .and_then(|v| v.get("ts_ms").and_then(serde_json::Value::as_i64));
+            if let Some(ts) = ts {
+                let seen = self.last_seen.entry(origin.clone()).or_insert(ts);
+                *seen = (*seen).max(ts);
+            }
+            return None;
+        }
         let topic = m.topic().to_string();
         let partition = m.partition();
         let origin = self.origins.get(&topic).cloned().unwrap_or_default();
@@ -419,7 +497,7 @@ impl Applier {
     }
 
     /// Lag per origin: how old the newest applied (or waiting) change of the batch is.
-    fn set_lag(&self, batch: &[CompleteTxn], now: i64) {
+    fn set_lag(&mut self, batch: &[CompleteTxn], now: i64) {
         let mut newest: HashMap<&str, i64> = HashMap::new();
         for t in batch {
             let e = newest.entry(t.origin.as_str()).or_insert(t.source_ts_ms);
@@ -428,6 +506,8 @@ impl Applier {
         for (origin, ts) in newest {
             let lag = ((now - ts) as f64 / 1000.0).max(0.0);
             self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(lag);
+            let seen = self.last_seen.entry(origin.to_string()).or_insert(ts);
+            *seen = (*seen).max(ts);
         }
     }
 
@@ -637,6 +717,12 @@ impl Applier {
                         deferred_rows.insert(row);
                         last_wait = Some(why);
                     }
+                    // The origin's schema changed before this site's: wait for the operator to
+                    // apply the same change here (the table is read again before each retry).
+                    Err(ApplyError::MissingColumn(why)) => {
+                        self.schema_changed.store(true, Ordering::Relaxed);
+                        return Err(ApplyError::Wait(format!("{why} (yet): apply the origin's schema change here")));
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -759,6 +845,9 @@ impl Applier {
             .map_err(ApplyError::Database)
     }
 }
+
+/// Heartbeats come every second from an idle capture; within this, an origin counts as caught up.
+const HEARTBEAT_GRACE_MS: i64 = 2500;
 
 /// `origin|entity|key`: identifies a row's changes for ordering behind parked transactions.
 fn row_key(origin: &str, r: &ChangeRecord) -> String {

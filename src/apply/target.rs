@@ -85,7 +85,7 @@ impl TargetTable {
     /// The column `name`, or a definite error naming it.
     pub fn column(&self, name: &str) -> Result<&TargetColumn, ApplyError> {
         self.columns.get(name).ok_or_else(|| {
-            ApplyError::Definite(format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table))
+            ApplyError::MissingColumn(format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table))
         })
     }
 

@@ -535,11 +535,10 @@ impl Reader {
             // Heartbeat: the server is alive and has nothing new.
             27 => {
                 if self.txn.is_none() {
-                    self.ctx
-                        .metrics
-                        .capture_source_timestamp
-                        .with_label_values(&[&self.ctx.site])
-                        .set(record::now_ms() as f64 / 1000.0);
+                    let now = record::now_ms();
+                    self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(now as f64 / 1000.0);
+                    let beat = serde_json::json!({"site": self.ctx.site, "ts_ms": now, "gtid": self.gtid.to_string()});
+                    publisher.heartbeat(&self.ctx.config.heartbeat_topic_of(&self.ctx.site), beat.to_string().as_bytes());
                 }
             }
             _ => {}

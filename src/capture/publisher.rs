@@ -170,6 +170,15 @@ impl Publisher {
         }
     }
 
+    /// Tells appliers that capture has read everything the server has (the binlog is idle):
+    /// best effort, outside the checkpointed stream.
+    pub fn heartbeat(&self, topic: &str, payload: &[u8]) {
+        match self.producer.send_result(FutureRecord::<[u8], [u8]>::to(topic).payload(payload)) {
+            Ok(delivery) => drop(delivery),
+            Err((e, _)) => tracing::debug!(error = %e, "heartbeat not sent"),
+        }
+    }
+
     /// Marks a transaction boundary: once every record before it is acknowledged, reading may
     /// resume after it.
     pub async fn boundary(&mut self, checkpoint: Checkpoint, published: bool) -> Result<(), CaptureError> {

@@ -351,6 +351,11 @@ impl Config {
         format!("{}.{}", self.federation.topic_prefix, site)
     }
 
+    /// The topic where `site`'s capture says, while idle, that it has read everything.
+    pub fn heartbeat_topic_of(&self, site: &str) -> String {
+        format!("{}.{}.heartbeat", self.federation.topic_prefix, site)
+    }
+
     /// Whether changes of `entity` made at `origin` are applied at `target`.
     pub fn routes_entity(&self, origin: &str, target: &str, entity: &str) -> bool {
         origin != target

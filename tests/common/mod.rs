@@ -139,6 +139,16 @@ impl Federation {
         fed
     }
 
+    /// Gives `site` an HTTP listen address (a free loopback port) and returns it.
+    pub fn listen(&self, site: &str) -> std::net::SocketAddr {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let header = format!("[sites.{site}]\n");
+        let text = text.replacen(&header, &format!("{header}listen = \"{addr}\"\n"), 1);
+        std::fs::write(&self.config_path, text).unwrap();
+        addr
+    }
+
     /// A `sitesync` command for `site`.
     pub fn command(&self, site: &str, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sitesync"));
@@ -303,4 +313,24 @@ pub async fn rows(pool: &MySqlPool, sql: &str) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
+}
+
+/// GET `path` from `addr`; the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// The value of the sample of `metric` whose labels contain every `label="value"` given.
+pub fn metric(body: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
