@@ -106,6 +106,16 @@ struct Incoming {
     record: Result<ChangeRecord, String>,
 }
 
+impl Incoming {
+    /// The message value: as received if it did not parse, else the parsed record written out.
+    fn value_bytes(&self) -> Option<Vec<u8>> {
+        match &self.record {
+            Ok(r) => serde_json::to_vec(r).ok(),
+            Err(_) => self.value.clone(),
+        }
+    }
+}
+
 /// A source transaction whose every record arrived (or a lone undecodable message).
 struct CompleteTxn {
     topic: String,
@@ -407,10 +417,12 @@ impl Applier {
                 Ok(r)
             }
         });
+        // Keep the raw bytes only of a message that did not parse (for its dead letter): a
+        // parsed record can be written out again, and large transactions are held in memory.
         let incoming = Incoming {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
+            value: if record.is_err() { m.payload().map(<[u8]>::to_vec) } else { None },
             record,
         };
         let partial = self.partials.entry((topic.clone(), partition)).or_default();
@@ -596,10 +608,7 @@ impl Applier {
                     }
                 }
                 Err(ApplyError::Wait(reason)) => {
-                    let values: Vec<&[u8]> = t.records.iter().filter_map(|r| r.value.as_deref()).collect();
-                    let mut json = b"[".to_vec();
-                    json.extend_from_slice(&values.join(&b","[..]));
-                    json.push(b']');
+                    let json = serde_json::to_vec(&records).map_err(|e| ApplyError::Definite(e.to_string()))?;
                     let joined = keys.join("\n");
                     self.control
                         .insert_parked(
@@ -838,7 +847,7 @@ impl Applier {
                     entity,
                     reason,
                     key: inc.key.as_deref(),
-                    value: inc.value.as_deref(),
+                    value: inc.value_bytes().as_deref(),
                 },
             )
             .await

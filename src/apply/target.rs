@@ -11,6 +11,7 @@ use sqlx::query::Query;
 use sqlx::{MySql, Row as _};
 
 use super::ApplyError;
+use crate::capture::TextEncoding;
 
 /// One column of a target table.
 #[derive(Debug, Clone)]
@@ -23,6 +24,10 @@ pub struct TargetColumn {
     pub generated: bool,
     /// AUTO_INCREMENT.
     pub auto_increment: bool,
+    /// `CHARACTER_SET_NAME` of a text, ENUM or SET column: decides how text is written.
+    pub charset: Option<String>,
+    /// ENUM or SET members, in definition order (from `COLUMN_TYPE`).
+    pub members: Vec<String>,
 }
 
 /// A target table.
@@ -42,7 +47,8 @@ impl TargetTable {
     /// Reads the table's description from `information_schema`.
     pub async fn load(pool: &sqlx::MySqlPool, db: &str, table: &str) -> Result<Self, ApplyError> {
         let rows = sqlx::query(
-            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), EXTRA, COLUMN_KEY FROM information_schema.COLUMNS
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), EXTRA, COLUMN_KEY, CHARACTER_SET_NAME, COLUMN_TYPE
+             FROM information_schema.COLUMNS
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
         )
         .bind(db)
@@ -59,6 +65,9 @@ impl TargetTable {
             let data_type: String = r.try_get(1).map_err(ApplyError::Database)?;
             let extra: String = r.try_get(2).map_err(ApplyError::Database)?;
             let extra = extra.to_ascii_uppercase();
+            let charset: Option<String> = r.try_get(4).map_err(ApplyError::Database)?;
+            let column_type: String = r.try_get(5).map_err(ApplyError::Database)?;
+            let members = if matches!(data_type.as_str(), "enum" | "set") { parse_members(&column_type) } else { Vec::new() };
             columns.insert(
                 name.clone(),
                 TargetColumn {
@@ -66,6 +75,8 @@ impl TargetTable {
                     data_type,
                     generated: extra.contains("GENERATED") || extra.contains("VIRTUAL") || extra.contains("PERSISTENT"),
                     auto_increment: extra.contains("AUTO_INCREMENT"),
+                    charset,
+                    members,
                 },
             );
         }
@@ -112,15 +123,58 @@ pub enum SqlValue {
     Bytes(Vec<u8>),
 }
 
+/// `enum('a','b''c')` -> ["a", "b'c"] (members as `information_schema.COLUMNS.COLUMN_TYPE` quotes them).
+fn parse_members(column_type: &str) -> Vec<String> {
+    let Some(start) = column_type.find('(') else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = column_type[start + 1..].chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('\'', false) => quoted = true,
+            ('\'', true) if chars.peek() == Some(&'\'') => {
+                current.push('\'');
+                chars.next();
+            }
+            ('\'', true) => {
+                quoted = false;
+                out.push(std::mem::take(&mut current));
+            }
+            (c, true) => current.push(c),
+            (')', false) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Types whose record values are base64 of their bytes.
 fn is_binary_type(data_type: &str) -> bool {
     matches!(
         data_type,
         "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry" | "point"
             | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon" | "geometrycollection"
+            // MariaDB's binary types: the binlog holds their native bytes, which they accept back.
+            | "uuid" | "inet4" | "inet6"
     )
 }
 
-/// Converts a record value for the target column.
+/// Types whose record values are text in the column's character set.
+fn is_text_type(data_type: &str) -> bool {
+    matches!(data_type, "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set")
+}
+
+/// Converts a record value for the target column: the inverse of capture's encoding
+/// (`schemas/README.md`).
+///
+/// Text goes to the server as utf8mb4, which converts it to the column's character set, except
+/// in gbk columns: gbk text is encoded here, with the same one-to-one table capture decoded it
+/// with, and written as bytes, because the server has no conversion for 2,149 gbk characters.
+///
+/// The ENUM error value (index 0: `""` where the ENUM has no empty member, else the integer 0)
+/// becomes the integer 0, which the server stores as index 0 only outside strict mode: the
+/// statement that writes it must relax `sql_mode` (see [`needs_lenient_mode`]).
 pub fn to_sql(col: &TargetColumn, value: &Value) -> Result<SqlValue, ApplyError> {
     let bad = |what: &str| ApplyError::Definite(format!("column `{}` ({}): {what}", col.name, col.data_type));
     Ok(match value {
@@ -142,9 +196,26 @@ pub fn to_sql(col: &TargetColumn, value: &Value) -> Result<SqlValue, ApplyError>
             // `YYYY-MM-DDTHH:MM:SS[.f]Z` in UTC; the session's time zone is UTC.
             SqlValue::Text(s.trim_end_matches('Z').replacen('T', " ", 1))
         }
+        Value::String(s) if col.data_type == "enum" && s.is_empty() && !col.members.iter().any(String::is_empty) => {
+            SqlValue::Int(0)
+        }
+        Value::String(s) if is_text_type(&col.data_type) => {
+            match TextEncoding::of_charset(col.charset.as_deref().unwrap_or("")) {
+                TextEncoding::Gbk => SqlValue::Bytes(TextEncoding::Gbk.encode(s).map_err(|e| bad(&e))?),
+                TextEncoding::Binary => SqlValue::Bytes(TextEncoding::Binary.encode(s).map_err(|e| bad(&e))?),
+                _ => SqlValue::Text(s.clone()),
+            }
+        }
         Value::String(s) => SqlValue::Text(s.clone()),
         other => SqlValue::Text(other.to_string()),
     })
+}
+
+/// Whether writing `v` into `col` needs a statement without strict mode: only ENUM's error
+/// value (index 0), which strict mode refuses (`SET STATEMENT sql_mode = ... FOR` on MariaDB,
+/// the `SET_VAR(sql_mode = ...)` hint on MySQL).
+pub fn needs_lenient_mode(col: &TargetColumn, v: &SqlValue) -> bool {
+    col.data_type == "enum" && matches!(v, SqlValue::Int(0) | SqlValue::UInt(0))
 }
 
 /// Binds `v` to `q`.
@@ -165,7 +236,32 @@ mod tests {
     use serde_json::json;
 
     fn col(t: &str) -> TargetColumn {
-        TargetColumn { name: "c".into(), data_type: t.into(), generated: false, auto_increment: false }
+        TargetColumn { name: "c".into(), data_type: t.into(), generated: false, auto_increment: false, charset: None, members: vec![] }
+    }
+
+    fn text_col(t: &str, charset: &str, column_type: &str) -> TargetColumn {
+        TargetColumn { charset: Some(charset.into()), members: parse_members(column_type), ..col(t) }
+    }
+
+    #[test]
+    fn text_is_written_in_the_column_character_set() {
+        // gbk: the bytes of capture's table, including a character MySQL cannot convert.
+        assert_eq!(to_sql(&text_col("varchar", "gbk", "varchar(10)"), &json!("中\u{E4C6}a")).unwrap(), SqlValue::Bytes(vec![0xD6, 0xD0, 0xA1, 0x40, b'a']));
+        assert!(to_sql(&text_col("varchar", "gbk", "varchar(10)"), &json!("😀")).is_err(), "no gbk for it: refused");
+        assert_eq!(to_sql(&text_col("varchar", "latin1", "varchar(10)"), &json!("é")).unwrap(), SqlValue::Text("é".into()));
+        assert_eq!(to_sql(&text_col("enum", "gbk", "enum('甲','乙')"), &json!("乙")).unwrap(), SqlValue::Bytes(vec![0xD2, 0xD2]));
+    }
+
+    #[test]
+    fn enum_error_value_is_index_zero() {
+        let plain = text_col("enum", "utf8mb4", "enum('a','b''c')");
+        assert_eq!(plain.members, vec!["a", "b'c"]);
+        assert_eq!(to_sql(&plain, &json!("")).unwrap(), SqlValue::Int(0));
+        assert!(needs_lenient_mode(&plain, &SqlValue::Int(0)));
+        let with_empty = text_col("enum", "utf8mb4", "enum('','x')");
+        assert_eq!(to_sql(&with_empty, &json!("")).unwrap(), SqlValue::Text(String::new()));
+        assert_eq!(to_sql(&with_empty, &json!(0)).unwrap(), SqlValue::UInt(0));
+        assert!(!needs_lenient_mode(&with_empty, &SqlValue::Text(String::new())));
     }
 
     #[test]

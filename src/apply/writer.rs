@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, MySql, Transaction};
 
-use super::target::{bind, to_sql, SqlValue, TargetTable};
+use super::target::{bind, needs_lenient_mode, to_sql, SqlValue, TargetTable};
 use super::ApplyError;
 use crate::config::{EntityConfig, OnDelete};
 use crate::record::{ChangeRecord, Op, RefKey};
@@ -349,6 +349,16 @@ impl EntityPlan {
         }
     }
 
+    /// `SET STATEMENT sql_mode = ... FOR ` before a statement that writes ENUM's error value
+    /// (index 0), which strict mode refuses; empty otherwise.
+    fn lenient(&self, sets: &[(String, SqlValue)]) -> &'static str {
+        if sets.iter().any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v))) {
+            "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR "
+        } else {
+            ""
+        }
+    }
+
     async fn upsert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
         let cols: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}`")).collect();
         let updates: Vec<String> = sets
@@ -357,10 +367,11 @@ impl EntityPlan {
             .map(|(c, _)| format!("`{c}` = VALUES(`{c}`)"))
             .collect();
         let sql = if updates.is_empty() {
-            format!("INSERT IGNORE INTO {} ({}) VALUES ({})", self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "))
+            format!("{}INSERT IGNORE INTO {} ({}) VALUES ({})", self.lenient(sets), self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "))
         } else {
             format!(
-                "INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
+                "{}INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
+                self.lenient(sets),
                 self.target.qualified(),
                 cols.join(", "),
                 vec!["?"; cols.len()].join(", "),
@@ -377,7 +388,7 @@ impl EntityPlan {
 
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
         let cols: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}`")).collect();
-        let sql = format!("INSERT INTO {} ({}) VALUES ({})", self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "));
+        let sql = format!("{}INSERT INTO {} ({}) VALUES ({})", self.lenient(sets), self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "));
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (_, v) in sets {
             q = bind(q, v.clone());
@@ -397,7 +408,7 @@ impl EntityPlan {
             return Ok(1);
         }
         let assignments: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}` = ?")).collect();
-        let sql = format!("UPDATE {} SET {} WHERE {}", self.target.qualified(), assignments.join(", "), where_clause(&key));
+        let sql = format!("{}UPDATE {} SET {} WHERE {}", self.lenient(sets), self.target.qualified(), assignments.join(", "), where_clause(&key));
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (_, v) in sets {
             q = bind(q, v.clone());

@@ -1,35 +1,90 @@
-//! Binlog values to record values. Every encoding here is documented in `schemas/values.md`,
-//! and the applier's `apply::bind` is its inverse: a value must arrive exactly as it left.
+//! Binlog values to record values. Every encoding here is documented in `schemas/README.md`, and
+//! the applier's `apply::target::to_sql` is its inverse: a value must arrive exactly as it left.
+//! Where a value cannot be written exactly (an unknown character set, bytes that are not valid in
+//! their column's character set, a partial JSON update), decoding fails loudly: capture stops
+//! rather than publish a changed value.
+//!
+//! Row images are parsed here too ([`rows`]), with mysql_common's value parser for most types,
+//! because mysql_common 0.37 gets some wrong: a negative TIME(1)/TIME(2) with a fraction
+//! overflows (a panic in debug builds, a wrong value in release), a signed MEDIUMINT is not
+//! sign-extended, a negative TIME in the old (pre-5.6) format loses its sign, and TIMESTAMP
+//! seconds past 2^31 (MariaDB 11.5 stores them up to 2106) turn negative.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
+use mysql_async::binlog::events::RowsEventData;
+use mysql_async::binlog::row::BinlogRow;
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
 use mysql_async::Value as MyValue;
+use mysql_common::io::ParseBuf;
 use serde_json::{Number, Value};
 
-use super::table::ColumnInfo;
+use super::table::{ColumnInfo, TableInfo};
 
 /// Collation id of the `binary` character set.
 pub const BINARY_CHARSET: u16 = 63;
 
-/// How the bytes of a character column are turned into text.
+/// How the bytes of a character column are turned into text, and back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextEncoding {
     /// utf8mb3, utf8mb4, ascii: the bytes are UTF-8.
     Utf8,
     /// MySQL's latin1 (cp1252 with the five undefined bytes mapped to C1 controls).
     Latin1,
+    /// MySQL's gbk, one to one with Unicode (see [`gbk_table`]).
+    Gbk,
     /// Binary: base64.
     Binary,
     /// A character set sitesync cannot decode exactly; the value is refused.
     Unsupported,
 }
 
-/// Maps a character set name (from `information_schema.COLLATIONS`) to its encoding.
+impl TextEncoding {
+    /// The encoding of a character set name (from `information_schema.COLLATIONS`).
+    pub fn of_charset(name: &str) -> TextEncoding {
+        encoding_of_charset(name)
+    }
+
+    /// The column bytes as text, or why they cannot be text exactly.
+    pub fn decode(self, bytes: &[u8]) -> Result<String, String> {
+        match self {
+            TextEncoding::Utf8 => String::from_utf8(bytes.to_vec())
+                .map_err(|e| format!("bytes are not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to())),
+            TextEncoding::Latin1 => Ok(latin1_to_string(bytes)),
+            TextEncoding::Gbk => gbk_decode(bytes),
+            TextEncoding::Binary => Ok(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            TextEncoding::Unsupported => Err("character set is not supported by this sitesync".into()),
+        }
+    }
+
+    /// The text as column bytes: the inverse of [`TextEncoding::decode`].
+    pub fn encode(self, text: &str) -> Result<Vec<u8>, String> {
+        match self {
+            TextEncoding::Utf8 => Ok(text.as_bytes().to_vec()),
+            TextEncoding::Latin1 => text
+                .chars()
+                .map(|c| latin1_byte(c).ok_or_else(|| format!("character U+{:04X} is not in latin1", c as u32)))
+                .collect(),
+            TextEncoding::Gbk => gbk_encode(text),
+            TextEncoding::Binary => {
+                base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| "binary value is not base64".into())
+            }
+            TextEncoding::Unsupported => Err("character set is not supported by this sitesync".into()),
+        }
+    }
+}
+
+/// Maps a character set name (from `information_schema.COLLATIONS`) to its encoding. Anything
+/// not listed is refused rather than guessed.
 pub fn encoding_of_charset(name: &str) -> TextEncoding {
     match name {
         "utf8mb4" | "utf8mb3" | "utf8" | "ascii" => TextEncoding::Utf8,
         "latin1" => TextEncoding::Latin1,
+        "gbk" => TextEncoding::Gbk,
         "binary" => TextEncoding::Binary,
         _ => TextEncoding::Unsupported,
     }
@@ -45,7 +100,7 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// cp1252's mapping of 0x80..=0x9F as MySQL's latin1 uses it (0 = undefined -> C1 control).
+/// cp1252's mapping of 0x80..=0x9F as MySQL's latin1 uses it (undefined bytes -> C1 controls).
 const LATIN1_HIGH: [u16; 32] = [
     0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
     0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
@@ -57,10 +112,117 @@ pub fn latin1_to_string(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|&b| match b {
-            0x80..=0x9F => char::from_u32(LATIN1_HIGH[(b - 0x80) as usize] as u32).unwrap_or('\u{FFFD}'),
+            0x80..=0x9F => char::from_u32(LATIN1_HIGH[(b - 0x80) as usize] as u32).expect("table holds valid code points"),
             _ => b as char,
         })
         .collect()
+}
+
+/// The latin1 byte of `c`, if it has one.
+fn latin1_byte(c: char) -> Option<u8> {
+    let u = c as u32;
+    if u < 0x80 || (0xA0..=0xFF).contains(&u) {
+        return Some(u as u8);
+    }
+    LATIN1_HIGH.iter().position(|&x| x as u32 == u).map(|i| 0x80 + i as u8)
+}
+
+/// Trail bytes of a gbk two-byte sequence.
+fn gbk_trail(b: u8) -> bool {
+    matches!(b, 0x40..=0x7E | 0x80..=0xFE)
+}
+
+/// MySQL's gbk and Unicode, one to one: every two-byte sequence MySQL stores in a gbk column
+/// (lead 0x81-0xFE, trail 0x40-0x7E or 0x80-0xFE: 23,940) has its own character.
+///
+/// For the 21,791 sequences that MariaDB 10.11 converts to Unicode, the character is MariaDB's
+/// (`CONVERT(... USING utf8mb4)`), which is also GB18030's (encoding_rs): checked against the
+/// server for every sequence. MariaDB stores but cannot convert the other 2,149 (user-defined
+/// areas, A2E3, A6D9.., FE50..): they get GB18030's characters, mostly private use, except A3A0,
+/// which GB18030-2022 maps to U+3000 like A1A1; it keeps its GB18030-2005 character U+E5E5.
+/// Because some of these have no MySQL conversion, the applier writes gbk columns as bytes it
+/// encodes with the same table, never through the server's conversion.
+pub struct GbkTable {
+    /// Character of each two-byte sequence, by [`gbk_index`].
+    to_char: Vec<char>,
+    /// The inverse.
+    to_bytes: HashMap<char, [u8; 2]>,
+}
+
+fn gbk_index(lead: u8, trail: u8) -> usize {
+    let t = if trail < 0x80 { trail - 0x40 } else { trail - 0x41 };
+    (lead - 0x81) as usize * 190 + t as usize
+}
+
+/// The gbk table, built once; an error if the table would not be one to one (a changed
+/// encoding_rs), so that gbk text is refused rather than changed.
+pub fn gbk_table() -> Result<&'static GbkTable, String> {
+    static TABLE: OnceLock<Result<GbkTable, String>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let mut to_char = Vec::with_capacity(126 * 190);
+            let mut to_bytes = HashMap::with_capacity(126 * 190);
+            for lead in 0x81..=0xFEu8 {
+                for trail in (0x40..=0x7Eu8).chain(0x80..=0xFE) {
+                    let c = if (lead, trail) == (0xA3, 0xA0) {
+                        '\u{E5E5}'
+                    } else {
+                        let pair = [lead, trail];
+                        let (text, _, bad) = encoding_rs::GB18030.decode(&pair);
+                        let mut chars = text.chars();
+                        match (chars.next(), chars.next(), bad) {
+                            (Some(c), None, false) if (c as u32) >= 0x80 => c,
+                            _ => return Err(format!("gbk {lead:02X}{trail:02X} has no character")),
+                        }
+                    };
+                    if let Some(other) = to_bytes.insert(c, [lead, trail]) {
+                        return Err(format!(
+                            "gbk {lead:02X}{trail:02X} and {:02X}{:02X} both decode to U+{:04X}",
+                            other[0], other[1], c as u32
+                        ));
+                    }
+                    to_char.push(c);
+                }
+            }
+            Ok(GbkTable { to_char, to_bytes })
+        })
+        .as_ref()
+        .map_err(|e| format!("gbk cannot be decoded exactly with this build: {e}"))
+}
+
+/// gbk bytes to text; fails on bytes that are not gbk.
+fn gbk_decode(bytes: &[u8]) -> Result<String, String> {
+    let table = gbk_table()?;
+    let mut out = String::with_capacity(bytes.len() * 3 / 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 {
+            out.push(b as char);
+            i += 1;
+        } else if (0x81..=0xFE).contains(&b) && bytes.get(i + 1).is_some_and(|&t| gbk_trail(t)) {
+            out.push(table.to_char[gbk_index(b, bytes[i + 1])]);
+            i += 2;
+        } else {
+            return Err(format!("bytes are not valid gbk (0x{b:02X} at byte {i})"));
+        }
+    }
+    Ok(out)
+}
+
+/// Text to gbk bytes; fails on a character gbk does not have.
+fn gbk_encode(text: &str) -> Result<Vec<u8>, String> {
+    let table = gbk_table()?;
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if (c as u32) < 0x80 {
+            out.push(c as u8);
+        } else {
+            let pair = table.to_bytes.get(&c).ok_or_else(|| format!("character U+{:04X} is not in gbk", c as u32))?;
+            out.extend_from_slice(pair);
+        }
+    }
+    Ok(out)
 }
 
 /// Encodes one column value. `encoding` is the text encoding of the column's character set.
@@ -81,6 +243,13 @@ pub fn encode_value(
             return Err(err("partial JSON update; set binlog_row_value_options='' on the server".into()))
         }
     };
+    let text = |b: &[u8]| -> Result<String, DecodeError> {
+        if col.charset == 0 && (col.ctype.is_character_type() || col.ctype.is_enum_or_set_type()) {
+            // Without its character set, text could only be guessed at.
+            return Err(err("the table map gives no character set for this column; set binlog_row_metadata=FULL".into()));
+        }
+        encoding.decode(b).map_err(|e| err(format!("{e} (collation id {})", col.charset)))
+    };
     use ColumnType::*;
     Ok(match (col.ctype, v) {
         (_, MyValue::NULL) => Value::Null,
@@ -98,8 +267,11 @@ pub fn encode_value(
         }
         (_, MyValue::UInt(u)) => Value::from(*u),
         (MYSQL_TYPE_FLOAT, MyValue::Float(f)) => {
-            // The shortest text of the f32 itself, so 1.1 stays 1.1 and not 1.100000023841858.
-            let exact: f64 = f.to_string().parse().unwrap_or(*f as f64);
+            // The shortest text of the f32 (1.1, not 1.100000023841858) when the double it
+            // reads as converts back to the same f32 and stays in FLOAT's range (the server
+            // refuses 3.4028235e38, the shortest text of f32::MAX); else the f32's exact value.
+            let short: f64 = f.to_string().parse().unwrap_or(*f as f64);
+            let exact = if short as f32 == *f && short.abs() <= f32::MAX as f64 { short } else { *f as f64 };
             Number::from_f64(exact).map(Value::Number).ok_or_else(|| err(format!("{f} is not finite")))?
         }
         (_, MyValue::Float(f)) => Number::from_f64(*f as f64).map(Value::Number).ok_or_else(|| err(format!("{f} is not finite")))?,
@@ -119,8 +291,8 @@ pub fn encode_value(
             Value::from(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
         }
         (MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2, MyValue::Bytes(b)) => {
-            let text = std::str::from_utf8(b).map_err(|_| err("bad TIMESTAMP".into()))?;
-            Value::String(timestamp_text(text, decimals(col)).ok_or_else(|| err(format!("bad TIMESTAMP {text}")))?)
+            let t = std::str::from_utf8(b).map_err(|_| err("bad TIMESTAMP".into()))?;
+            Value::String(timestamp_text(t, decimals(col)).ok_or_else(|| err(format!("bad TIMESTAMP {t}")))?)
         }
         (MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2, MyValue::Int(secs)) => {
             Value::String(timestamp_text(&secs.to_string(), 0).ok_or_else(|| err("bad TIMESTAMP".into()))?)
@@ -138,17 +310,27 @@ pub fn encode_value(
             Value::String(t)
         }
         (MYSQL_TYPE_ENUM, MyValue::Int(i)) => match *i {
+            // The error value (index 0) reads as '' in MySQL; where '' is also a member, the
+            // integer 0 keeps the two apart.
+            0 if col.members.iter().any(|m| m.is_empty()) => Value::from(0),
             0 => Value::String(String::new()),
-            i => Value::String(
-                col.members.get(i as usize - 1).cloned().ok_or_else(|| err(format!("ENUM index {i} has no member")))?,
-            ),
+            i => {
+                let member = col.members.get(i as usize - 1).ok_or_else(|| err(format!("ENUM index {i} has no member")))?;
+                Value::String(text(&member_bytes(member).map_err(err)?)?)
+            }
         },
         (MYSQL_TYPE_SET, MyValue::Bytes(b)) => {
+            if b.len() > 8 {
+                return Err(err("SET wider than 64 members".into()));
+            }
             let bits = b.iter().rev().fold(0u64, |acc, x| (acc << 8) | *x as u64);
+            if col.members.len() < 64 && bits >> col.members.len() != 0 {
+                return Err(err(format!("SET bits {bits:#x} name members the table map does not have")));
+            }
             let mut chosen = Vec::new();
             for (i, member) in col.members.iter().enumerate() {
-                if bits & (1 << i) != 0 {
-                    chosen.push(member.as_str());
+                if bits & (1u64 << i) != 0 {
+                    chosen.push(text(&member_bytes(member).map_err(err)?)?);
                 }
             }
             Value::String(chosen.join(","))
@@ -157,18 +339,185 @@ pub fn encode_value(
             Value::String(String::from_utf8(b.clone()).map_err(|_| err("JSON is not UTF-8".into()))?)
         }
         (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        (_, MyValue::Bytes(b)) => match encoding {
-            TextEncoding::Utf8 => Value::String(
-                String::from_utf8(b.clone()).map_err(|_| err("text is not valid in its UTF-8 character set".into()))?,
-            ),
-            TextEncoding::Latin1 => Value::String(latin1_to_string(b)),
-            TextEncoding::Binary => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-            TextEncoding::Unsupported => {
-                return Err(err(format!("character set (collation id {}) is not supported by this sitesync", col.charset)))
-            }
-        },
+        (MYSQL_TYPE_STRING, MyValue::Bytes(b)) if col.charset == BINARY_CHARSET => {
+            // BINARY(n), and MariaDB's UUID, INET6, INET4: the binlog drops the trailing 0x00
+            // bytes, which are part of the value.
+            let mut full = b.clone();
+            full.resize(full.len().max(fixed_length(&col.meta)), 0);
+            Value::String(text(&full)?)
+        }
+        (_, MyValue::Bytes(b)) => Value::String(text(b)?),
         (t, other) => return Err(err(format!("unexpected value {other:?} for type {t:?}"))),
     })
+}
+
+/// The bytes of an ENUM or SET member as [`ColumnInfo::members`] holds them (one char per byte).
+pub fn member_bytes(member: &str) -> Result<Vec<u8>, String> {
+    member
+        .chars()
+        .map(|c| u8::try_from(c as u32).map_err(|_| format!("ENUM/SET member `{member}` is not held as bytes")))
+        .collect()
+}
+
+/// The row images of a rows event: `(before, after)` per row, as mysql_common's
+/// `RowsEventData::rows` gives them, but with the values [`read_value`] decodes itself.
+pub fn rows<'a>(data: &'a RowsEventData<'a>, info: &'a TableInfo) -> Rows<'a> {
+    Rows { data, info, buf: ParseBuf(data.rows_data()), failed: false }
+}
+
+/// Iterator of [`rows`].
+pub struct Rows<'a> {
+    data: &'a RowsEventData<'a>,
+    info: &'a TableInfo,
+    buf: ParseBuf<'a>,
+    failed: bool,
+}
+
+impl<'a> Rows<'a> {
+    fn image(&mut self, present: &[bool]) -> io::Result<BinlogRow> {
+        let columns: &'a [ColumnInfo] = &self.info.columns;
+        let count = present.iter().filter(|p| **p).count();
+        let nulls = self.buf.checked_eat(count.div_ceil(8)).ok_or_else(truncated)?;
+        let mut values: Vec<Option<BinlogValue<'static>>> = vec![None; columns.len()];
+        let mut k = 0;
+        for (i, col) in columns.iter().enumerate() {
+            if !present[i] {
+                continue;
+            }
+            let null = nulls[k / 8] >> (k % 8) & 1 == 1;
+            k += 1;
+            values[i] = Some(if null { BinlogValue::Value(MyValue::NULL) } else { read_value(col, &mut self.buf)? });
+        }
+        Ok(BinlogRow::new(values, Arc::from(Vec::new())))
+    }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "row image ends early")
+}
+
+impl Iterator for Rows<'_> {
+    type Item = io::Result<(Option<BinlogRow>, Option<BinlogRow>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.buf.is_empty() {
+            return None;
+        }
+        let result = (|| {
+            if matches!(self.data, RowsEventData::PartialUpdateRowsEvent(_)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "partial JSON row update: set binlog_row_value_options='' on the server",
+                ));
+            }
+            let n = self.info.columns.len();
+            if self.data.num_columns() as usize != n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("rows event has {} columns, its table map {n}", self.data.num_columns()),
+                ));
+            }
+            // Which columns each image holds.
+            let before_cols: Option<Vec<bool>> =
+                self.data.columns_before_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
+            let after_cols: Option<Vec<bool>> =
+                self.data.columns_after_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
+            let before = before_cols.map(|c| self.image(&c)).transpose()?;
+            let after = after_cols.map(|c| self.image(&c)).transpose()?;
+            Ok((before, after))
+        })();
+        self.failed = result.is_err();
+        Some(result)
+    }
+}
+
+/// One value of a row image.
+fn read_value<'a>(col: &'a ColumnInfo, buf: &mut ParseBuf<'a>) -> io::Result<BinlogValue<'static>> {
+    use ColumnType::*;
+    match col.ctype {
+        MYSQL_TYPE_TIME2 => {
+            let dec = col.meta.first().copied().unwrap_or(0).min(6);
+            let bytes = buf.checked_eat(3 + (dec as usize).div_ceil(2)).ok_or_else(truncated)?;
+            Ok(BinlogValue::Value(time2(bytes, dec)))
+        }
+        MYSQL_TYPE_TIMESTAMP2 => {
+            // Seconds are unsigned (mysql_common reads them as i32: wrong after 2038, which
+            // MariaDB 11.5 allows), then the fraction.
+            let dec = col.meta.first().copied().unwrap_or(0).min(6);
+            let b = buf.checked_eat(4 + (dec as usize).div_ceil(2)).ok_or_else(truncated)?;
+            let secs = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            let frac = b[4..].iter().fold(0u32, |acc, x| (acc << 8) | *x as u32);
+            let micros = match dec {
+                1 | 2 => frac * 10_000,
+                3 | 4 => frac * 100,
+                _ => frac,
+            };
+            let text = if micros == 0 { secs.to_string() } else { format!("{secs}.{micros:06}") };
+            Ok(BinlogValue::Value(MyValue::Bytes(text.into_bytes())))
+        }
+        MYSQL_TYPE_INT24 if !col.unsigned => {
+            let b = buf.checked_eat(3).ok_or_else(truncated)?;
+            let sign = if b[2] & 0x80 != 0 { 0xFF } else { 0 };
+            Ok(BinlogValue::Value(MyValue::Int(i32::from_le_bytes([b[0], b[1], b[2], sign]) as i64)))
+        }
+        MYSQL_TYPE_TIME => {
+            // The old TIME: a signed 24-bit ±HHMMSS.
+            let b = buf.checked_eat(3).ok_or_else(truncated)?;
+            let sign = if b[2] & 0x80 != 0 { 0xFF } else { 0 };
+            let v = i32::from_le_bytes([b[0], b[1], b[2], sign]);
+            let a = v.unsigned_abs();
+            let hours = a / 10_000;
+            Ok(BinlogValue::Value(MyValue::Time(v < 0, hours / 24, (hours % 24) as u8, (a / 100 % 100) as u8, (a % 100) as u8, 0)))
+        }
+        _ => {
+            let meta: &'a [u8] = &col.meta;
+            let v: BinlogValue<'a> = buf.parse((col.ctype, meta, col.unsigned, false))?;
+            Ok(v.into_owned())
+        }
+    }
+}
+
+/// TIME(n) in the MySQL 5.6 binary format (`my_time_packed_from_binary` and
+/// `TIME_from_longlong_time_packed` of the server, with the fraction signed as there).
+fn time2(b: &[u8], dec: u8) -> MyValue {
+    const INT_OFS: i64 = 0x80_0000;
+    let be = |bytes: &[u8]| bytes.iter().fold(0i64, |acc, x| (acc << 8) | *x as i64);
+    let packed: i64 = match dec {
+        1 | 2 => {
+            let mut int = be(&b[..3]) - INT_OFS;
+            let mut frac = b[3] as i64;
+            if int < 0 && frac != 0 {
+                int += 1;
+                frac -= 0x100;
+            }
+            (int << 24) + frac * 10_000
+        }
+        3 | 4 => {
+            let mut int = be(&b[..3]) - INT_OFS;
+            let mut frac = be(&b[3..5]);
+            if int < 0 && frac != 0 {
+                int += 1;
+                frac -= 0x1_0000;
+            }
+            (int << 24) + frac * 100
+        }
+        5 | 6 => be(&b[..6]) - 0x8000_0000_0000,
+        _ => (be(&b[..3]) - INT_OFS) << 24,
+    };
+    let neg = packed < 0;
+    let a = packed.unsigned_abs();
+    let hms = a >> 24;
+    let hours = ((hms >> 12) % (1 << 10)) as u32;
+    MyValue::Time(neg, hours / 24, (hours % 24) as u8, ((hms >> 6) % (1 << 6)) as u8, (hms % (1 << 6)) as u8, (a % (1 << 24)) as u32)
+}
+
+/// The length in bytes of a `MYSQL_TYPE_STRING` column, from its table map metadata.
+fn fixed_length(meta: &[u8]) -> usize {
+    match meta {
+        [b0, b1, ..] if b0 & 0x30 != 0x30 => *b1 as usize | ((((*b0 & 0x30) ^ 0x30) as usize) << 4),
+        [_, b1, ..] => *b1 as usize,
+        _ => 0,
+    }
 }
 
 /// Fractional-second digits of a temporal column (0 to 6).
@@ -255,16 +604,123 @@ mod tests {
     #[test]
     fn enum_set_bit_and_text() {
         let mut e = col(ColumnType::MYSQL_TYPE_ENUM, vec![], false);
+        e.charset = 45;
         e.members = vec!["a".into(), "b,c".into()];
         assert_eq!(enc(&e, MyValue::Int(2)), Value::from("b,c"));
         assert_eq!(enc(&e, MyValue::Int(0)), Value::from(""));
         let mut s = col(ColumnType::MYSQL_TYPE_SET, vec![], false);
+        s.charset = 45;
         s.members = vec!["x".into(), "y".into(), "z".into()];
         assert_eq!(enc(&s, MyValue::Bytes(vec![0b101])), Value::from("x,z"));
         assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_BIT, vec![0, 8], false), MyValue::Bytes(vec![0x80, 0, 0, 0, 0, 0, 0, 1])), Value::from(0x8000_0000_0000_0001u64));
         assert_eq!(latin1_to_string(&[0x80, 0xE9, 0x81]), "€é\u{81}");
-        let b = col(ColumnType::MYSQL_TYPE_BLOB, vec![2], false);
+        let mut b = col(ColumnType::MYSQL_TYPE_BLOB, vec![2], false);
+        b.charset = BINARY_CHARSET;
         assert_eq!(encode_value(&b, TextEncoding::Binary, &BinlogValue::Value(MyValue::Bytes(vec![0, 255]))).unwrap(), Value::from("AP8="));
+    }
+
+    #[test]
+    fn text_without_its_character_set_is_refused() {
+        let c = col(ColumnType::MYSQL_TYPE_VARCHAR, vec![], false);
+        assert!(encode_value(&c, TextEncoding::Binary, &BinlogValue::Value(MyValue::Bytes(b"abc".to_vec()))).is_err());
+        let mut latin = col(ColumnType::MYSQL_TYPE_VARCHAR, vec![], false);
+        latin.charset = 8;
+        assert!(encode_value(&latin, TextEncoding::Unsupported, &BinlogValue::Value(MyValue::Bytes(b"abc".to_vec()))).is_err());
+        assert!(encode_value(&latin, TextEncoding::Utf8, &BinlogValue::Value(MyValue::Bytes(vec![0xE9]))).is_err());
+    }
+
+    #[test]
+    fn enum_members_decode_with_the_column_encoding() {
+        let mut e = col(ColumnType::MYSQL_TYPE_ENUM, vec![], false);
+        e.charset = 28;
+        e.members = vec![crate::capture::table::bytes_as_chars(&[0xD6, 0xD0]), String::new()];
+        let v = |i| encode_value(&e, TextEncoding::Gbk, &BinlogValue::Value(MyValue::Int(i))).unwrap();
+        assert_eq!(v(1), Value::from("中"));
+        assert_eq!(v(2), Value::from(""), "the empty member");
+        assert_eq!(v(0), Value::from(0), "the error value, apart from the empty member");
+        e.charset = 8;
+        e.members = vec![crate::capture::table::bytes_as_chars(&[0xE9, 0x80])];
+        assert_eq!(encode_value(&e, TextEncoding::Latin1, &BinlogValue::Value(MyValue::Int(1))).unwrap(), Value::from("é€"));
+    }
+
+    #[test]
+    fn floats_are_exact_and_in_range() {
+        let f = col(ColumnType::MYSQL_TYPE_FLOAT, vec![4], false);
+        assert_eq!(enc(&f, MyValue::Float(1.1)).to_string(), "1.1");
+        for x in [f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1.0e-45, 16_777_216.0, -0.3] {
+            let v = enc(&f, MyValue::Float(x)).as_f64().unwrap();
+            assert_eq!(v as f32, x);
+            assert!(v.abs() <= f32::MAX as f64, "{x}: {v} is out of FLOAT's range");
+        }
+    }
+
+    #[test]
+    fn negative_fractional_times_decode() {
+        // Bytes as the server writes TIME(n) (my_time_packed_to_binary).
+        let t = |b: &[u8], dec| match time2(b, dec) {
+            MyValue::Time(neg, d, h, m, s, us) => format!("{}{}:{m:02}:{s:02}.{us:06}", if neg { "-" } else { "" }, d * 24 + h as u32),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(t(&[0x7F, 0xFF, 0xFF, 0xF6], 1), "-0:00:00.100000");
+        assert_eq!(t(&[0x7F, 0xFF, 0xFE, 0xFF], 2), "-0:00:01.010000");
+        assert_eq!(t(&[0x80, 0x00, 0x00, 0x0A], 1), "0:00:00.100000");
+        assert_eq!(t(&[0x7F, 0xFF, 0xFF, 0xFF, 0xF6], 3), "-0:00:00.001000");
+        assert_eq!(t(&[0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], 6), "-0:00:00.000001");
+        // -838:59:59.9, packed and stored as the server does.
+        let packed: i64 = -(((838 << 12 | 59 << 6 | 59) << 24) + 900_000);
+        let int = (packed >> 24) + 0x80_0000;
+        let frac = ((packed % (1 << 24)) / 10_000) as i8 as u8;
+        assert_eq!(t(&[(int >> 16) as u8, (int >> 8) as u8, int as u8, frac], 1), "-838:59:59.900000");
+    }
+
+    #[test]
+    fn row_values_mysql_common_gets_wrong() {
+        let read = |ctype, meta: Vec<u8>, unsigned, bytes: &[u8]| {
+            let c = ColumnInfo { name: "c".into(), ctype, meta, unsigned, charset: 0, members: vec![] };
+            let mut buf = ParseBuf(bytes);
+            let v = read_value(&c, &mut buf).unwrap();
+            assert!(buf.is_empty(), "every byte read");
+            encode_value(&c, TextEncoding::Binary, &v).unwrap()
+        };
+        assert_eq!(read(ColumnType::MYSQL_TYPE_INT24, vec![], false, &[0xFD, 0xFF, 0xFF]), Value::from(-3));
+        assert_eq!(read(ColumnType::MYSQL_TYPE_INT24, vec![], true, &[0xFD, 0xFF, 0xFF]), Value::from(16_777_213));
+        assert_eq!(read(ColumnType::MYSQL_TYPE_TIME2, vec![1], false, &[0x7F, 0xFF, 0xFF, 0xF6]), Value::from("-00:00:00.1"));
+        assert_eq!(read(ColumnType::MYSQL_TYPE_TIME, vec![], false, &(-8_385_959i32).to_le_bytes()[..3]), Value::from("-838:59:59"));
+        assert_eq!(read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![3], false, &[0xFF, 0xFF, 0xFF, 0xFF, 0x27, 0x06]), Value::from("2106-02-07T06:28:15.999Z"));
+        assert_eq!(read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![0], false, &[0, 0, 0, 0]), Value::from("0000-00-00T00:00:00Z"));
+        assert_eq!(read(ColumnType::MYSQL_TYPE_LONGLONG, vec![], true, &[0xFF; 8]).to_string(), "18446744073709551615");
+    }
+
+    #[test]
+    fn gbk_is_one_to_one_and_matches_mysql() {
+        let table = gbk_table().unwrap();
+        let mut all = Vec::new();
+        for lead in 0x81..=0xFEu8 {
+            for trail in (0x40..=0x7Eu8).chain(0x80..=0xFE) {
+                all.extend_from_slice(&[lead, trail]);
+            }
+        }
+        let text = TextEncoding::Gbk.decode(&all).unwrap();
+        assert_eq!(text.chars().count(), 23_940);
+        assert_eq!(TextEncoding::Gbk.encode(&text).unwrap(), all);
+        assert_eq!(table.to_bytes.len(), 23_940);
+        // As MariaDB converts them (CONVERT(x'..' USING utf8mb4)).
+        assert_eq!(TextEncoding::Gbk.decode(&[0xD6, 0xD0, 0xA1, 0xA4, 0xA1, 0xAA, 0x41]).unwrap(), "中·—A");
+        // Sequences MariaDB stores but cannot convert: still one character each.
+        assert_eq!(TextEncoding::Gbk.decode(&[0xA1, 0x40]).unwrap(), "\u{E4C6}");
+        assert_eq!(TextEncoding::Gbk.decode(&[0xA3, 0xA0]).unwrap(), "\u{E5E5}");
+        assert_eq!(TextEncoding::Gbk.decode(&[0xA1, 0xA1]).unwrap(), "\u{3000}");
+        for bad in [&[0x80][..], &[0xFF], &[0x81], &[0x81, 0x30], &[0xD6, 0x7F]] {
+            assert!(TextEncoding::Gbk.decode(bad).is_err(), "{bad:?} is not gbk");
+        }
+        assert!(TextEncoding::Gbk.encode("😀").is_err());
+    }
+
+    #[test]
+    fn latin1_is_one_to_one() {
+        let all: Vec<u8> = (0..=255).collect();
+        let text = TextEncoding::Latin1.decode(&all).unwrap();
+        assert_eq!(TextEncoding::Latin1.encode(&text).unwrap(), all);
     }
 
     #[test]

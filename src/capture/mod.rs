@@ -528,7 +528,7 @@ impl Reader {
             // Rotate: the next events come from another file.
             4 => {
                 if let Ok(Some(EventData::RotateEvent(r))) = event.read_data() {
-                    self.file = r.name().into_owned();
+                    self.file = binlog_file_name(&r.name());
                     self.pos = r.position();
                 }
             }
@@ -643,7 +643,7 @@ impl Reader {
 
     async fn on_rows(
         &mut self,
-        stream: &BinlogStream,
+        _stream: &BinlogStream,
         event: &mysql_async::binlog::events::Event,
         publisher: &mut Publisher,
     ) -> Result<(), CaptureError> {
@@ -676,13 +676,8 @@ impl Reader {
                     return Ok(());
                 }
                 let info = info.clone();
-                let tme = stream.get_tme(table_id).ok_or_else(|| CaptureError::Binlog {
-                    file: self.file.clone(),
-                    pos: start_pos,
-                    reason: format!("no table map for table id {table_id}"),
-                })?;
                 let mut images = Vec::new();
-                for row in data.rows(tme) {
+                for row in decode::rows(&data, &info) {
                     let (_, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
                     if let Some(after) = after {
                         images.push(self.control_image(&info, &after, start_pos)?);
@@ -714,11 +709,6 @@ impl Reader {
             // Only possible when resuming in the middle of a transaction; never on GTID resume.
             self.txn = Some(Txn::default());
         }
-        let tme = stream.get_tme(table_id).ok_or_else(|| CaptureError::Binlog {
-            file: self.file.clone(),
-            pos: start_pos,
-            reason: format!("no table map for table id {table_id}"),
-        })?;
         // A session with binlog_row_image=MINIMAL logs only some columns: never guess the rest.
         let columns = data.num_columns() as usize;
         let before_full = data.columns_before_image().map_or(true, |b| b.count_ones() >= columns);
@@ -739,7 +729,9 @@ impl Reader {
             _ => Op::Delete,
         };
         let ts_ms = header.timestamp() as i64 * 1000;
-        for (row_index, row) in data.rows(tme).enumerate() {
+        // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
+        // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
+        for (row_index, row) in decode::rows(&data, &entity.info).enumerate() {
             let (before, after) = row.map_err(|e| CaptureError::Binlog {
                 file: self.file.clone(),
                 pos: start_pos,
@@ -920,6 +912,18 @@ impl Reader {
     }
 }
 
+/// The binlog file name of a rotate event. The server's first, artificial rotate carries the
+/// event checksum after the name; binlog names always end in `.<digits>`, so cut there.
+fn binlog_file_name(raw: &str) -> String {
+    if let Some(dot) = raw.rfind('.') {
+        let digits = raw[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            return raw[..dot + 1 + digits].to_string();
+        }
+    }
+    raw.to_string()
+}
+
 /// Whether a logged statement changes rows (statement-based logging of DML).
 fn is_row_change_statement(query: &str) -> bool {
     let mut q = query.trim_start();
@@ -952,5 +956,25 @@ fn apply_filter(
             (true, false) => Some((Op::Delete, before, None)),
             (false, false) => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binlog_names_lose_the_checksum_of_the_first_rotate() {
+        assert_eq!(binlog_file_name("mysql-bin.000010\u{fffd}\u{f}\u{fffd}\u{6}"), "mysql-bin.000010");
+        assert_eq!(binlog_file_name("mysql-bin.000010"), "mysql-bin.000010");
+        assert_eq!(binlog_file_name("odd"), "odd");
+    }
+
+    #[test]
+    fn statements_that_change_rows_are_recognised() {
+        assert!(is_row_change_statement("/* app */ UPDATE person SET a = 1"));
+        assert!(is_row_change_statement("insert into t values (1)"));
+        assert!(!is_row_change_statement("ALTER TABLE person ADD COLUMN x INT"));
+        assert!(!is_row_change_statement("BEGIN"));
     }
 }

@@ -26,7 +26,7 @@ use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use serde_json::{Map, Value};
 
-use super::decode::{encode_value, latin1_to_string, DecodeError, TextEncoding};
+use super::decode::{encode_value, DecodeError, TextEncoding};
 use super::publisher::Publisher;
 use super::table::{ColumnInfo, TableInfo};
 use super::{CaptureError, EntityTable, Place, Reader};
@@ -414,10 +414,12 @@ fn select_value(col: &ColumnInfo, encoding: TextEncoding, v: mysql_async::Value)
         (_, V::NULL) => Value::Null,
         (ColumnType::MYSQL_TYPE_YEAR, V::Int(y)) => Value::from(y),
         (ColumnType::MYSQL_TYPE_YEAR, V::UInt(y)) => Value::from(y),
-        (ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET, V::Bytes(b)) => Value::String(match encoding {
-            TextEncoding::Latin1 => latin1_to_string(&b),
-            _ => String::from_utf8(b).map_err(|_| err("member is not UTF-8".into()))?,
-        }),
+        (ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET, V::Bytes(b)) => {
+            // Members are text in the column's character set, whatever the column's
+            // encoding for other values says about binary.
+            let encoding = if encoding == TextEncoding::Binary { TextEncoding::Utf8 } else { encoding };
+            Value::String(encoding.decode(&b).map_err(err)?)
+        }
         (ColumnType::MYSQL_TYPE_TIMESTAMP2, V::Date(y, mo, d, h, mi, s, us)) => {
             let mut t = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
             let decimals = col.meta.first().copied().unwrap_or(0).min(6) as usize;

@@ -19,7 +19,10 @@ pub struct ColumnInfo {
     pub unsigned: bool,
     /// Collation id of character, ENUM and SET columns; 63 is binary.
     pub charset: u16,
-    /// ENUM or SET members, in definition order.
+    /// ENUM or SET members, in definition order. From the binlog, each member is its bytes in
+    /// the column's character set, one `char` per byte (U+0000..=U+00FF), because the table map
+    /// does not say which character set that is: `decode::encode_value` decodes them with the
+    /// column's encoding (see `decode::member_bytes`).
     pub members: Vec<String>,
 }
 
@@ -59,6 +62,11 @@ pub enum TableInfoError {
     },
 }
 
+/// Bytes as a string of the chars U+0000..=U+00FF with the same numbers.
+pub(crate) fn bytes_as_chars(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
 impl TableInfo {
     /// Builds the description from a table map event.
     pub fn from_event(tme: &TableMapEvent<'_>) -> Result<Self, TableInfoError> {
@@ -67,6 +75,8 @@ impl TableInfo {
         let unreadable = |reason: String| TableInfoError::Unreadable { db: db.clone(), table: table.clone(), reason };
         let extractor = OptionalMetaExtractor::new(tme.iter_optional_meta()).map_err(|e| unreadable(e.to_string()))?;
 
+        // Members stay bytes (one char per byte): text in the column's character set, which
+        // only the server's collation list names; decode::encode_value decodes them.
         let mut enum_members: Vec<Vec<String>> = Vec::new();
         let mut set_members: Vec<Vec<String>> = Vec::new();
         for field in tme.iter_optional_meta() {
@@ -74,13 +84,13 @@ impl TableInfo {
                 OptionalMetadataField::EnumStrValue(values) => {
                     for col in values.iter_values() {
                         let col = col.map_err(|e| unreadable(e.to_string()))?;
-                        enum_members.push(col.values().iter().map(|v| v.value().into_owned()).collect());
+                        enum_members.push(col.values().iter().map(|v| bytes_as_chars(v.value_raw())).collect());
                     }
                 }
                 OptionalMetadataField::SetStrValue(values) => {
                     for col in values.iter_values() {
                         let col = col.map_err(|e| unreadable(e.to_string()))?;
-                        set_members.push(col.values().iter().map(|v| v.value().into_owned()).collect());
+                        set_members.push(col.values().iter().map(|v| bytes_as_chars(v.value_raw())).collect());
                     }
                 }
                 _ => {}
@@ -109,7 +119,10 @@ impl TableInfo {
                 .ok_or_else(|| unreadable(format!("no type for column {i}")))?;
             let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
             let unsigned = ctype.is_numeric_type() && signedness.next().unwrap_or(false);
-            let charset = if ctype.is_character_type() {
+            // The server lists a character set for every string, BLOB and GEOMETRY column
+            // ("base class is blob for geom type"); mysql_common's is_character_type leaves
+            // GEOMETRY out, which would shift every later column's character set by one.
+            let charset = if ctype.is_character_type() || ctype == ColumnType::MYSQL_TYPE_GEOMETRY {
                 charsets.next().transpose().map_err(|e| unreadable(e.to_string()))?.unwrap_or(0)
             } else if ctype.is_enum_or_set_type() {
                 enum_set_charsets.next().transpose().map_err(|e| unreadable(e.to_string()))?.unwrap_or(0)

@@ -171,6 +171,11 @@ impl Federation {
         self.children.len() - 1
     }
 
+    /// The process id of a background process.
+    pub fn pid(&self, handle: usize) -> u32 {
+        self.children[handle].1.id()
+    }
+
     /// SIGKILL: no chance to flush or checkpoint.
     pub fn kill9(&mut self, handle: usize) {
         let child = &mut self.children[handle].1;
