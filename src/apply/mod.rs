@@ -15,7 +15,7 @@ mod target;
 mod writer;
 
 pub use target::{TargetColumn, TargetTable};
-pub use writer::{EntityPlan, Outcome, Plans};
+pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -48,6 +48,9 @@ pub enum ApplyError {
     /// The record has a column the local table lacks (a schema change not applied here yet).
     #[error("{0}")]
     MissingColumn(String),
+    /// The fast path met something that needs the careful one (a wait, a schema change).
+    #[error("needs the careful path")]
+    NeedsCare,
     /// The local schema does not fit the configuration.
     #[error("{0}")]
     Schema(String),
@@ -465,9 +468,11 @@ impl Applier {
     /// Applies a batch in one local transaction; on a definite error, one transaction at a time.
     async fn apply_batch(&mut self, batch: Vec<CompleteTxn>) -> Result<(), ApplyError> {
         let mut backoff = Duration::from_millis(100);
+        let mut careful = false;
         loop {
-            match self.try_apply(&batch, None).await {
+            match self.try_apply(&batch, None, careful).await {
                 Ok(()) => return Ok(()),
+                Err(ApplyError::NeedsCare) => careful = true,
                 Err(e) if e.is_definite() => break,
                 Err(e) => {
                     self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "database"]).inc();
@@ -481,14 +486,14 @@ impl Applier {
         for txn in &batch {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.try_apply(std::slice::from_ref(txn), None).await {
+                match self.try_apply(std::slice::from_ref(txn), None, true).await {
                     Ok(()) => break,
                     Err(e) if e.is_definite() => {
                         let reason = e.to_string();
                         self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "apply"]).inc();
                         tracing::warn!(site = %self.ctx.site, origin = %txn.origin, topic = %txn.topic, offset = txn.records[0].offset, reason = %reason, "transaction becomes a dead letter");
                         loop {
-                            match self.try_apply(std::slice::from_ref(txn), Some(&reason)).await {
+                            match self.try_apply(std::slice::from_ref(txn), Some(&reason), true).await {
                                 Ok(()) => break,
                                 Err(e) => {
                                     tracing::warn!(site = %self.ctx.site, error = %e, "storing a dead letter failed; retrying");
@@ -535,7 +540,10 @@ impl Applier {
 
     /// One local transaction: offsets (the echo marker) first, then the rows, then progress.
     /// With `dead_reason`, the transactions' records are stored as dead letters instead.
-    async fn try_apply(&mut self, batch: &[CompleteTxn], dead_reason: Option<&str>) -> Result<(), ApplyError> {
+    ///
+    /// Not `careful`: rows go in multi-row statements across the whole batch, and anything
+    /// that would need a savepoint (a wait, a schema change) abandons it for the careful path.
+    async fn try_apply(&mut self, batch: &[CompleteTxn], dead_reason: Option<&str>, careful: bool) -> Result<(), ApplyError> {
         let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
         for t in batch {
             match offsets.iter_mut().find(|(topic, p, _)| *topic == t.topic && *p == t.partition) {
@@ -551,6 +559,7 @@ impl Applier {
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
         let mut newly_parked: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
+        let mut group = Group::default();
         for (t_index, t) in batch.iter().enumerate() {
             let duplicate = self.already_applied(t)
                 || t.txn.as_ref().is_some_and(|(id, _)| {
@@ -590,7 +599,12 @@ impl Applier {
             }
             let keys = row_keys(&t.origin, &records);
             let behind_parked = keys.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k));
-            let outcome = if behind_parked {
+            let outcome = if !careful {
+                if behind_parked {
+                    return Err(ApplyError::NeedsCare);
+                }
+                self.write_fast(&mut tx, &mut group, &t.origin, &records).await
+            } else if behind_parked {
                 Err(ApplyError::Wait("an earlier transaction changing the same rows is waiting".into()))
             } else {
                 sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
@@ -631,6 +645,7 @@ impl Applier {
                 Err(e) => return Err(e),
             }
         }
+        self.flush(&mut tx, &mut group).await?;
         let rows: Vec<(&str, &str, u64, &str, i64)> = progress
             .iter()
             .map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts))
@@ -665,6 +680,81 @@ impl Applier {
     fn set_running(&self, running: bool) {
         self.ctx.health.apply_running.store(running, Ordering::Relaxed);
         self.ctx.metrics.component_running.with_label_values(&[&self.ctx.site, "apply"]).set(running as i64);
+    }
+
+    /// The fast path for one source transaction: records join multi-row statements; a record
+    /// that cannot is written alone, in order.
+    async fn write_fast(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        group: &mut Group,
+        origin: &str,
+        records: &[&ChangeRecord],
+    ) -> Result<Vec<&'static str>, ApplyError> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for r in records {
+            let entity = &r.sitesync.entity;
+            let plan = match self.plans.get(entity) {
+                Some(plan) if r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) => plan,
+                _ => {
+                    outcomes.push("skipped");
+                    continue;
+                }
+            };
+            let write = match plan.batch_write(origin, r, &self.plans) {
+                Some(Ok(w)) => w,
+                Some(Err(ApplyError::MissingColumn(_))) => return Err(ApplyError::NeedsCare),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.flush(tx, group).await?;
+                    match plan.apply(tx, origin, r, &self.plans).await {
+                        Ok(Outcome::Applied) => outcomes.push("applied"),
+                        Ok(Outcome::Skipped) => outcomes.push("skipped"),
+                        Ok(Outcome::ConflictLost) => outcomes.push("conflict_lost"),
+                        Err(ApplyError::Wait(_) | ApplyError::MissingColumn(_)) => return Err(ApplyError::NeedsCare),
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+            };
+            match write {
+                BatchWrite::Skip => outcomes.push("skipped"),
+                BatchWrite::Upsert { columns, values } => {
+                    if !matches!(&group.kind, Some(GroupKind::Upsert(c)) if *c == columns && group.entity == *entity) {
+                        self.flush(tx, group).await?;
+                        group.entity = entity.clone();
+                        group.kind = Some(GroupKind::Upsert(columns));
+                    }
+                    group.rows.push(values);
+                    outcomes.push("applied");
+                }
+                BatchWrite::Delete(key) => {
+                    if !matches!(&group.kind, Some(GroupKind::Delete)) || group.entity != *entity {
+                        self.flush(tx, group).await?;
+                        group.entity = entity.clone();
+                        group.kind = Some(GroupKind::Delete);
+                    }
+                    group.rows.push(key);
+                    outcomes.push("applied");
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes the rows gathered in `group`.
+    async fn flush(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, group: &mut Group) -> Result<(), ApplyError> {
+        let Some(kind) = group.kind.take() else { return Ok(()) };
+        let rows = std::mem::take(&mut group.rows);
+        let plan = &self.plans[&group.entity];
+        let result = match &kind {
+            GroupKind::Upsert(columns) => plan.upsert_rows(tx, columns, &rows).await,
+            GroupKind::Delete => plan.delete_rows(tx, &rows).await,
+        };
+        match result {
+            Err(ApplyError::MissingColumn(_)) => Err(ApplyError::NeedsCare),
+            other => other,
+        }
     }
 
     fn count(&self, counts: HashMap<(String, String, &'static str), u64>) {
@@ -853,6 +943,21 @@ impl Applier {
             .await
             .map_err(ApplyError::Database)
     }
+}
+
+/// Rows of one entity gathered for one multi-row statement.
+#[derive(Default)]
+struct Group {
+    entity: String,
+    kind: Option<GroupKind>,
+    rows: Vec<Vec<target::SqlValue>>,
+}
+
+enum GroupKind {
+    /// Upserts with these columns.
+    Upsert(Vec<String>),
+    /// Deletes by primary key.
+    Delete,
 }
 
 /// Heartbeats come every second from an idle capture; within this, an origin counts as caught up.

@@ -34,6 +34,21 @@ pub struct EntityPlan {
     pub local_site: String,
 }
 
+/// One record's part in a multi-row statement.
+pub enum BatchWrite {
+    /// Nothing to write (on_delete = "ignore").
+    Skip,
+    /// Upsert these columns.
+    Upsert {
+        /// Column names.
+        columns: Vec<String>,
+        /// Their values.
+        values: Vec<SqlValue>,
+    },
+    /// Delete the row with this primary key.
+    Delete(Vec<SqlValue>),
+}
+
 /// What happened to one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -360,30 +375,110 @@ impl EntityPlan {
     }
 
     async fn upsert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
-        let cols: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}`")).collect();
-        let updates: Vec<String> = sets
+        let columns: Vec<String> = sets.iter().map(|(c, _)| c.clone()).collect();
+        let values: Vec<SqlValue> = sets.iter().map(|(_, v)| v.clone()).collect();
+        self.upsert_rows(tx, &columns, &[values]).await
+    }
+
+    /// Upserts rows by primary key in multi-row statements; a later row of the same key wins,
+    /// as it would one statement at a time.
+    pub async fn upsert_rows(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        columns: &[String],
+        rows: &[Vec<SqlValue>],
+    ) -> Result<(), ApplyError> {
+        let cols: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
+        let updates: Vec<String> = columns
             .iter()
-            .filter(|(c, _)| !self.target.primary_key.contains(c))
-            .map(|(c, _)| format!("`{c}` = VALUES(`{c}`)"))
+            .filter(|c| !self.target.primary_key.contains(c))
+            .map(|c| format!("`{c}` = VALUES(`{c}`)"))
             .collect();
-        let sql = if updates.is_empty() {
-            format!("{}INSERT IGNORE INTO {} ({}) VALUES ({})", self.lenient(sets), self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "))
-        } else {
-            format!(
-                "{}INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
-                self.lenient(sets),
-                self.target.qualified(),
-                cols.join(", "),
-                vec!["?"; cols.len()].join(", "),
-                updates.join(", ")
-            )
-        };
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (_, v) in sets {
-            q = bind(q, v.clone());
+        let row = format!("({})", vec!["?"; cols.len()].join(", "));
+        // MySQL binds at most 65,535 parameters per statement.
+        let per_statement = (60_000 / cols.len().max(1)).max(1);
+        for chunk in rows.chunks(per_statement) {
+            let lenient = chunk.iter().any(|values| {
+                columns.iter().zip(values).any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)))
+            });
+            let prefix = if lenient { "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR " } else { "" };
+            let values = vec![row.as_str(); chunk.len()].join(", ");
+            let sql = if updates.is_empty() {
+                format!("{prefix}INSERT IGNORE INTO {} ({}) VALUES {values}", self.target.qualified(), cols.join(", "))
+            } else {
+                format!(
+                    "{prefix}INSERT INTO {} ({}) VALUES {values} ON DUPLICATE KEY UPDATE {}",
+                    self.target.qualified(),
+                    cols.join(", "),
+                    updates.join(", ")
+                )
+            };
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for values in chunk {
+                for v in values {
+                    q = bind(q, v.clone());
+                }
+            }
+            q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
         }
-        q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
         Ok(())
+    }
+
+    /// Deletes rows by primary key, many per statement.
+    pub async fn delete_rows(&self, tx: &mut Transaction<'_, MySql>, keys: &[Vec<SqlValue>]) -> Result<(), ApplyError> {
+        let pk: Vec<String> = self.key_columns.iter().map(|c| format!("`{c}`")).collect();
+        let tuple = format!("({})", vec!["?"; pk.len()].join(", "));
+        for chunk in keys.chunks((60_000 / pk.len().max(1)).max(1)) {
+            let sql = format!(
+                "DELETE FROM {} WHERE ({}) IN ({})",
+                self.target.qualified(),
+                pk.join(", "),
+                vec![tuple.as_str(); chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for key in chunk {
+                for v in key {
+                    q = bind(q, v.clone());
+                }
+            }
+            q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
+        }
+        Ok(())
+    }
+
+    /// How `record` can join a multi-row statement, if it can: rows upserted or deleted by
+    /// primary key with nothing to look up first (no reference to translate, no version to
+    /// compare, no key change, no deactivation).
+    pub fn batch_write(&self, origin: &str, record: &ChangeRecord, plans: &Plans) -> Option<Result<BatchWrite, ApplyError>> {
+        if !self.key_is_primary || self.config.conflict.is_some() {
+            return None;
+        }
+        if self.refs.iter().any(|(_, target)| plans.get(target).is_none_or(|p| !p.key_is_primary)) {
+            return None;
+        }
+        Some(match record.op {
+            Op::Delete => match &self.config.on_delete {
+                OnDelete::Ignore => Ok(BatchWrite::Skip),
+                OnDelete::Propagate => {
+                    let before = record.before.as_ref().expect("checked when parsed");
+                    self.key_values(before).map(|k| BatchWrite::Delete(k.into_iter().map(|(_, v)| v).collect()))
+                }
+                OnDelete::Set(_) => return None,
+            },
+            Op::Create | Op::Read | Op::Update => {
+                let after = record.after.as_ref().expect("checked when parsed");
+                if let (Op::Update, Some(before)) = (record.op, &record.before) {
+                    let changed = self.key_columns.iter().any(|k| before.get(k) != after.get(k));
+                    if changed {
+                        return None;
+                    }
+                }
+                self.assignments(after, origin).map(|sets| {
+                    let (columns, values) = sets.into_iter().unzip();
+                    BatchWrite::Upsert { columns, values }
+                })
+            }
+        })
     }
 
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
