@@ -263,6 +263,10 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         match reader.stream(&opts, &ctl, &mut publisher, first).await {
             Ok(()) => break Ok(()),
             Err(e) if e.is_transient() && !ctx.shutdown.is_triggered() => {
+                // A connection that streamed before it broke starts the backoff afresh.
+                if ctx.health.capture_running.load(Ordering::Relaxed) {
+                    backoff = Duration::from_millis(200);
+                }
                 set_running(&ctx, false);
                 ctx.metrics.errors.with_label_values(&[&ctx.site, "database"]).inc();
                 tracing::warn!(site = %ctx.site, error = %e, retry_in_ms = backoff.as_millis() as u64, "binlog connection lost; reconnecting");
