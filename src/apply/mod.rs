@@ -14,7 +14,7 @@
 mod target;
 mod writer;
 
-pub use target::{TargetColumn, TargetTable};
+pub use target::{parse_members, TargetColumn, TargetTable};
 pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
 use std::collections::{HashMap, HashSet};

@@ -124,7 +124,7 @@ pub enum SqlValue {
 }
 
 /// `enum('a','b''c')` -> ["a", "b'c"] (members as `information_schema.COLUMNS.COLUMN_TYPE` quotes them).
-fn parse_members(column_type: &str) -> Vec<String> {
+pub fn parse_members(column_type: &str) -> Vec<String> {
     let Some(start) = column_type.find('(') else { return Vec::new() };
     let mut out = Vec::new();
     let mut current = String::new();
@@ -272,5 +272,11 @@ mod tests {
         assert_eq!(to_sql(&col("bigint"), &json!(18446744073709551615u64)).unwrap(), SqlValue::UInt(u64::MAX));
         assert_eq!(to_sql(&col("bigint"), &json!(-5)).unwrap(), SqlValue::Int(-5));
         assert_eq!(to_sql(&col("varchar"), &json!("é")).unwrap(), SqlValue::Text("é".into()));
+    }
+
+    #[test]
+    fn enum_members_parse_with_quotes_and_commas() {
+        assert_eq!(parse_members("enum('a','b,c','it''s')"), vec!["a", "b,c", "it's"]);
+        assert_eq!(parse_members("set('x')"), vec!["x"]);
     }
 }

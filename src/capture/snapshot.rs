@@ -335,7 +335,7 @@ async fn table_info(
             None => super::decode::BINARY_CHARSET,
         };
         let members = if matches!(ctype, ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET) {
-            parse_members(&column_type).into_iter().map(Into::into).collect()
+            crate::apply::parse_members(&column_type).into_iter().map(Into::into).collect()
         } else {
             Vec::new()
         };
@@ -380,32 +380,6 @@ fn column_type_of(data_type: &str) -> ColumnType {
     }
 }
 
-/// `enum('a','b''c')` -> ["a", "b'c"].
-fn parse_members(column_type: &str) -> Vec<String> {
-    let Some(start) = column_type.find('(') else { return Vec::new() };
-    let body = &column_type[start + 1..column_type.len().saturating_sub(1)];
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut chars = body.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('\'', false) => quoted = true,
-            ('\'', true) if chars.peek() == Some(&'\'') => {
-                current.push('\'');
-                chars.next();
-            }
-            ('\'', true) => {
-                quoted = false;
-                out.push(std::mem::take(&mut current));
-            }
-            (c, true) => current.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// A value read by SELECT, encoded as the binlog's value of the same column would be.
 fn select_value(col: &ColumnInfo, encoding: TextEncoding, v: mysql_async::Value) -> Result<Value, DecodeError> {
     use mysql_async::Value as V;
@@ -432,15 +406,4 @@ fn select_value(col: &ColumnInfo, encoding: TextEncoding, v: mysql_async::Value)
         }
         (_, v) => encode_value(col, encoding, &BinlogValue::Value(v))?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enum_members_parse_with_quotes_and_commas() {
-        assert_eq!(parse_members("enum('a','b,c','it''s')"), vec!["a", "b,c", "it's"]);
-        assert_eq!(parse_members("set('x')"), vec!["x"]);
-    }
 }
