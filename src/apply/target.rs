@@ -230,6 +230,24 @@ pub fn bind<'q>(q: Query<'q, MySql, MySqlArguments>, v: SqlValue) -> Query<'q, M
     }
 }
 
+/// `values` as the arguments of a statement (for queries built with `query_*_with`).
+pub fn arguments(values: impl IntoIterator<Item = SqlValue>) -> Result<MySqlArguments, ApplyError> {
+    use sqlx::Arguments as _;
+    let mut args = MySqlArguments::default();
+    for v in values {
+        let added = match v {
+            SqlValue::Null => args.add(None::<String>),
+            SqlValue::Int(i) => args.add(i),
+            SqlValue::UInt(u) => args.add(u),
+            SqlValue::Double(d) => args.add(d),
+            SqlValue::Text(s) => args.add(s),
+            SqlValue::Bytes(b) => args.add(b),
+        };
+        added.map_err(|e| ApplyError::Definite(format!("value cannot be sent: {e}")))?;
+    }
+    Ok(args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, MySql, Transaction};
 
-use super::target::{bind, needs_lenient_mode, to_sql, SqlValue, TargetTable};
+use super::target::{arguments, bind, needs_lenient_mode, to_sql, SqlValue, TargetTable};
 use super::ApplyError;
 use crate::config::{EntityConfig, OnDelete};
 use crate::record::{ChangeRecord, Op, RefKey};
@@ -152,10 +152,7 @@ impl EntityPlan {
         };
         let values = self.key_values(key)?;
         let sql = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1", self.target.qualified(), where_clause(&values));
-        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-        for (_, v) in values {
-            q = bind_scalar(q, v);
-        }
+        let q = sqlx::query_scalar_with::<_, String, _>(AssertSqlSafe(sql), arguments(values.into_iter().map(|(_, v)| v))?);
         let id = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
         Ok(id.map(|s| s.parse::<i64>().map(Value::from).unwrap_or(Value::String(s))))
     }
@@ -217,10 +214,7 @@ impl EntityPlan {
             self.target.qualified(),
             where_clause(key)
         );
-        let mut q = sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(sql));
-        for (_, v) in key {
-            q = bind_scalar(q, v.clone());
-        }
+        let q = sqlx::query_scalar_with::<_, Option<String>, _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
         let row_key = Value::Array(key.iter().map(|(_, v)| Value::String(sql_text(v))).collect()).to_string();
         let local = match q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)? {
             None => None,
@@ -518,21 +512,6 @@ impl EntityPlan {
 
 fn where_clause(key: &[(String, SqlValue)]) -> String {
     key.iter().map(|(c, _)| format!("`{c}` <=> ?")).collect::<Vec<_>>().join(" AND ")
-}
-
-/// Binds `v` to a scalar query.
-fn bind_scalar<'q, O>(
-    q: sqlx::query::QueryScalar<'q, MySql, O, sqlx::mysql::MySqlArguments>,
-    v: SqlValue,
-) -> sqlx::query::QueryScalar<'q, MySql, O, sqlx::mysql::MySqlArguments> {
-    match v {
-        SqlValue::Null => q.bind(None::<String>),
-        SqlValue::Int(i) => q.bind(i),
-        SqlValue::UInt(u) => q.bind(u),
-        SqlValue::Double(d) => q.bind(d),
-        SqlValue::Text(s) => q.bind(s),
-        SqlValue::Bytes(b) => q.bind(b),
-    }
 }
 
 /// A bound value as text, for version comparison and row identity.
