@@ -211,6 +211,19 @@ async fn a_reference_that_never_arrives_becomes_a_dead_letter_with_its_reason() 
     // The stream goes on after the dead letter.
     fed.exec(a, "INSERT INTO user (token, name) VALUES ('dave', 'Dave')").await;
     wait_rows(&mut fed, b, "SELECT name FROM user WHERE token = 'dave'", vec![vec!["Dave"]]).await;
+    // status shows it; dlq drop removes it.
+    let out = fed.command(b, &["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(status["dead_letters"], 1);
+    assert_eq!(status["apply"][0]["origin"], "yuquan");
+    assert!(status["apply"][0]["next_offset"].as_i64().unwrap() > 0);
+    assert!(!status["capture"]["gtid"].as_str().unwrap().is_empty());
+    let text = String::from_utf8_lossy(&fed.command(b, &["status"]).output().unwrap().stdout).to_string();
+    assert!(text.contains("yuquan") && text.contains("dead letters        1"), "{text}");
+    let id = fed.scalar(b, &format!("SELECT CAST(id AS SIGNED) FROM `{ctl}`.dead_letters")).await;
+    assert!(fed.command(b, &["dlq", "drop", &id.to_string()]).status().unwrap().success());
+    assert_eq!(fed.scalar(b, &format!("SELECT COUNT(*) FROM `{ctl}`.dead_letters")).await, 0);
+    assert_eq!(fed.command(b, &["dlq", "drop", &id.to_string()]).status().unwrap().code(), Some(1), "dropping twice fails");
 }
 
 #[test]
