@@ -391,6 +391,25 @@ impl Control {
         Ok(())
     }
 
+    /// Marks `tx` as sitesync's own write when it carries no offsets (a parked transaction
+    /// applied later, a dead letter replayed): the marker row must change for the binlog to
+    /// show it, so it takes the current time in microseconds.
+    pub async fn write_marker(&self, tx: &mut Transaction<'_, MySql>) -> Result<(), sqlx::Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO `{}`.`apply_offsets` (topic, kafka_partition, next_offset) VALUES ('(local)', -1, ?)
+             ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset + 1, VALUES(next_offset))",
+            self.db
+        )))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Every stored apply progress: (origin, stream) -> seq.
     pub async fn load_progress(&self) -> Result<Vec<(String, String, u64, i64)>, ControlError> {
         let rows = sqlx::query(AssertSqlSafe(format!(

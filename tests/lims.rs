@@ -177,6 +177,9 @@ async fn zhejiang_labs_and_memberships_wait_for_the_people_they_reference() {
     fed.exec(a, "UPDATE user SET is_temporary = 0 WHERE token = 'pi'").await;
     wait_rows(&mut fed, b, "SELECT l.name, u.token FROM lab l JOIN user u ON u.id = l.pi_id", vec![vec!["Wang Group", "pi"]]).await;
     assert_eq!(fed.scalar(b, &format!("SELECT COUNT(*) FROM `{}`.parked", fed.control_db)).await, 0);
+    // Applied late, but still sitesync's own write: B's capture does not echo it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fed.topic_records(b), 0, "nothing written by B's application yet, so nothing on B's topic");
 
     // Memberships carry both ids translated; a lab deleted at B is only deactivated at A.
     let (carol_b, lab_b) = (id_of(&fed, b, "carol").await, fed.scalar(b, "SELECT id FROM lab WHERE code = 'L-1'").await);

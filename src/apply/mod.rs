@@ -849,6 +849,8 @@ impl Applier {
             }
             let records: Result<Vec<ChangeRecord>, _> = serde_json::from_slice(&p.records);
             let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
+            // The echo marker first, as in every apply transaction.
+            self.control.write_marker(&mut tx).await.map_err(ApplyError::Database)?;
             let outcome = match &records {
                 Ok(records) => {
                     let refs: Vec<&ChangeRecord> = records.iter().collect();
