@@ -91,6 +91,12 @@ pub enum DlqAction {
         #[arg(long)]
         json: bool,
     },
+    /// Apply dead letters again (all, or one): those that apply are removed, the others stay
+    /// with their reason. Exit 1 if any still fails.
+    Replay {
+        /// Only this one.
+        id: Option<u64>,
+    },
     /// Delete one dead letter.
     Drop {
         /// Its id.

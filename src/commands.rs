@@ -362,6 +362,21 @@ async fn dlq(config: &Config, site: &str, action: DlqAction) -> Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
+        DlqAction::Replay { id } => {
+            let results = crate::apply::replay(config, site, id).await?;
+            let mut failed = 0;
+            for r in &results {
+                match &r.failure {
+                    None => println!("{:>6}  replayed", r.id),
+                    Some(why) => {
+                        failed += 1;
+                        println!("{:>6}  still fails: {why}", r.id);
+                    }
+                }
+            }
+            println!("{} replayed, {failed} still failing", results.len() - failed);
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         DlqAction::Drop { id } => {
             if ctl.drop_dead_letter(id).await? {
                 println!("dropped dead letter {id}");

@@ -566,6 +566,15 @@ impl Control {
             .map_err(self.err("counting dead letters"))
     }
 
+    /// Deletes one dead letter inside `tx` (replayed).
+    pub async fn delete_dead_letter(&self, tx: &mut Transaction<'_, MySql>, id: u64) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`dead_letters` WHERE id = ?", self.db)))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Deletes one dead letter; whether it existed.
     pub async fn drop_dead_letter(&self, id: u64) -> Result<bool, ControlError> {
         let r = sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`dead_letters` WHERE id = ?", self.db)))

@@ -78,3 +78,32 @@ async fn ddl_at_the_origin_then_at_the_target_loses_and_misplaces_nothing() {
     );
     let _ = capture;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_waited_too_long_is_a_dead_letter_and_replays_once_the_column_exists() {
+    let mut fed = Federation::new("replay", Spec { schema: SCHEMA, entities_and_routes: CONFIG, ref_wait_seconds: 2, ..Spec::default() }).await;
+    fed.start("a", &["capture"]);
+    fed.start("b", &["run"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fed.exec("a", "ALTER TABLE person ADD COLUMN z VARCHAR(20) NULL").await;
+    fed.exec("a", "INSERT INTO person (id, a, z) VALUES (1, 'a1', 'z1')").await;
+    let ctl = fed.control_db.clone();
+    let pb = fed.pool("b").clone();
+    let q = format!("SELECT COUNT(*) FROM `{ctl}`.dead_letters WHERE reason LIKE '%`z`%'");
+    fed.wait_for(WAIT, "the row becomes a dead letter naming the missing column", || {
+        let (pb, q) = (pb.clone(), q.clone());
+        async move { common::rows(&pb, &q).await == vec![vec!["1".to_string()]] }
+    })
+    .await;
+    // Still missing: replay keeps it and says why.
+    let out = fed.command("b", &["dlq", "replay"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still fails"));
+    fed.exec("b", "ALTER TABLE person ADD COLUMN z VARCHAR(20) NULL").await;
+    let out = fed.command("b", &["dlq", "replay"]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fed.rows("b", "SELECT a, z FROM person").await, vec![vec!["a1".to_string(), "z1".to_string()]]);
+    assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{ctl}`.dead_letters")).await, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fed.topic_records("b"), 0, "a replayed row is not echoed back");
+}

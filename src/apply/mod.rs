@@ -185,40 +185,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     if origins.is_empty() {
         tracing::warn!(site = %ctx.site, "no route leads to this site: apply has nothing to do");
     }
-    let db = config.database_of(&ctx.site).to_string();
-    // Entities applied here, and the ones they reference (to find this site's ids).
-    let routed: Vec<&String> =
-        config.entities.keys().filter(|name| origins.iter().any(|o| config.routes_entity(o, &ctx.site, name))).collect();
-    let mut needed: Vec<&String> = routed.clone();
-    for name in &routed {
-        for target in config.entities[*name].refs.values() {
-            if !needed.contains(&target) {
-                needed.push(target);
-            }
-        }
-    }
-    let mut tables = Vec::new();
-    let mut problems = Vec::new();
-    for name in needed {
-        let entity = &config.entities[name];
-        match TargetTable::load(&pool, &db, &entity.table).await {
-            Ok(t) => {
-                let columns: Vec<String> = t.columns.keys().cloned().collect();
-                problems.extend(crate::config::columns_problems(&config, name, &ctx.site, &columns, &t.primary_key));
-                tables.push((name, t));
-            }
-            Err(ApplyError::Schema(_)) => problems.extend(crate::config::columns_problems(&config, name, &ctx.site, &[], &[])),
-            Err(e) => return Err(e),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ApplyError::Config(config.invalid(problems).to_string()));
-    }
-    let mut plans = Plans::new();
-    for (name, target) in tables {
-        let entity = &config.entities[name];
-        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target, &config.federation.control_database, &ctx.site)?));
-    }
+    let plans = load_plans(&config, &ctx.site, &pool, &origins).await?;
 
     let consumer: StreamConsumer = crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
         .map_err(|e| ApplyError::Config(e.to_string()))?
@@ -293,6 +260,94 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let result = applier.consume(&consumer).await;
     applier.set_running(false);
     result
+}
+
+/// The entities applied at `site` from `origins`, and the ones they reference (to find this
+/// site's ids), bound to their local tables; every configured column must exist there.
+async fn load_plans(config: &Config, site: &str, pool: &sqlx::MySqlPool, origins: &[String]) -> Result<Plans, ApplyError> {
+    let db = config.database_of(site).to_string();
+    let routed: Vec<&String> =
+        config.entities.keys().filter(|name| origins.iter().any(|o| config.routes_entity(o, site, name))).collect();
+    let mut needed: Vec<&String> = routed.clone();
+    for name in &routed {
+        for target in config.entities[*name].refs.values() {
+            if !needed.contains(&target) {
+                needed.push(target);
+            }
+        }
+    }
+    let mut tables = Vec::new();
+    let mut problems = Vec::new();
+    for name in needed {
+        let entity = &config.entities[name];
+        match TargetTable::load(pool, &db, &entity.table).await {
+            Ok(t) => {
+                let columns: Vec<String> = t.columns.keys().cloned().collect();
+                problems.extend(crate::config::columns_problems(config, name, site, &columns, &t.primary_key));
+                tables.push((name, t));
+            }
+            Err(ApplyError::Schema(_)) => problems.extend(crate::config::columns_problems(config, name, site, &[], &[])),
+            Err(e) => return Err(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApplyError::Config(config.invalid(problems).to_string()));
+    }
+    let mut plans = Plans::new();
+    for (name, target) in tables {
+        let entity = &config.entities[name];
+        plans.insert(name.clone(), Arc::new(EntityPlan::new(name, entity, target, &config.federation.control_database, site)?));
+    }
+    Ok(plans)
+}
+
+/// What `sitesync dlq replay` did with one dead letter.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Dead letter id.
+    pub id: u64,
+    /// `None` when applied (and removed), else why it still fails (it stays).
+    pub failure: Option<String>,
+}
+
+/// Applies dead letters again (all, or the one with `only`), oldest first, each in its own
+/// transaction with the echo marker; those that apply are removed, the others stay.
+pub async fn replay(config: &Config, site: &str, only: Option<u64>) -> Result<Vec<Replayed>, ApplyError> {
+    let site_cfg = config.site(site).map_err(|e| ApplyError::Config(e.to_string()))?;
+    let pool = control::connect(site, site_cfg.mysql.expose(), 2).await?;
+    let control = Control::new(pool.clone(), &config.federation.control_database);
+    let origins = config.origins_of(site);
+    let plans = load_plans(config, site, &pool, &origins).await?;
+    let letters: Vec<_> = control.list_dead_letters().await?.into_iter().filter(|d| only.is_none_or(|id| d.id == id)).collect();
+    if let (Some(id), true) = (only, letters.is_empty()) {
+        return Err(ApplyError::Config(format!("no dead letter {id} at site {site}")));
+    }
+    let mut out = Vec::new();
+    for d in letters {
+        let failure = match ChangeRecord::from_slice(d.value.as_deref()) {
+            Err(e) => Some(e.to_string()),
+            Ok(r) => {
+                let origin = d.origin.clone().unwrap_or_else(|| r.sitesync.origin.clone());
+                match plans.get(&r.sitesync.entity) {
+                    Some(plan) if config.routes_entity(&origin, site, &r.sitesync.entity) => {
+                        let mut tx = pool.begin().await.map_err(ApplyError::Database)?;
+                        control.write_marker(&mut tx).await.map_err(ApplyError::Database)?;
+                        match plan.apply(&mut tx, &origin, &r, &plans).await {
+                            Ok(_) => {
+                                control.delete_dead_letter(&mut tx, d.id).await.map_err(ApplyError::Database)?;
+                                tx.commit().await.map_err(ApplyError::Database)?;
+                                None
+                            }
+                            Err(e) => Some(e.to_string()),
+                        }
+                    }
+                    _ => Some(format!("entity `{}` is not routed from {origin} to {site}", r.sitesync.entity)),
+                }
+            }
+        };
+        out.push(Replayed { id: d.id, failure });
+    }
+    Ok(out)
 }
 
 impl Applier {
