@@ -14,4 +14,9 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     # The package may start its own server; the tests run their own.
     "${as_root[@]}" systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
+# Building rdkafka with TLS links Debian's OpenSSL.
+if ! pkg-config --exists openssl 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config; }
+fi
 cargo test --locked --all-targets -- --test-threads="${SITESYNC_TEST_THREADS:-4}" "$@"
