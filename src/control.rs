@@ -382,7 +382,9 @@ impl Control {
             self.db
         );
         sql.push_str(&vec!["(?, ?, ?)"; offsets.len()].join(", "));
-        sql.push_str(" ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset)");
+        // updated_at set explicitly: the row must change even when the offset does not (a
+        // retried batch), or the binlog would carry no echo marker for this transaction.
+        sql.push_str(" ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = NOW(6)");
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (topic, partition, offset) in offsets {
             q = q.bind(*topic).bind(*partition).bind(*offset);

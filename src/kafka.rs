@@ -16,7 +16,14 @@ use crate::config::KafkaConfig;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Settings the delivery guarantees depend on: a user property may not override them.
-const PRODUCER_GUARANTEES: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+/// An idempotent producer still leaves a gap when a message times out (librdkafka's
+/// "Message timeout considerations"): records never time out, capture waits for Kafka instead.
+const PRODUCER_GUARANTEES: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("message.timeout.ms", "0"),
+    ("enable.gapless.guarantee", "true"),
+];
 const CONSUMER_GUARANTEES: &[(&str, &str)] =
     &[("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")];
 

@@ -83,7 +83,7 @@ impl ApplyError {
     }
 
     fn is_definite(&self) -> bool {
-        matches!(self, ApplyError::Definite(_))
+        matches!(self, ApplyError::Definite(_) | ApplyError::Schema(_))
     }
 }
 
@@ -490,10 +490,19 @@ impl Applier {
             // and becomes a dead letter when the transaction around it (if any) completes.
             Err(_) => (partial.id.clone(), partial.last_order, partial.id.is_none()),
         };
-        if incoming.record.is_ok() && !partial.records.is_empty() && (partial.id != id || order <= partial.last_order) {
-            // Capture restarted inside this transaction and publishes it again from its start.
+        if incoming.record.is_ok() && !partial.records.is_empty() && (partial.id != id || order != partial.last_order + 1) {
+            // Capture restarted inside this transaction and publishes it again from its start
+            // (records are numbered 1, 2, ... without gaps within a transaction).
             tracing::info!(site = %self.ctx.site, topic = %topic, discarded = partial.records.len(), "dropping the incomplete copy of a transaction republished after a capture restart");
             partial.records.clear();
+        }
+        if incoming.record.is_ok() && partial.records.is_empty() && order != 1 {
+            // The start of this copy is missing: a complete copy follows (capture republishes
+            // from a transaction boundary), so this one must not be applied in part.
+            tracing::warn!(site = %self.ctx.site, topic = %topic, offset = incoming.offset, "dropping a record whose transaction's beginning is missing");
+            partial.id = None;
+            partial.last_order = 0;
+            return None;
         }
         partial.id = id;
         partial.last_order = order;
@@ -535,6 +544,9 @@ impl Applier {
                     // A stalled applier must not look idle: the lag grows while it retries.
                     self.set_lag(&batch, record::now_ms());
                     self.retry_wait(&mut backoff).await?;
+                    // A commit whose answer was lost may have happened: what it applied is then
+                    // in apply_progress, and the retry skips it.
+                    self.reload_progress().await;
                 }
             }
         }
@@ -580,6 +592,13 @@ impl Applier {
             self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(lag);
             let seen = self.last_seen.entry(origin.to_string()).or_insert(ts);
             *seen = (*seen).max(ts);
+        }
+    }
+
+    async fn reload_progress(&mut self) {
+        match self.control.load_progress().await {
+            Ok(rows) => self.progress = rows.into_iter().map(|(origin, stream, seq, _)| ((origin, stream), seq)).collect(),
+            Err(e) => tracing::warn!(site = %self.ctx.site, error = %e, "reading apply progress failed"),
         }
     }
 
@@ -1020,13 +1039,31 @@ enum GroupKind {
 /// Heartbeats come every second from an idle capture; within this, an origin counts as caught up.
 const HEARTBEAT_GRACE_MS: i64 = 2500;
 
-/// `origin|entity|key`: identifies a row's changes for ordering behind parked transactions.
-fn row_key(origin: &str, r: &ChangeRecord) -> String {
-    format!("{origin}|{}|{}", r.sitesync.entity, serde_json::Value::Object(r.sitesync.key.clone()))
+/// `entity|key` of the rows a record touches: its key after the change and, when the key
+/// changed, before it. Later changes to any of them wait behind a parked transaction, whatever
+/// site they come from.
+fn touched_rows(r: &ChangeRecord) -> Vec<String> {
+    let entity = &r.sitesync.entity;
+    let mut out = vec![format!("{entity}|{}", serde_json::Value::Object(r.sitesync.key.clone()))];
+    if let (Some(before), Some(_)) = (&r.before, &r.after) {
+        let mut old = serde_json::Map::new();
+        for k in r.sitesync.key.keys() {
+            old.insert(k.clone(), before.get(k).cloned().unwrap_or(serde_json::Value::Null));
+        }
+        if old != r.sitesync.key {
+            out.push(format!("{entity}|{}", serde_json::Value::Object(old)));
+        }
+    }
+    out
 }
 
-fn row_keys(origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
-    let mut keys: Vec<String> = records.iter().map(|r| row_key(origin, r)).collect();
+/// The first row a record touches (ordering of changes to one row within a transaction).
+fn row_key(_origin: &str, r: &ChangeRecord) -> String {
+    touched_rows(r).swap_remove(0)
+}
+
+fn row_keys(_origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
+    let mut keys: Vec<String> = records.iter().flat_map(|r| touched_rows(r)).collect();
     keys.sort();
     keys.dedup();
     keys

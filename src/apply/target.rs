@@ -41,6 +41,8 @@ pub struct TargetTable {
     pub columns: HashMap<String, TargetColumn>,
     /// Primary-key column names, in key order.
     pub primary_key: Vec<String>,
+    /// Unique indexes besides the primary key: an upsert could then hit another row.
+    pub other_unique_keys: bool,
 }
 
 impl TargetTable {
@@ -90,7 +92,16 @@ impl TargetTable {
         .await
         .map_err(ApplyError::Database)?;
         let primary_key = pk_rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        Ok(TargetTable { db: db.to_string(), table: table.to_string(), columns, primary_key })
+        let other_unique: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'",
+        )
+        .bind(db)
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .map_err(ApplyError::Database)?;
+        Ok(TargetTable { db: db.to_string(), table: table.to_string(), columns, primary_key, other_unique_keys: other_unique > 0 })
     }
 
     /// The column `name`, or a definite error naming it.

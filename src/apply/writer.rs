@@ -158,15 +158,23 @@ impl EntityPlan {
     }
 
     /// Replaces the origin's ids in reference columns by this site's ids of the same rows.
+    ///
+    /// With `key_only`, only reference columns that are part of the key (a relationship row's
+    /// identity): a before image serves to find the row, and the rows its other references
+    /// pointed to may be gone by now.
     async fn translate(
         &self,
         tx: &mut Transaction<'_, MySql>,
         image: &Map<String, Value>,
         refs: &[RefKey],
         plans: &Plans,
+        key_only: bool,
     ) -> Result<Map<String, Value>, ApplyError> {
         let mut out = image.clone();
         for (col, target) in &self.refs {
+            if key_only && !self.key_columns.contains(col) {
+                continue;
+            }
             let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
             let plan = plans.get(target).ok_or_else(|| {
                 ApplyError::Schema(format!("entities.{}.refs.{col}: entity `{target}` has no table at this site", self.name))
@@ -175,8 +183,8 @@ impl EntityPlan {
                 continue;
             }
             let rk = refs.iter().find(|r| &r.entity == target && &r.id == id).ok_or_else(|| {
-                ApplyError::Definite(format!(
-                    "`{col}` = {id} refers to a {target} whose natural key the origin did not send (the row no longer existed there)"
+                ApplyError::Wait(format!(
+                    "`{col}` = {id} refers to a {target} whose natural key the origin did not send (the row no longer existed there when captured)"
                 ))
             })?;
             match plan.local_id(tx, &rk.key).await? {
@@ -293,7 +301,10 @@ impl EntityPlan {
         match record.op {
             Op::Delete => {
                 let before = record.before.as_ref().expect("checked when parsed");
-                let before = self.translate(tx, before, refs, plans).await?;
+                if self.config.on_delete == OnDelete::Ignore {
+                    return Ok(Outcome::Skipped);
+                }
+                let before = self.translate(tx, before, refs, plans, true).await?;
                 let key = self.key_values(&before)?;
                 match &self.config.on_delete {
                     OnDelete::Ignore => Ok(Outcome::Skipped),
@@ -319,12 +330,12 @@ impl EntityPlan {
             }
             Op::Create | Op::Read | Op::Update => {
                 let origin_after = record.after.as_ref().expect("checked when parsed");
-                let after = self.translate(tx, origin_after, refs, plans).await?;
+                let after = self.translate(tx, origin_after, refs, plans, false).await?;
                 let sets = self.assignments(&after, origin)?;
                 let after_key = self.key_values(&after)?;
                 let where_key = match (&record.op, &record.before) {
                     (Op::Update, Some(before)) => {
-                        let before = self.translate(tx, before, refs, plans).await?;
+                        let before = self.translate(tx, before, refs, plans, true).await?;
                         self.key_values(&before)?
                     }
                     _ => after_key.clone(),
@@ -339,14 +350,16 @@ impl EntityPlan {
                     }
                 }
                 let key_changed = where_key != after_key;
-                if self.key_is_primary && !key_changed {
+                if self.upserts() && !key_changed {
                     self.upsert(tx, &sets).await?;
                     return Ok(Outcome::Applied);
                 }
                 if self.update(tx, &sets, where_key).await? == 0 {
-                    if self.key_is_primary {
+                    if self.upserts() {
                         self.upsert(tx, &sets).await?;
                     } else {
+                        // A row that collides on another unique column is a conflict to see
+                        // (a dead letter), not a row to overwrite.
                         self.insert(tx, &sets).await?;
                     }
                 }
@@ -398,7 +411,14 @@ impl EntityPlan {
             let prefix = if lenient { "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR " } else { "" };
             let values = vec![row.as_str(); chunk.len()].join(", ");
             let sql = if updates.is_empty() {
-                format!("{prefix}INSERT IGNORE INTO {} ({}) VALUES {values}", self.target.qualified(), cols.join(", "))
+                // Every column is in the key: nothing to update, but unlike INSERT IGNORE this
+                // still reports bad values and foreign-key failures.
+                let first = &cols[0];
+                format!(
+                    "{prefix}INSERT INTO {} ({}) VALUES {values} ON DUPLICATE KEY UPDATE {first} = {first}",
+                    self.target.qualified(),
+                    cols.join(", ")
+                )
             } else {
                 format!(
                     "{prefix}INSERT INTO {} ({}) VALUES {values} ON DUPLICATE KEY UPDATE {}",
@@ -440,11 +460,20 @@ impl EntityPlan {
         Ok(())
     }
 
+    /// Whether rows are written with INSERT ... ON DUPLICATE KEY UPDATE: only when the key is
+    /// the primary key and no other unique index could make the upsert hit a different row.
+    fn upserts(&self) -> bool {
+        self.key_is_primary && !self.target.other_unique_keys
+    }
+
     /// How `record` can join a multi-row statement, if it can: rows upserted or deleted by
     /// primary key with nothing to look up first (no reference to translate, no version to
     /// compare, no key change, no deactivation).
     pub fn batch_write(&self, origin: &str, record: &ChangeRecord, plans: &Plans) -> Option<Result<BatchWrite, ApplyError>> {
         if !self.key_is_primary || self.config.conflict.is_some() {
+            return None;
+        }
+        if !self.upserts() && record.op != Op::Delete {
             return None;
         }
         if self.refs.iter().any(|(_, target)| plans.get(target).is_none_or(|p| !p.key_is_primary)) {
@@ -529,6 +558,10 @@ fn sql_text(v: &SqlValue) -> String {
 /// Orders two versions: numerically when both are numbers, else as text (dates compare
 /// correctly as `YYYY-MM-DD HH:MM:SS` text).
 fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    // Exact first: BIGINT versions beyond 2^53 would compare equal as floats.
+    if let (Ok(x), Ok(y)) = (a.parse::<i128>(), b.parse::<i128>()) {
+        return x.cmp(&y);
+    }
     match (a.parse::<f64>(), b.parse::<f64>()) {
         (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
         _ => a.cmp(b),
@@ -545,5 +578,6 @@ mod tests {
         assert_eq!(compare_versions("10", "9"), Greater);
         assert_eq!(compare_versions("2024-01-02 00:00:00", "2024-01-01 23:59:59"), Greater);
         assert_eq!(compare_versions("5", "5.0"), Equal);
+        assert_eq!(compare_versions("9007199254740993", "9007199254740992"), Greater);
     }
 }

@@ -460,12 +460,12 @@ impl Reader {
                 let (gtid, flags) = Gtid::from_mariadb_event(event.data(), header.server_id()).ok_or_else(|| {
                     CaptureError::Binlog { file: self.file.clone(), pos: end_pos, reason: "truncated GTID event".into() }
                 })?;
-                self.begin(gtid, header.server_id(), flags & 1 != 0);
+                self.begin(gtid, header.server_id(), flags & 1 != 0)?;
             }
             // MySQL GTID.
             33 => {
                 if let Ok(Some(EventData::GtidEvent(g))) = event.read_data() {
-                    self.begin(Gtid::mysql_from_sid(g.sid(), g.gno()), header.server_id(), false);
+                    self.begin(Gtid::mysql_from_sid(g.sid(), g.gno()), header.server_id(), false)?;
                 }
             }
             // Table map.
@@ -524,7 +524,9 @@ impl Reader {
                 } else {
                     // DDL: table ids are re-assigned after it; drop what we knew.
                     self.tables.clear();
-                    if self.txn.as_ref().map_or(true, |t| t.standalone) {
+                    // A DDL commits on its own (MariaDB flags its GTID standalone; MySQL sends
+                    // no XID after it): it never shares a transaction with row changes.
+                    if self.txn.as_ref().map_or(true, |t| t.standalone || (t.records == 0 && t.pending.is_none())) {
                         self.commit(publisher, end_pos, header.timestamp()).await?;
                     }
                 }
@@ -550,8 +552,21 @@ impl Reader {
         Ok(())
     }
 
-    fn begin(&mut self, gtid: Gtid, server_id: u32, standalone: bool) {
+    fn begin(&mut self, gtid: Gtid, server_id: u32, standalone: bool) -> Result<(), CaptureError> {
+        if let Some(open) = self.txn.as_ref().filter(|t| t.records > 0) {
+            // Published rows of a transaction that never committed (XA PREPARE, say): refuse
+            // rather than drop them or mark them complete.
+            return Err(CaptureError::Binlog {
+                file: self.file.clone(),
+                pos: self.pos,
+                reason: format!(
+                    "transaction {} ended without a commit event before {gtid} began (XA transactions are not supported)",
+                    open.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default()
+                ),
+            });
+        }
         self.txn = Some(Txn { gtid: Some(gtid), server_id, standalone, ..Txn::default() });
+        Ok(())
     }
 
     fn role_of(&mut self, tme: &TableMapEvent<'_>) -> Result<TableRole, CaptureError> {
@@ -707,6 +722,17 @@ impl Reader {
             }
         };
         if self.txn.as_ref().is_some_and(|t| t.echo) {
+            // Not published, but a snapshot chunk must still drop its older copy of these rows.
+            if self.snapshot.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
+                for row in decode::rows(&data, &entity.info) {
+                    let (before, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
+                    let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
+                    let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
+                    if let Some(snapshot) = self.snapshot.as_mut() {
+                        snapshot.superseded(&entity.name, before.as_ref(), after.as_ref());
+                    }
+                }
+            }
             return Ok(());
         }
         if self.txn.is_none() {

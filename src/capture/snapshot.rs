@@ -52,6 +52,11 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether a chunk of `entity` is between its watermarks.
+    pub(super) fn watches(&self, entity: &str) -> bool {
+        self.window_open && self.entity.as_ref().is_some_and(|e| e.name == entity)
+    }
+
     /// A binlog change to `entity` supersedes the chunk's copy of the same row.
     pub(super) fn superseded(&mut self, entity: &str, before: Option<&Map<String, Value>>, after: Option<&Map<String, Value>>) {
         if !self.window_open || self.entity.as_ref().map(|e| e.name.as_str()) != Some(entity) {
@@ -90,6 +95,17 @@ impl Reader {
         if self.snapshot.is_some() {
             // One at a time: this one starts when the current one ends.
             self.queued_snapshots.push_back((id, entities.to_string()));
+            return Ok(());
+        }
+        // The request's insert is read again when capture resumes from an earlier checkpoint:
+        // a snapshot that is done (or failed) is not run twice.
+        let status: Option<String> = {
+            let mut conn = self.pool.get_conn().await.map_err(|e| self.source_err(e))?;
+            conn.exec_first(format!("SELECT status FROM {} WHERE id = ?", self.control_table("snapshot_requests")), (id,))
+                .await
+                .map_err(|e| self.source_err(e))?
+        };
+        if !matches!(status.as_deref(), Some("requested" | "running")) {
             return Ok(());
         }
         let mut names: Vec<String> = entities.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();

@@ -39,8 +39,11 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     if config.kafka.bootstrap_servers.trim().is_empty() {
         problem("kafka.bootstrap_servers".into(), "must not be empty (host:port[,host:port])".into());
     }
-    if config.kafka.partitions < 1 {
-        problem("kafka.partitions".into(), "must be at least 1".into());
+    if config.kafka.partitions != 1 {
+        problem(
+            "kafka.partitions".into(),
+            "must be 1: a site's transactions span several rows, and only one partition keeps them whole and in commit order".into(),
+        );
     }
 
     if config.sites.is_empty() {
@@ -227,6 +230,14 @@ pub fn columns_problems(
         }
     }
     drop(missing);
+    for col in &e.exclude {
+        if primary_key.contains(col) {
+            problems.push(ConfigProblem {
+                key: format!("entities.{entity}.exclude"),
+                message: format!("`{col}` is part of the primary key of {table} and cannot be excluded (rows are read in key order, and a natural-key entity never copies ids anyway)"),
+            });
+        }
+    }
     if e.key.is_empty() && primary_key.is_empty() {
         problems.push(ConfigProblem {
             key: format!("entities.{entity}.key"),
