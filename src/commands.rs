@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use mysql_async::prelude::Queryable;
 
 use crate::cli::{Cli, Command, DlqAction};
 use crate::config::Config;
@@ -69,6 +68,7 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
     let shutdown = Shutdown::new();
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
+    health.set_probe(telemetry::ReadinessProbe::new(&config, &site));
     health.capture_enabled.store(with_capture, Ordering::Relaxed);
     health.apply_enabled.store(with_apply, Ordering::Relaxed);
 
@@ -141,87 +141,7 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
 
 /// `sitesync check`.
 async fn check(config: &Config, site: &str) -> Result<ExitCode> {
-    let mut findings: Vec<preflight::Finding> = Vec::new();
-    let mut add = |name: &str, ok: bool, detail: String| findings.push(preflight::Finding { name: name.into(), ok, detail });
-    add("config", true, format!("{} is valid", config.path.display()));
-    let site_cfg = &config.sites[site];
-    let db = config.database_of(site);
-    match mysql_async::Opts::from_url(site_cfg.mysql.expose()) {
-        Err(e) => add("database", false, format!("sites.{site}.mysql is not a usable URL: {e}")),
-        Ok(opts) => match mysql_async::Conn::new(opts).await {
-            Err(e) => add("database", false, format!("cannot connect: {e}; check sites.{site}.mysql and that the server runs")),
-            Ok(mut conn) => {
-                add("database", true, "connected".into());
-                match preflight::read_settings(&mut conn).await {
-                    Ok(s) => {
-                        for f in preflight::judge(&s) {
-                            add(&f.name, f.ok, f.detail);
-                        }
-                        if s.server_id == site_cfg.server_id {
-                            add("server_id", false, format!("sites.{site}.server_id {} equals the server's own server_id: choose another", site_cfg.server_id));
-                        } else {
-                            add("server_id", true, format!("reader id {} differs from the server's {}", site_cfg.server_id, s.server_id));
-                        }
-                    }
-                    Err(e) => add("settings", false, format!("cannot read server variables: {e}")),
-                }
-                let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
-                for (name, ok, detail) in judge_grants(&grants, db, &config.federation.control_database) {
-                    add(name, ok, detail);
-                }
-            }
-        },
-    }
-    match control_of(config, site).await {
-        Ok(ctl) => match ctl.missing_tables().await {
-            Ok(missing) if missing.is_empty() => add("control tables", true, format!("present in `{}`", ctl.database())),
-            Ok(missing) => add("control tables", false, format!("missing in `{}`: {}; run `sitesync init`", ctl.database(), missing.join(", "))),
-            Err(e) => add("control tables", false, e.to_string()),
-        },
-        Err(e) => add("control tables", false, e.to_string()),
-    }
-    let mut topics = vec![config.topic_of(site)];
-    topics.extend(config.origins_of(site).iter().map(|o| config.topic_of(o)));
-    let kafka_cfg = config.kafka.clone();
-    let md = tokio::task::spawn_blocking(move || kafka::topic_partitions(&kafka_cfg, &topics, Duration::from_secs(5))).await?;
-    match md {
-        Err(e) => add("kafka", false, format!("{e}; check kafka.bootstrap_servers ({}) and kafka.properties", config.kafka.bootstrap_servers)),
-        Ok(found) => {
-            add("kafka", true, format!("reachable at {}", config.kafka.bootstrap_servers));
-            for (topic, partitions) in found {
-                match partitions {
-                    Some(n) => add("topic", true, format!("{topic} ({n} partition(s))")),
-                    None => add("topic", false, format!("{topic} does not exist; run `sitesync init`")),
-                }
-            }
-        }
-    }
-    let failed = findings.iter().filter(|f| !f.ok).count();
-    for f in &findings {
-        println!("{} {}: {}", if f.ok { "PASS" } else { "FAIL" }, f.name, f.detail);
-    }
-    println!("{} checks, {} failed", findings.len(), failed);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-/// Judges `SHOW GRANTS` lines against what sitesync needs (least privilege, see README).
-pub fn judge_grants(grants: &[String], app_db: &str, control_db: &str) -> Vec<(&'static str, bool, String)> {
-    let upper: Vec<String> = grants.iter().map(|g| g.to_ascii_uppercase().replace('`', "")).collect();
-    let on = |privilege: &str, scope: &str| {
-        let scope = scope.to_ascii_uppercase();
-        upper.iter().any(|g| {
-            (g.contains(&format!(" ON {scope}.* ")) || g.contains(" ON *.* "))
-                && (g.contains("ALL PRIVILEGES") || g.contains(privilege))
-        })
-    };
-    let mut out = Vec::new();
-    let repl = on("REPLICATION SLAVE", "*") || on("REPLICATION REPLICA", "*");
-    out.push(("grant replication", repl, if repl { "REPLICATION SLAVE on *.*".to_string() } else { "missing: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO <user> (MariaDB 10.5+: also BINLOG MONITOR)".to_string() }));
-    let app = ["SELECT", "INSERT", "UPDATE", "DELETE"].iter().all(|p| on(p, app_db));
-    out.push(("grant application", app, if app { format!("SELECT, INSERT, UPDATE, DELETE on {app_db}.*") } else { format!("missing: GRANT SELECT, INSERT, UPDATE, DELETE ON `{app_db}`.* TO <user>") }));
-    let ctl = on("ALL PRIVILEGES", control_db) || ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE"].iter().all(|p| on(p, control_db));
-    out.push(("grant control", ctl, if ctl { format!("read/write and CREATE on {control_db}.*") } else { format!("missing: GRANT ALL ON `{control_db}`.* TO <user>") }));
-    out
+    crate::check::run(config, site).await
 }
 
 /// `sitesync status`.

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;

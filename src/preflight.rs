@@ -40,11 +40,13 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn pass(name: &str, detail: String) -> Self {
-        Finding { name: name.into(), ok: true, detail }
+    /// A check that passed; `detail` says what was found.
+    pub fn pass(name: &str, detail: impl Into<String>) -> Self {
+        Finding { name: name.into(), ok: true, detail: detail.into() }
     }
-    fn fail(name: &str, detail: String) -> Self {
-        Finding { name: name.into(), ok: false, detail }
+    /// A check that failed; `detail` says what was found and how to fix it.
+    pub fn fail(name: &str, detail: impl Into<String>) -> Self {
+        Finding { name: name.into(), ok: false, detail: detail.into() }
     }
 }
 
@@ -77,40 +79,89 @@ pub async fn read_settings(conn: &mut mysql_async::Conn) -> Result<ServerSetting
     })
 }
 
+/// How to change a dynamic server variable now and keep it across restarts.
+fn set_global(name: &str, value: &str) -> String {
+    format!(
+        "run SET GLOBAL {name} = '{value}' on the server (new sessions, capture's included, use it) \
+         and put {name} = {value} under [mysqld] in the server's configuration so that it survives a restart"
+    )
+}
+
 /// Judges the settings; every failure says how to fix it.
 pub fn judge(s: &ServerSettings) -> Vec<Finding> {
     let mut out = Vec::new();
     out.push(if s.log_bin {
-        Finding::pass("binlog", "log_bin=ON".into())
+        Finding::pass("binlog", "log_bin=ON")
     } else {
-        Finding::fail("binlog", "log_bin is OFF: start the server with --log-bin=<dir>/mysql-bin".into())
+        Finding::fail(
+            "binlog",
+            "log_bin is OFF: sitesync reads every change from the binary log; put log_bin = mysql-bin \
+             (and a server_id of its own) under [mysqld] in the server's configuration and restart the server \
+             (log_bin cannot be switched on at run time)",
+        )
     });
     out.push(if s.binlog_format.eq_ignore_ascii_case("ROW") {
-        Finding::pass("binlog_format", "ROW".into())
+        Finding::pass("binlog_format", "ROW")
     } else {
-        Finding::fail("binlog_format", format!("is {}: set binlog_format=ROW (SET GLOBAL binlog_format='ROW' and in the server's config)", s.binlog_format))
+        Finding::fail(
+            "binlog_format",
+            format!("is {}: sitesync needs row events (binlog_format=ROW); {}", s.binlog_format, set_global("binlog_format", "ROW")),
+        )
     });
     out.push(if s.binlog_row_image.eq_ignore_ascii_case("FULL") {
-        Finding::pass("binlog_row_image", "FULL".into())
+        Finding::pass("binlog_row_image", "FULL")
     } else {
-        Finding::fail("binlog_row_image", format!("is {}: set binlog_row_image=FULL, or updates lose the columns they do not change", s.binlog_row_image))
+        Finding::fail(
+            "binlog_row_image",
+            format!(
+                "is {}: updates and deletes would lose the columns they do not change, so natural keys, filters and \
+                 refs could not be read; {}",
+                s.binlog_row_image,
+                set_global("binlog_row_image", "FULL")
+            ),
+        )
     });
     out.push(if s.binlog_row_metadata.eq_ignore_ascii_case("FULL") {
-        Finding::pass("binlog_row_metadata", "FULL".into())
+        Finding::pass("binlog_row_metadata", "FULL")
+    } else if s.binlog_row_metadata.is_empty() {
+        Finding::fail(
+            "binlog_row_metadata",
+            "the server has no binlog_row_metadata setting (MariaDB before 10.5, MySQL before 8.0.1): column names \
+             cannot travel with the rows; upgrade the server to MariaDB 10.5+ or MySQL 8.0+",
+        )
     } else {
-        Finding::fail("binlog_row_metadata", format!("is {:?}: set binlog_row_metadata=FULL (MariaDB 10.5+, MySQL 8.0.1+), so column names travel with every row", s.binlog_row_metadata))
+        Finding::fail(
+            "binlog_row_metadata",
+            format!(
+                "is {}: column names must travel with every row (binlog_row_metadata=FULL); {}",
+                s.binlog_row_metadata,
+                set_global("binlog_row_metadata", "FULL")
+            ),
+        )
     });
     if s.mariadb {
         out.push(if !s.log_bin_compress {
-            Finding::pass("log_bin_compress", "OFF".into())
+            Finding::pass("log_bin_compress", "OFF")
         } else {
-            Finding::fail("log_bin_compress", "is ON: compressed binlog events cannot be read; set log_bin_compress=OFF".into())
+            Finding::fail(
+                "log_bin_compress",
+                format!("is ON: compressed binlog events cannot be read; {}", set_global("log_bin_compress", "OFF")),
+            )
         });
+        out.push(Finding::pass("gtid", format!("MariaDB GTIDs, current position `{}`", s.gtid_position)));
     } else {
         out.push(if s.gtid_mode.eq_ignore_ascii_case("ON") {
-            Finding::pass("gtid_mode", "ON".into())
+            Finding::pass("gtid_mode", "ON")
         } else {
-            Finding::fail("gtid_mode", format!("is {}: set gtid_mode=ON and enforce_gtid_consistency=ON", s.gtid_mode))
+            Finding::fail(
+                "gtid_mode",
+                format!(
+                    "is {}: sitesync resumes by GTID; set enforce_gtid_consistency = ON and gtid_mode = ON under [mysqld] \
+                     (on a running server: SET GLOBAL enforce_gtid_consistency = ON, then step gtid_mode through \
+                     OFF_PERMISSIVE and ON_PERMISSIVE to ON)",
+                    s.gtid_mode
+                ),
+            )
         });
     }
     out

@@ -114,7 +114,8 @@ impl Default for Metrics {
     }
 }
 
-/// Health flags set by the running components, read by `/readyz`.
+/// Health flags set by the running components, and the probe of the site's database and Kafka,
+/// read by `/readyz`.
 #[derive(Default)]
 pub struct Health {
     /// Capture is expected to run in this process.
@@ -125,10 +126,13 @@ pub struct Health {
     pub apply_enabled: AtomicBool,
     /// Apply is consuming and its database answers.
     pub apply_running: AtomicBool,
+    /// Probes the site's database and Kafka on `/readyz` (set once by `sitesync run`; without
+    /// it, readiness is the flags alone).
+    pub probe: std::sync::OnceLock<ReadinessProbe>,
 }
 
 impl Health {
-    /// Ready when every enabled component runs.
+    /// Ready when every enabled component runs (the flags alone; see [`Health::check_ready`]).
     pub fn ready(&self) -> Result<(), String> {
         let mut missing = Vec::new();
         if self.capture_enabled.load(Ordering::Relaxed) && !self.capture_running.load(Ordering::Relaxed) {
@@ -141,6 +145,144 @@ impl Health {
             Ok(())
         } else {
             Err(missing.join(", "))
+        }
+    }
+
+    /// Gives `/readyz` its probe of the database and Kafka of `site` (first call wins).
+    pub fn set_probe(&self, probe: ReadinessProbe) {
+        let _ = self.probe.set(probe);
+    }
+
+    /// What `/readyz` answers: every enabled component runs, and (with a probe) the site's
+    /// database answers `SELECT 1` and Kafka answers a metadata request, each within
+    /// [`ReadinessProbe::TIMEOUT`]; probe results are reused for [`ReadinessProbe::CACHE`].
+    pub async fn check_ready(&self) -> Result<(), String> {
+        let flags = self.ready();
+        let probed = match self.probe.get() {
+            Some(p) => p.check().await,
+            None => Ok(()),
+        };
+        match (flags, probed) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(format!("{a}, {b}")),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+}
+
+/// `/readyz`'s own look at what the components depend on: the site's database and Kafka.
+/// The component flags only change when a component notices a failure (an idle applier would
+/// not notice its database is gone); the probe asks both every time, with short timeouts.
+pub struct ReadinessProbe {
+    site: String,
+    mysql: crate::config::Secret,
+    kafka: crate::config::KafkaConfig,
+    topic: String,
+    state: tokio::sync::Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    conn: Option<mysql_async::Conn>,
+    consumer: Option<Arc<rdkafka::consumer::BaseConsumer>>,
+    last: Option<(std::time::Instant, Result<(), String>)>,
+}
+
+impl ReadinessProbe {
+    /// How long the database and Kafka may each take to answer.
+    pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    /// How long one probe result is reused (`/readyz` may be polled often).
+    pub const CACHE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The probe of `site`'s database and of the federation's Kafka (`site` must exist).
+    pub fn new(config: &crate::config::Config, site: &str) -> Self {
+        ReadinessProbe {
+            site: site.to_string(),
+            mysql: config.sites[site].mysql.clone(),
+            kafka: config.kafka.clone(),
+            topic: config.topic_of(site),
+            state: tokio::sync::Mutex::new(ProbeState::default()),
+        }
+    }
+
+    /// Ok when the database and Kafka both answer; otherwise what does not.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut state = self.state.lock().await;
+        if let Some((at, result)) = &state.last {
+            if at.elapsed() < Self::CACHE {
+                return result.clone();
+            }
+        }
+        let ProbeState { conn, consumer, .. } = &mut *state;
+        let (db, kafka) = tokio::join!(self.database(conn), self.kafka(consumer));
+        let result = match (db, kafka) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(format!("{a}, {b}")),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(why) = &result {
+            tracing::debug!(site = %self.site, why = %why, "not ready");
+        }
+        state.last = Some((std::time::Instant::now(), result.clone()));
+        result
+    }
+
+    async fn database(&self, conn: &mut Option<mysql_async::Conn>) -> Result<(), String> {
+        use mysql_async::prelude::Queryable;
+        if let Some(c) = conn.as_mut() {
+            if let Ok(Ok(())) = tokio::time::timeout(Self::TIMEOUT, c.query_drop("SELECT 1")).await {
+                return Ok(());
+            }
+            *conn = None;
+        }
+        // Never the URL in a message: it holds the password.
+        let opts = mysql_async::Opts::from_url(self.mysql.expose())
+            .map_err(|_| format!("database unreachable: sites.{}.mysql is not a usable URL", self.site))?;
+        let attempt = async {
+            let mut c = mysql_async::Conn::new(opts).await?;
+            c.query_drop("SELECT 1").await?;
+            Ok::<_, mysql_async::Error>(c)
+        };
+        match tokio::time::timeout(Self::TIMEOUT, attempt).await {
+            Ok(Ok(c)) => {
+                *conn = Some(c);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+            Err(_) => Err(format!("database unreachable: no answer within {} s", Self::TIMEOUT.as_secs())),
+        }
+    }
+
+    async fn kafka(&self, consumer: &mut Option<Arc<rdkafka::consumer::BaseConsumer>>) -> Result<(), String> {
+        let client = match consumer {
+            Some(c) => c.clone(),
+            None => {
+                let c: rdkafka::consumer::BaseConsumer = crate::kafka::consumer_config(&self.kafka, "sitesync.readyz")
+                    .map_err(|e| format!("kafka unreachable: {e}"))?
+                    .create()
+                    .map_err(|e| format!("kafka unreachable: {e}"))?;
+                let c = Arc::new(c);
+                *consumer = Some(c.clone());
+                c
+            }
+        };
+        let topic = self.topic.clone();
+        let asked = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            let answer = client.fetch_metadata(Some(&topic), ReadinessProbe::TIMEOUT).map(|_| ());
+            // Nothing else polls this client: drop the error events it queued meanwhile.
+            for _ in 0..1000 {
+                if client.poll(std::time::Duration::ZERO).is_none() {
+                    break;
+                }
+            }
+            answer
+        })
+        .await;
+        match asked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("kafka unreachable: {e}")),
+            Err(e) => Err(format!("kafka probe failed: {e}")),
         }
     }
 }
@@ -172,7 +314,7 @@ pub async fn serve(
             let (status, ctype, body) = match path {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" => match health.ready() {
+                "/readyz" => match health.check_ready().await {
                     Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
                     Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
                 },

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -55,6 +55,9 @@ pub struct Publisher {
     control: Control,
     site: String,
 }
+
+/// How long stopping waits for Kafka to acknowledge what is in flight.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(10);
 
 /// An idle site still writes its position this often, so it never falls behind retention.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
@@ -186,15 +189,26 @@ impl Publisher {
     }
 
     /// Waits for every record to be acknowledged, then writes the final checkpoint.
+    ///
+    /// Records never time out in the producer, so with Kafka unreachable the flush would never
+    /// end: after [`FLUSH_ON_STOP`] what is still unacknowledged is purged. Nothing is lost: the
+    /// checkpoint stays before it, and the next start publishes it again.
     pub async fn finish(mut self) -> Result<(), CaptureError> {
         drop(self.tx.take());
         let producer = self.producer.clone();
         // Flushing is blocking in librdkafka: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_ON_STOP)).await;
+        let purged = !matches!(flushed, Ok(Ok(())));
+        if purged {
+            tracing::warn!(site = %self.site, "Kafka did not acknowledge every record in time; they will be published again at the next start");
+            self.producer.purge(PurgeConfig::default().queue().inflight());
+        }
         let tracked = match self.tracker.take() {
             Some(h) => h.await.unwrap_or_else(|e| Err(CaptureError::Internal(e.to_string()))),
             None => Ok(()),
         };
+        // Purged records fail their delivery: expected when stopping, not an error.
+        let tracked = if purged { Ok(()) } else { tracked };
         if let Some(stop) = self.writer_stop.take() {
             let _ = stop.send(());
         }
