@@ -35,6 +35,15 @@ pub enum ControlError {
         #[source]
         source: sqlx::Error,
     },
+    /// The site's server cannot be reached or refused the login.
+    #[error("site `{site}`: cannot connect to the database: {source}")]
+    Connect {
+        /// Site id.
+        site: String,
+        /// The driver error (holds no password).
+        #[source]
+        source: sqlx::Error,
+    },
     /// A statement failed.
     #[error("control database `{db}`: {what}: {source}")]
     Sql {
@@ -70,7 +79,7 @@ pub async fn connect(site: &str, url: &str, max: u32) -> Result<MySqlPool, Contr
         })
         .connect_with(options)
         .await
-        .map_err(|source| ControlError::Sql { db: String::new(), what: "connecting", source })
+        .map_err(|source| ControlError::Connect { site: site.to_string(), source })
 }
 
 /// Handle on one site's control database.

@@ -18,8 +18,7 @@ fn main() -> ExitCode {
     match runtime.block_on(sitesync::commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "sitesync stopped");
-            eprintln!("sitesync: {e:#}");
+            tracing::error!(error = %chain(&e), "sitesync stopped");
             ExitCode::from(2)
         }
     }
@@ -34,4 +33,20 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The error and its causes, each said once: typed errors already include their cause in their
+/// own message, so a cause already contained in the text before it is left out.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -82,7 +82,8 @@ pub async fn verify(
     };
     let mut data: HashMap<String, SiteData> = HashMap::new();
     for s in std::iter::once(site.to_string()).chain(others.iter().cloned()) {
-        let pool = control::connect(&s, config.sites[&s].mysql.expose(), 2)
+        let url = config.site(&s).map_err(|e| VerifyError::Config(e.to_string()))?.mysql.expose();
+        let pool = control::connect(&s, url, 2)
             .await
             .map_err(|e| VerifyError::Site { site: s.clone(), message: e.to_string() })?;
         data.insert(s.clone(), SiteData { pool, db: config.database_of(&s).to_string(), ids: HashMap::new() });

@@ -105,6 +105,15 @@ pub struct Config {
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
+    /// Sites whose connection URL names a variable that is not set, with the problem: an
+    /// error only when that site's URL is used ([`Config::site`]).
+    #[serde(skip)]
+    pub unresolved: BTreeMap<String, ConfigProblem>,
+}
+
+/// `sites.<id>.mysql` -> `<id>`.
+fn site_of_url_key(key: &str) -> Option<&str> {
+    key.strip_prefix("sites.")?.strip_suffix(".mysql")
 }
 
 /// `[federation]`.
@@ -312,11 +321,19 @@ impl Config {
             invalid(vec![ConfigProblem { key: "(syntax)".into(), message: e.to_string() }])
         })?;
         let problems = expand::expand_env(&mut raw, env);
+        // A site's connection URL is needed only by that site (and by `verify` against it):
+        // jinan must not need qingdao's password. Those problems wait until the URL is used.
+        let (deferred, problems): (Vec<ConfigProblem>, Vec<ConfigProblem>) =
+            problems.into_iter().partition(|p| site_of_url_key(&p.key).is_some());
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
         let mut config: Config = serde_path_deserialize(raw).map_err(|p| invalid(vec![p]))?;
         config.path = path.to_owned();
+        config.unresolved = deferred
+            .into_iter()
+            .map(|p| (site_of_url_key(&p.key).expect("partitioned on it").to_string(), p))
+            .collect();
         let problems = validate::validate(&config);
         if !problems.is_empty() {
             return Err(invalid(problems));
@@ -324,8 +341,11 @@ impl Config {
         Ok(config)
     }
 
-    /// The site `id`, or an error naming the known ones.
+    /// The site `id`, or an error naming the known ones (or the variable its URL lacks).
     pub fn site(&self, id: &str) -> Result<&SiteConfig, ConfigError> {
+        if let Some(problem) = self.unresolved.get(id) {
+            return Err(ConfigError::Invalid { path: self.path.clone(), problems: vec![problem.clone()] });
+        }
         self.sites.get(id).ok_or_else(|| ConfigError::Invalid {
             path: self.path.clone(),
             problems: vec![ConfigProblem {

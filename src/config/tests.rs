@@ -67,10 +67,18 @@ fn loads_the_design_example_and_expands_secrets() {
 
 #[test]
 fn a_missing_variable_names_itself_and_its_key() {
-    let p = problems(&GOOD.replace("${PW_B}", "${NOPE}"));
+    let p = problems(&GOOD.replace("name = \"sdu\"", "name = \"${NOPE}\""));
     assert_eq!(p.len(), 1);
-    assert_eq!(p[0].key, "sites.qingdao.mysql");
+    assert_eq!(p[0].key, "federation.name");
     assert!(p[0].message.contains("NOPE"));
+}
+
+#[test]
+fn another_sites_password_is_needed_only_when_its_url_is_used() {
+    let c = Config::from_toml(&GOOD.replace("${PW_B}", "${NOPE}"), Path::new("fed.toml"), &env).unwrap();
+    assert!(c.site("jinan").is_ok(), "jinan runs without qingdao's password");
+    let err = c.site("qingdao").unwrap_err().to_string();
+    assert!(err.contains("sites.qingdao.mysql") && err.contains("NOPE"), "{err}");
 }
 
 #[test]
