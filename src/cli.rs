@@ -38,7 +38,13 @@ pub enum Command {
     /// Preflight: server settings, grants, Kafka, topics, control tables. Exit 1 on any FAIL.
     Check,
     /// Create the control tables and the site topics (idempotent).
-    Init,
+    Init {
+        /// Also move capture's start to the server's current position, dropping the stored
+        /// one (after the binlog it needed was purged; re-seed with `snapshot` afterwards).
+        /// Stop capture first.
+        #[arg(long)]
+        reset_position: bool,
+    },
     /// Capture + apply + HTTP in one process, until SIGTERM or SIGINT.
     Run,
     /// Capture alone.

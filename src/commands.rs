@@ -24,7 +24,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     config.site(&site)?;
     match cli.command {
         Command::Check => check(&config, &site).await,
-        Command::Init => init(&config, &site).await,
+        Command::Init { reset_position } => init(&config, &site, reset_position).await,
         Command::Run => run(config, site, true, true).await,
         Command::Capture => run(config, site, true, false).await,
         Command::Apply => run(config, site, false, true).await,
@@ -41,7 +41,7 @@ async fn control_of(config: &Config, site: &str) -> Result<Control> {
 }
 
 /// `sitesync init`: control tables, topics, and the capture's starting position.
-async fn init(config: &Config, site: &str) -> Result<ExitCode> {
+async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitCode> {
     let ctl = control_of(config, site).await?;
     ctl.init().await?;
     println!("control tables ready in `{}`", ctl.database());
@@ -53,7 +53,7 @@ async fn init(config: &Config, site: &str) -> Result<ExitCode> {
     for (topic, state) in kafka::create_topics(&config.kafka, &heartbeats, 3_600_000).await? {
         println!("topic {topic}: {state}");
     }
-    if ctl.load_checkpoint(site).await?.is_none() {
+    if reset_position || ctl.load_checkpoint(site).await?.is_none() {
         let opts = mysql_async::Opts::from_url(config.sites[site].mysql.expose()).context("bad mysql URL")?;
         let mut conn = mysql_async::Conn::new(opts).await.context("connecting to the site's database")?;
         let s = preflight::read_settings(&mut conn).await?;
@@ -267,14 +267,16 @@ async fn dlq(config: &Config, site: &str, action: DlqAction) -> Result<ExitCode>
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else {
                 for d in &letters {
+                    let key = d.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
                     println!(
-                        "{:>6}  {}  {}:{}@{}  {}  {}",
+                        "{:>6}  {}  {}:{}@{}  {}  {}  {}",
                         d.id,
                         d.created_at,
                         d.topic,
                         d.partition,
                         d.offset,
                         d.entity.as_deref().unwrap_or("-"),
+                        key,
                         d.reason
                     );
                 }

@@ -106,14 +106,21 @@ pub struct DeadLetter {
     pub entity: Option<String>,
     /// Why it was not applied.
     pub reason: String,
-    /// The message key, as received.
-    #[serde(skip)]
+    /// The message key, as received (the entity and natural key of the row, as JSON).
+    #[serde(serialize_with = "as_text")]
     pub key: Option<Vec<u8>>,
     /// The message value, as received.
     #[serde(skip)]
     pub value: Option<Vec<u8>>,
     /// When it was stored.
     pub created_at: String,
+}
+
+fn as_text<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(b) => s.serialize_str(&String::from_utf8_lossy(b)),
+        None => s.serialize_none(),
+    }
 }
 
 /// A dead letter about to be stored.

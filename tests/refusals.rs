@@ -46,3 +46,24 @@ async fn a_session_writing_minimal_row_images_stops_capture_naming_the_row_image
     let log = capture_stops_on("minimal", "SET SESSION binlog_row_image = 'MINIMAL'; UPDATE person SET note = 'y' WHERE id = 1").await;
     assert!(log.contains("binlog_row_image=FULL"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_reset_position_moves_capture_to_the_servers_current_position() {
+    let mut fed = Federation::new("reset", Spec { schema: SCHEMA, entities_and_routes: CONFIG, ..Spec::default() }).await;
+    // Written while capture does not run: normally captured at its start...
+    fed.exec("a", "INSERT INTO person VALUES (1, 'before reset', NULL)").await;
+    // ...but the operator moves the position to now (as after a purged binlog).
+    let out = fed.command("a", &["init", "--reset-position"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("capture will start at GTID position"));
+    fed.start("a", &["capture"]);
+    fed.start("b", &["apply"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fed.exec("a", "INSERT INTO person VALUES (2, 'after reset', NULL)").await;
+    let pb = fed.pool("b").clone();
+    fed.wait_for(Duration::from_secs(60), "the row written after the reset", || {
+        let pb = pb.clone();
+        async move { common::rows(&pb, "SELECT id FROM person").await == vec![vec!["2".to_string()]] }
+    })
+    .await;
+}

@@ -69,7 +69,7 @@ pub enum CaptureError {
         reason: String,
     },
     /// The resume position is no longer on the server.
-    #[error("site `{site}`: the server no longer has the binlog from GTID position `{position}` ({detail}). Changes after it were purged and cannot be captured; re-seed the other sites with `sitesync snapshot`, after which capture starts from the snapshot's position")]
+    #[error("site `{site}`: the server no longer has the binlog from GTID position `{position}` ({detail}). Changes after it were purged and cannot be captured: stop capture, run `sitesync init --reset-position` (capture then starts at the server's current position), start it again, and re-seed the other sites with `sitesync snapshot`")]
     PositionPurged {
         /// Site id.
         site: String,
