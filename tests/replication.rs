@@ -219,4 +219,13 @@ async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
     fed.wait_for(WAIT, "lag grows while the origin's capture is stopped", || async move { lag().is_some_and(|l| l >= 3.0) }).await;
     fed.start("a", &["capture"]);
     fed.wait_for(WAIT, "lag back to 0 after the capture restarts", || async move { lag() == Some(0.0) }).await;
+
+    // A stalled applier (its row locked by another session at B) shows a growing lag too.
+    let mut blocker = fed.pool("b").begin().await.unwrap();
+    sqlx::query("SELECT * FROM person WHERE id = 1 FOR UPDATE").fetch_all(&mut *blocker).await.unwrap();
+    fed.exec("a", "UPDATE person SET name = 'y' WHERE id = 1").await;
+    fed.wait_for(WAIT, "lag grows while apply waits for a lock", || async move { lag().is_some_and(|l| l >= 3.0) }).await;
+    blocker.rollback().await.unwrap();
+    fed.wait_for(WAIT, "lag back to 0 once the lock is gone", || async move { lag() == Some(0.0) }).await;
+    assert_eq!(fed.rows("b", "SELECT name FROM person WHERE id = 1").await, vec![vec!["y".to_string()]]);
 }

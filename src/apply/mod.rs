@@ -11,6 +11,7 @@
 //! - records from this site, of entities not routed here, or of unknown entities are skipped; a
 //!   record that cannot be applied becomes a dead letter with its reason, and the stream goes on.
 
+mod lag;
 mod target;
 mod writer;
 
@@ -151,10 +152,8 @@ struct Applier {
     parked_keys: HashSet<String>,
     /// Heartbeat topic -> origin site.
     heartbeat_origins: HashMap<String, String>,
-    /// Origin -> when it was last known caught up (ms): newest applied change or heartbeat.
-    last_seen: HashMap<String, i64>,
-    /// When this applier started (ms): an origin never heard of since is behind since then.
-    started_ms: i64,
+    /// How far behind each origin this site is (reported by a task of its own).
+    lag: Arc<lag::Lag>,
     /// A record named a column a local table lacks: read the tables again before retrying.
     schema_changed: std::sync::atomic::AtomicBool,
     /// Topic -> origin site.
@@ -250,8 +249,11 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         partials: HashMap::new(),
         progress,
         heartbeat_origins: origins.iter().map(|o| (config.heartbeat_topic_of(o), o.clone())).collect(),
-        last_seen: HashMap::new(),
-        started_ms: record::now_ms(),
+        lag: {
+            let lag = lag::Lag::new(&origins);
+            lag.clone().report(ctx.metrics.clone(), ctx.site.clone(), ctx.shutdown.clone());
+            lag
+        },
         schema_changed: std::sync::atomic::AtomicBool::new(false),
     };
     applier.set_running(true);
@@ -416,7 +418,6 @@ impl Applier {
     /// Once a second while nothing waits to be applied: lag from heartbeats, the dead-letter
     /// gauge (letters may be dropped by hand), parked transactions.
     async fn tick(&mut self) {
-        self.idle();
         self.refresh_dead_letter_gauge().await;
         if !self.parked_keys.is_empty() {
             self.retry_parked_logged().await;
@@ -436,22 +437,6 @@ impl Applier {
         }
     }
 
-    /// Lag of origins with nothing waiting here: how long ago the origin was last known to be
-    /// caught up (its newest change applied, or its capture's heartbeat). An idle origin whose
-    /// capture is alive reads 0; one whose capture stopped reads a growing lag.
-    fn idle(&self) {
-        let now = record::now_ms();
-        for origin in self.origins.values() {
-            let waiting = self.partials.iter().any(|((t, _), p)| self.origins.get(t) == Some(origin) && !p.records.is_empty());
-            if waiting {
-                continue;
-            }
-            let seen = self.last_seen.get(origin).copied().unwrap_or(self.started_ms);
-            let lag = ((now - seen - HEARTBEAT_GRACE_MS) as f64 / 1000.0).max(0.0);
-            self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(lag);
-        }
-    }
-
     /// Adds a message to its partition's transaction; returns the transaction once complete.
     fn accept(&mut self, m: OwnedMessage) -> Option<CompleteTxn> {
         if let Some(origin) = self.heartbeat_origins.get(m.topic()) {
@@ -460,8 +445,7 @@ impl Applier {
                 .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
                 .and_then(|v| v.get("ts_ms").and_then(serde_json::Value::as_i64));
             if let Some(ts) = ts {
-                let seen = self.last_seen.entry(origin.clone()).or_insert(ts);
-                *seen = (*seen).max(ts);
+                self.lag.heartbeat(origin, ts);
             }
             return None;
         }
@@ -475,6 +459,9 @@ impl Applier {
                 Ok(r)
             }
         });
+        if let Ok(r) = &record {
+            self.lag.received(&origin, r.source.ts_ms);
+        }
         // Keep the raw bytes only of a message that did not parse (for its dead letter): a
         // parsed record can be written out again, and large transactions are held in memory.
         let incoming = Incoming {
@@ -541,8 +528,6 @@ impl Applier {
                 Err(e) => {
                     self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "database"]).inc();
                     tracing::warn!(site = %self.ctx.site, error = %e, "apply failed; retrying");
-                    // A stalled applier must not look idle: the lag grows while it retries.
-                    self.set_lag(&batch, record::now_ms());
                     self.retry_wait(&mut backoff).await?;
                     // A commit whose answer was lost may have happened: what it applied is then
                     // in apply_progress, and the retry skips it.
@@ -580,18 +565,21 @@ impl Applier {
         Ok(())
     }
 
-    /// Lag per origin: how old the newest applied (or waiting) change of the batch is.
-    fn set_lag(&mut self, batch: &[CompleteTxn], now: i64) {
+    /// Tells the lag tracker what a committed batch applied, and what still waits.
+    fn record_applied(&self, batch: &[CompleteTxn]) {
         let mut newest: HashMap<&str, i64> = HashMap::new();
         for t in batch {
             let e = newest.entry(t.origin.as_str()).or_insert(t.source_ts_ms);
             *e = (*e).max(t.source_ts_ms);
         }
         for (origin, ts) in newest {
-            let lag = ((now - ts) as f64 / 1000.0).max(0.0);
-            self.ctx.metrics.apply_lag.with_label_values(&[&self.ctx.site, origin]).set(lag);
-            let seen = self.last_seen.entry(origin.to_string()).or_insert(ts);
-            *seen = (*seen).max(ts);
+            let waiting = self
+                .partials
+                .iter()
+                .filter(|((topic, _), _)| self.origins.get(topic).map(String::as_str) == Some(origin))
+                .filter_map(|(_, p)| p.records.first().and_then(|r| r.record.as_ref().ok()).map(|r| r.source.ts_ms))
+                .min();
+            self.lag.applied(origin, ts, waiting);
         }
     }
 
@@ -745,7 +733,7 @@ impl Applier {
             let latency = ((now - t.source_ts_ms) as f64 / 1000.0).max(0.0);
             self.ctx.metrics.apply_latency.with_label_values(&[site, &t.origin]).observe(latency);
         }
-        self.set_lag(batch, now);
+        self.record_applied(batch);
         self.set_running(true);
         Ok(())
     }
@@ -1035,9 +1023,6 @@ enum GroupKind {
     /// Deletes by primary key.
     Delete,
 }
-
-/// Heartbeats come every second from an idle capture; within this, an origin counts as caught up.
-const HEARTBEAT_GRACE_MS: i64 = 2500;
 
 /// `entity|key` of the rows a record touches: its key after the change and, when the key
 /// changed, before it. Later changes to any of them wait behind a parked transaction, whatever

@@ -207,6 +207,7 @@ struct Reader {
     charset_names: HashMap<String, u16>,
     snapshot: Option<snapshot::Snapshot>,
     queued_snapshots: VecDeque<(u64, String)>,
+    last_heartbeat: Option<std::time::Instant>,
 }
 
 /// Runs capture until shutdown or a definite error.
@@ -255,6 +256,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         charset_names: HashMap::new(),
         snapshot: None,
         queued_snapshots: VecDeque::new(),
+        last_heartbeat: None,
         ctx: ctx.clone(),
     };
     let mut first = true;
@@ -543,13 +545,22 @@ impl Reader {
                 if self.txn.is_none() {
                     let now = record::now_ms();
                     self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(now as f64 / 1000.0);
-                    let beat = serde_json::json!({"site": self.ctx.site, "ts_ms": now, "gtid": self.gtid.to_string()});
-                    publisher.heartbeat(&self.ctx.config.heartbeat_topic_of(&self.ctx.site), beat.to_string().as_bytes());
+                    self.heartbeat(publisher, now);
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Tells appliers that everything committed up to `ts_ms` was read (at most once a second).
+    fn heartbeat(&mut self, publisher: &Publisher, ts_ms: i64) {
+        if self.last_heartbeat.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_heartbeat = Some(std::time::Instant::now());
+        let beat = serde_json::json!({"site": self.ctx.site, "ts_ms": ts_ms, "gtid": self.gtid.to_string()});
+        publisher.heartbeat(&self.ctx.config.heartbeat_topic_of(&self.ctx.site), beat.to_string().as_bytes());
     }
 
     fn begin(&mut self, gtid: Gtid, server_id: u32, standalone: bool) -> Result<(), CaptureError> {
@@ -928,6 +939,11 @@ impl Reader {
         self.pos = end_pos;
         let ts_ms = ts as i64 * 1000;
         self.last_source_ts_ms = ts_ms;
+        if !published {
+            // A busy server sends other databases' transactions, not heartbeats: reading them
+            // proves capture is caught up as of their commit, which appliers must hear.
+            self.heartbeat(publisher, ts_ms);
+        }
         let kind = if txn.echo { "echo" } else if published { "published" } else { "unrelated" };
         self.ctx.metrics.capture_transactions.with_label_values(&[&self.ctx.site, kind]).inc();
         self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(ts as f64);
