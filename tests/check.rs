@@ -10,137 +10,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlPoolOptions;
 
-// ---- a throwaway MariaDB server (see shared/notes/binlog-reader.md "MariaDB without systemd")
-
-/// A MariaDB server of this test only: its own datadir, socket and port; killed on drop.
-struct Scratch {
-    dir: PathBuf,
-    port: u16,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn mariadbd() -> &'static str {
-    if Path::new("/usr/sbin/mariadbd").exists() {
-        "/usr/sbin/mariadbd"
-    } else {
-        "mariadbd"
-    }
-}
-
-impl Scratch {
-    /// Installs a fresh datadir and starts `mariadbd` with `flags` on a free port.
-    fn new(name: &str, flags: &[&str]) -> Scratch {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mdb-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let data = dir.join("data");
-        // A tmpdir of its own: concurrent installs sharing /tmp trip over each other's temporary tables.
-        let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg("--user=root")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db")
-            .output()
-            .expect("mariadb-install-db (the MariaDB server package; deploy/local/stack.sh up installs it)");
-        assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut args: Vec<String> = vec![
-            "--no-defaults".into(),
-            format!("--datadir={}", data.display()),
-            format!("--tmpdir={}", tmp.display()),
-            format!("--socket={}", dir.join("mysqld.sock").display()),
-            format!("--pid-file={}", dir.join("mysqld.pid").display()),
-            format!("--log-error={}", dir.join("error.log").display()),
-            "--bind-address=127.0.0.1".into(),
-            "--user=root".into(),
-        ];
-        args.extend(flags.iter().map(|f| f.to_string()));
-        let mut s = Scratch { dir, port: 0, args, child: None };
-        // A port found free may be taken again before mariadbd binds it: try another.
-        for attempt in 0.. {
-            s.port = free_port();
-            match s.try_start() {
-                Ok(()) => break,
-                Err(log) if attempt < 5 && log.contains("Bind on TCP/IP port") => continue,
-                Err(log) => panic!("mariadbd did not start:\n{log}"),
-            }
-        }
-        s
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-
-    /// Starts the server on `self.port` and waits until it accepts connections; the error log
-    /// if it exits first.
-    fn try_start(&mut self) -> Result<(), String> {
-        let before = self.log().matches("ready for connections").count();
-        let child = Command::new(mariadbd())
-            .args(&self.args)
-            .arg(format!("--port={}", self.port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.log().matches("ready for connections").count() <= before {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return Err(format!("mariadbd exited with {status}:\n{}", self.log()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("mariadbd not ready after 60 s:\n{}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    /// `mysql://root@127.0.0.1:<port>` (root without password, this server only).
-    fn url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}", self.port)
-    }
-
-    /// Runs `sql` (several statements allowed) as root.
-    async fn exec(&self, sql: &str) {
-        let pool = MySqlPoolOptions::new().max_connections(1).connect(&self.url()).await.unwrap();
-        common::exec(&pool, sql).await;
-        pool.close().await;
-    }
-
-    async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        let pool = MySqlPoolOptions::new().max_connections(1).connect(&self.url()).await.unwrap();
-        let rows = common::rows(&pool, sql).await;
-        pool.close().await;
-        rows
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::scratch::{free_port, Scratch};
 
 // ---- configurations and `sitesync check`
 

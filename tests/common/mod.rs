@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod scratch;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
