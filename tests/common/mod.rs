@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka_node;
 pub mod scratch;
 
 use std::collections::HashMap;
@@ -55,6 +56,8 @@ pub struct Federation {
     children: Vec<(String, Child)>,
     /// Children stopped on purpose (not a failure when found dead).
     ended: Vec<usize>,
+    /// Kafka bootstrap servers of this federation.
+    pub kafka: String,
 }
 
 /// Builder input: site ids in stack order, entity and route TOML, schema SQL run at each site.
@@ -67,11 +70,13 @@ pub struct Spec<'a> {
     /// SQL run at site (index, id) after the schema and before `init`: history that exists
     /// before sitesync and is therefore not captured.
     pub seed: fn(usize, &str) -> String,
+    /// Kafka of this federation (default: the stack's).
+    pub kafka: Option<String>,
 }
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Spec { sites: &["a", "b"], schema: "", entities_and_routes: "", ref_wait_seconds: 300, seed: |_, _| String::new() }
+        Spec { sites: &["a", "b"], schema: "", entities_and_routes: "", ref_wait_seconds: 300, seed: |_, _| String::new(), kafka: None }
     }
 }
 
@@ -89,7 +94,7 @@ impl Federation {
         let mut toml = format!(
             "[federation]\nname = \"{test}\"\ntopic_prefix = \"{topic_prefix}\"\ndatabase = \"{app_db}\"\ncontrol_database = \"{control_db}\"\n\n\
              [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\nref_wait_seconds = {}\n\n[capture]\ncheckpoint_interval_ms = 200\nsnapshot_chunk_rows = 3\n\n",
-            kafka(),
+            spec.kafka.clone().unwrap_or_else(kafka),
             spec.ref_wait_seconds
         );
         for (i, site) in spec.sites.iter().enumerate() {
@@ -133,6 +138,7 @@ impl Federation {
             pools,
             children: Vec::new(),
             ended: Vec::new(),
+            kafka: spec.kafka.clone().unwrap_or_else(kafka),
         };
         for site in &fed.sites {
             let out = fed.command(site, &["init"]).output().unwrap();
@@ -262,7 +268,7 @@ impl Federation {
     pub fn topic_records(&self, site: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka())
+            .set("bootstrap.servers", &self.kafka)
             .create()
             .unwrap();
         let (low, high) = consumer
