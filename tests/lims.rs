@@ -18,7 +18,7 @@ async fn lims(test: &str, file: &str, ref_wait_seconds: u64) -> Federation {
     let sites: Vec<&str> = sites.iter().map(String::as_str).collect();
     Federation::new(
         test,
-        Spec { sites: &sites[..sites.len().min(3)], schema: LIMS, entities_and_routes: &entities, ref_wait_seconds, seed: history, kafka: None },
+        Spec { sites: &sites[..sites.len().min(3)], schema: LIMS, entities_and_routes: &entities, ref_wait_seconds, seed: history, kafka: None, servers: &[] },
     )
     .await
 }

@@ -72,11 +72,13 @@ pub struct Spec<'a> {
     pub seed: fn(usize, &str) -> String,
     /// Kafka of this federation (default: the stack's).
     pub kafka: Option<String>,
+    /// Server URL per site, where not the stack's (a throwaway server of the test, say).
+    pub servers: &'a [Option<String>],
 }
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Spec { sites: &["a", "b"], schema: "", entities_and_routes: "", ref_wait_seconds: 300, seed: |_, _| String::new(), kafka: None }
+        Spec { sites: &["a", "b"], schema: "", entities_and_routes: "", ref_wait_seconds: 300, seed: |_, _| String::new(), kafka: None, servers: &[] }
     }
 }
 
@@ -98,7 +100,7 @@ impl Federation {
             spec.ref_wait_seconds
         );
         for (i, site) in spec.sites.iter().enumerate() {
-            let server = server_url(i);
+            let server = spec.servers.get(i).cloned().flatten().unwrap_or_else(|| server_url(i));
             let pool = MySqlPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
