@@ -365,9 +365,9 @@ impl Reader {
         self.tables.clear();
         self.txn = None;
         if first {
-            // A snapshot that was running when capture stopped starts again.
+            // A snapshot that was running, or asked for, when capture stopped starts (again).
             let running: Vec<(u64, String)> = conn
-                .query(format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status = 'running' ORDER BY id", self.control_db))
+                .query(format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id", self.control_db))
                 .await
                 .map_err(|e| self.source_err(e))?;
             for (id, entities) in running {
