@@ -255,6 +255,7 @@ impl Control {
                    row_key VARCHAR(512) NOT NULL,
                    origin VARCHAR(64) NOT NULL,
                    version VARCHAR(128) NOT NULL,
+                   deleted TINYINT NOT NULL DEFAULT 0,
                    PRIMARY KEY (entity, row_key)
                  ) ENGINE=InnoDB"
             ),

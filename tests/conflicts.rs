@@ -54,11 +54,11 @@ async fn concurrent_updates_end_identical_by_last_writer_and_verify_lists_differ
     let app_a = fed.start("a", &["apply"]);
     let app_b = fed.start("b", &["apply"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('u1', 'one', 1), ('u2', 'two', 1), ('u3', 'three', 1)").await;
+    fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('u1', 'one', 1), ('u2', 'two', 1), ('u3', 'three', 1), ('u4', 'four', 1)").await;
     let pb = fed.pool("b").clone();
     fed.wait_for(WAIT, "users at B", || {
         let pb = pb.clone();
-        async move { common::rows(&pb, "SELECT COUNT(*) FROM user WHERE token LIKE 'u_'").await == vec![vec!["3".to_string()]] }
+        async move { common::rows(&pb, "SELECT COUNT(*) FROM user WHERE token LIKE 'u_'").await == vec![vec!["4".to_string()]] }
     })
     .await;
 
@@ -70,11 +70,14 @@ async fn concurrent_updates_end_identical_by_last_writer_and_verify_lists_differ
     fed.exec("b", "UPDATE user SET name = 'B2', mtime = 150 WHERE token = 'u2'").await;
     fed.exec("a", "UPDATE user SET name = 'A3', mtime = 300 WHERE token = 'u3'").await; // b is later
     fed.exec("b", "UPDATE user SET name = 'B3', mtime = 301 WHERE token = 'u3'").await;
+    // A delete at A against a concurrent update at B: the update is newer and wins everywhere.
+    fed.exec("a", "DELETE FROM user WHERE token = 'u4'").await;
+    fed.exec("b", "UPDATE user SET name = 'B4', mtime = 2 WHERE token = 'u4'").await;
     fed.start("a", &["apply"]);
     fed.start("b", &["apply"]);
     let q = "SELECT token, name, mtime FROM user WHERE token LIKE 'u_' ORDER BY token";
     wait_same(&mut fed, q).await;
-    let expected: Vec<Vec<String>> = [["u1", "B1", "100"], ["u2", "A2", "200"], ["u3", "B3", "301"]]
+    let expected: Vec<Vec<String>> = [["u1", "B1", "100"], ["u2", "A2", "200"], ["u3", "B3", "301"], ["u4", "B4", "2"]]
         .iter()
         .map(|r| r.iter().map(|s| s.to_string()).collect())
         .collect();

@@ -209,12 +209,13 @@ impl EntityPlan {
         &self,
         tx: &mut Transaction<'_, MySql>,
         origin: &str,
-        after: &Map<String, Value>,
+        image: &Map<String, Value>,
         key: &[(String, SqlValue)],
         version_column: &str,
+        deleting: bool,
     ) -> Result<bool, ApplyError> {
         let col = self.target.column(version_column)?;
-        let Some(incoming) = after.get(version_column) else { return Ok(true) };
+        let Some(incoming) = image.get(version_column) else { return Ok(true) };
         let incoming = sql_text(&to_sql(col, incoming)?);
         let sql = format!(
             "SELECT CAST(`{}` AS CHAR) FROM {} WHERE {} LIMIT 1 FOR UPDATE",
@@ -228,39 +229,54 @@ impl EntityPlan {
             None => None,
             Some(v) => Some(v.unwrap_or_default()),
         };
-        if let Some(local) = local {
-            let writer: Option<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT origin, version FROM `{}`.`row_versions` WHERE entity = ? AND row_key = ?",
-                self.control_db
-            )))
-            .bind(&self.name)
-            .bind(&row_key)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(ApplyError::classify)?;
-            // A version this site's applier did not write was written here, by the application.
-            let local_origin = match writer {
-                Some((o, v)) if v == local => o,
-                _ => self.local_site.clone(),
-            };
-            let ord = compare_versions(&incoming, &local).then_with(|| origin.cmp(local_origin.as_str()));
-            if ord == std::cmp::Ordering::Less {
-                return Ok(false);
-            }
-        }
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO `{}`.`row_versions` (entity, row_key, origin, version) VALUES (?, ?, ?, ?)
-             ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version)",
+        let written: Option<(String, String, i8)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT origin, version, deleted FROM `{}`.`row_versions` WHERE entity = ? AND row_key = ?",
             self.control_db
         )))
         .bind(&self.name)
         .bind(&row_key)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(ApplyError::classify)?;
+        let newer_here = match (&local, &written) {
+            // A version this site's applier did not write was written here, by the application.
+            (Some(local), Some((o, v, _))) if v == local => (local.clone(), o.clone()),
+            (Some(local), _) => (local.clone(), self.local_site.clone()),
+            // No row: a delete that won earlier still beats older changes (its tombstone).
+            (None, Some((o, v, 1))) => (v.clone(), o.clone()),
+            (None, _) => return self.record_version(tx, &row_key, origin, &incoming, deleting).await.map(|()| true),
+        };
+        let ord = compare_versions(&incoming, &newer_here.0).then_with(|| origin.cmp(newer_here.1.as_str()));
+        if ord == std::cmp::Ordering::Less {
+            return Ok(false);
+        }
+        self.record_version(tx, &row_key, origin, &incoming, deleting).await?;
+        Ok(true)
+    }
+
+    /// Remembers which site wrote the version a row now has (or had when deleted).
+    async fn record_version(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        row_key: &str,
+        origin: &str,
+        version: &str,
+        deleted: bool,
+    ) -> Result<(), ApplyError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO `{}`.`row_versions` (entity, row_key, origin, version, deleted) VALUES (?, ?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), deleted = VALUES(deleted)",
+            self.control_db
+        )))
+        .bind(&self.name)
+        .bind(row_key)
         .bind(origin)
-        .bind(&incoming)
+        .bind(version)
+        .bind(deleted as i8)
         .execute(&mut **tx)
         .await
         .map_err(ApplyError::classify)?;
-        Ok(true)
+        Ok(())
     }
 
     /// Records which local row the origin's row became (natural-key entities).
@@ -306,6 +322,13 @@ impl EntityPlan {
                 }
                 let before = self.translate(tx, before, refs, plans, true).await?;
                 let key = self.key_values(&before)?;
+                // Last writer wins for deletes too: a row updated here after the version the
+                // deleting site saw is kept (the update reaches that site and recreates it).
+                if let Some(conflict) = &self.config.conflict {
+                    if !self.incoming_wins(tx, origin, &before, &key, &conflict.version_column, true).await? {
+                        return Ok(Outcome::ConflictLost);
+                    }
+                }
                 match &self.config.on_delete {
                     OnDelete::Ignore => Ok(Outcome::Skipped),
                     OnDelete::Propagate => {
@@ -341,7 +364,7 @@ impl EntityPlan {
                     _ => after_key.clone(),
                 };
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, &after, &where_key, &conflict.version_column).await? {
+                    if !self.incoming_wins(tx, origin, &after, &where_key, &conflict.version_column, false).await? {
                         // The rows are still the same entity: link them.
                         if !self.key_is_primary {
                             self.remember_identity(tx, origin, origin_after, &where_key).await?;
