@@ -211,9 +211,11 @@ async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
     fed.exec("a", "INSERT INTO person (id, name) VALUES (1, 'x')").await;
     let lag = move || common::http_get(addr, "/metrics").and_then(|m| common::metric(&m, "sitesync_apply_lag_seconds", &["origin=\"a\""]));
     fed.wait_for(WAIT, "lag 0 on an idle federation (capture heartbeats)", || async move { lag() == Some(0.0) }).await;
-    // Idle for longer than any grace: still 0, because A's capture says it is caught up.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(lag(), Some(0.0), "an idle origin must not look like lag");
+    // Idle for longer than any grace: still (about) 0, because A's capture says it is caught up.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(lag().is_some_and(|l| l < 2.0), "an idle origin must not look like lag: {:?}", lag());
+    }
     // A's capture stops: B's view of A grows, even though nothing arrives.
     fed.kill9(capture);
     fed.wait_for(WAIT, "lag grows while the origin's capture is stopped", || async move { lag().is_some_and(|l| l >= 3.0) }).await;
