@@ -11,11 +11,15 @@
 //! - records from this site, of entities not routed here, or of unknown entities are skipped; a
 //!   record that cannot be applied becomes a dead letter with its reason, and the stream goes on.
 
+mod fast;
 mod lag;
+mod parking;
+mod replay;
 mod target;
 mod writer;
 
 pub use target::{parse_members, TargetColumn, TargetTable};
+pub use replay::{replay, Replayed};
 pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
 use std::collections::{HashMap, HashSet};
@@ -303,80 +307,6 @@ async fn load_plans(config: &Config, site: &str, pool: &sqlx::MySqlPool, origins
     Ok(plans)
 }
 
-/// What `sitesync dlq replay` did with one dead letter.
-#[derive(Debug)]
-pub struct Replayed {
-    /// Dead letter id.
-    pub id: u64,
-    /// `None` when applied (and removed), else why it still fails (it stays).
-    pub failure: Option<String>,
-}
-
-/// Applies dead letters again (all, or the one with `only`), oldest first: the letters of one
-/// source transaction together in one local transaction with the echo marker. Those that apply
-/// are removed, the others stay.
-pub async fn replay(config: &Config, site: &str, only: Option<u64>) -> Result<Vec<Replayed>, ApplyError> {
-    let site_cfg = config.site(site).map_err(|e| ApplyError::Config(e.to_string()))?;
-    let pool = control::connect(site, site_cfg.mysql.expose(), 2).await?;
-    let control = Control::new(pool.clone(), &config.federation.control_database);
-    let origins = config.origins_of(site);
-    let plans = load_plans(config, site, &pool, &origins).await?;
-    let letters: Vec<_> = control.list_dead_letters().await?.into_iter().filter(|d| only.is_none_or(|id| d.id == id)).collect();
-    if let (Some(id), true) = (only, letters.is_empty()) {
-        return Err(ApplyError::Config(format!("no dead letter {id} at site {site}")));
-    }
-    // The letters of one source transaction replay together, in one local transaction.
-    let mut groups: Vec<(String, Vec<(u64, Result<ChangeRecord, String>, String)>)> = Vec::new();
-    for d in letters {
-        let parsed = ChangeRecord::from_slice(d.value.as_deref()).map_err(|e| e.to_string());
-        let origin = d.origin.clone().or_else(|| parsed.as_ref().ok().map(|r| r.sitesync.origin.clone())).unwrap_or_default();
-        let group = match &parsed {
-            Ok(r) => format!("{origin}|{}", r.transaction.id),
-            Err(_) => format!("letter {}", d.id),
-        };
-        match groups.iter_mut().find(|(g, _)| *g == group) {
-            Some((_, members)) => members.push((d.id, parsed, origin)),
-            None => groups.push((group, vec![(d.id, parsed, origin)])),
-        }
-    }
-    let mut out = Vec::new();
-    for (_, members) in groups {
-        let failure = replay_group(config, site, &pool, &control, &plans, &members).await?;
-        out.extend(members.iter().map(|(id, _, _)| Replayed { id: *id, failure: failure.clone() }));
-    }
-    Ok(out)
-}
-
-/// Applies one source transaction's dead letters in one local transaction; why not, if not.
-async fn replay_group(
-    config: &Config,
-    site: &str,
-    pool: &sqlx::MySqlPool,
-    control: &Control,
-    plans: &Plans,
-    members: &[(u64, Result<ChangeRecord, String>, String)],
-) -> Result<Option<String>, ApplyError> {
-    let mut tx = pool.begin().await.map_err(ApplyError::Database)?;
-    control.write_marker(&mut tx).await.map_err(ApplyError::Database)?;
-    for (id, parsed, origin) in members {
-        let r = match parsed {
-            Ok(r) => r,
-            Err(e) => return Ok(Some(format!("letter {id}: {e}"))),
-        };
-        match plans.get(&r.sitesync.entity) {
-            Some(plan) if config.routes_entity(origin, site, &r.sitesync.entity) => {
-                if let Err(e) = plan.apply(&mut tx, origin, r, plans).await {
-                    return Ok(Some(e.to_string()));
-                }
-            }
-            _ => return Ok(Some(format!("entity `{}` is not routed from {origin} to {site}", r.sitesync.entity))),
-        }
-        control.delete_dead_letter(&mut tx, *id).await.map_err(ApplyError::Database)?;
-    }
-    tx.commit().await.map_err(ApplyError::Database)?;
-    Ok(None)
-}
-
 impl Applier {
     async fn consume(&mut self, consumer: &StreamConsumer) -> Result<(), ApplyError> {
         let max = self.ctx.config.apply.batch_records.max(1);
@@ -646,7 +576,7 @@ impl Applier {
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
         let mut newly_parked: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
-        let mut group = Group::default();
+        let mut group = fast::Group::default();
         for (t_index, t) in batch.iter().enumerate() {
             let duplicate = self.already_applied(t)
                 || t.txn.as_ref().is_some_and(|(id, _)| {
@@ -769,81 +699,6 @@ impl Applier {
         self.ctx.metrics.component_running.with_label_values(&[&self.ctx.site, "apply"]).set(running as i64);
     }
 
-    /// The fast path for one source transaction: records join multi-row statements; a record
-    /// that cannot is written alone, in order.
-    async fn write_fast(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
-        group: &mut Group,
-        origin: &str,
-        records: &[&ChangeRecord],
-    ) -> Result<Vec<&'static str>, ApplyError> {
-        let mut outcomes = Vec::with_capacity(records.len());
-        for r in records {
-            let entity = &r.sitesync.entity;
-            let plan = match self.plans.get(entity) {
-                Some(plan) if r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) => plan,
-                _ => {
-                    outcomes.push("skipped");
-                    continue;
-                }
-            };
-            let write = match plan.batch_write(origin, r, &self.plans) {
-                Some(Ok(w)) => w,
-                Some(Err(ApplyError::MissingColumn(_))) => return Err(ApplyError::NeedsCare),
-                Some(Err(e)) => return Err(e),
-                None => {
-                    self.flush(tx, group).await?;
-                    match plan.apply(tx, origin, r, &self.plans).await {
-                        Ok(Outcome::Applied) => outcomes.push("applied"),
-                        Ok(Outcome::Skipped) => outcomes.push("skipped"),
-                        Ok(Outcome::ConflictLost) => outcomes.push("conflict_lost"),
-                        Err(ApplyError::Wait(_) | ApplyError::MissingColumn(_)) => return Err(ApplyError::NeedsCare),
-                        Err(e) => return Err(e),
-                    }
-                    continue;
-                }
-            };
-            match write {
-                BatchWrite::Skip => outcomes.push("skipped"),
-                BatchWrite::Upsert { columns, values } => {
-                    if !matches!(&group.kind, Some(GroupKind::Upsert(c)) if *c == columns && group.entity == *entity) {
-                        self.flush(tx, group).await?;
-                        group.entity = entity.clone();
-                        group.kind = Some(GroupKind::Upsert(columns));
-                    }
-                    group.rows.push(values);
-                    outcomes.push("applied");
-                }
-                BatchWrite::Delete(key) => {
-                    if !matches!(&group.kind, Some(GroupKind::Delete)) || group.entity != *entity {
-                        self.flush(tx, group).await?;
-                        group.entity = entity.clone();
-                        group.kind = Some(GroupKind::Delete);
-                    }
-                    group.rows.push(key);
-                    outcomes.push("applied");
-                }
-            }
-        }
-        Ok(outcomes)
-    }
-
-    /// Writes the rows gathered in `group`.
-    async fn flush(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, group: &mut Group) -> Result<(), ApplyError> {
-        let Some(kind) = group.kind.take() else { return Ok(()) };
-        let rows = std::mem::take(&mut group.rows);
-        let plan = &self.plans[&group.entity];
-        let result = match &kind {
-            GroupKind::Upsert(columns) => plan.upsert_rows(tx, columns, &rows).await,
-            GroupKind::Delete => plan.delete_rows(tx, &rows).await,
-        };
-        match result {
-            Err(ApplyError::MissingColumn(_)) => Err(ApplyError::NeedsCare),
-            other => other,
-        }
-    }
-
     fn count(&self, counts: HashMap<(String, String, &'static str), u64>) {
         for ((origin, entity, outcome), n) in counts {
             self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &origin, &entity, outcome]).inc_by(n);
@@ -922,91 +777,6 @@ impl Applier {
         }
     }
 
-    /// Tries the parked transactions again, oldest first; those that waited too long become
-    /// dead letters. Returns whether any left the parking.
-    async fn retry_parked(&mut self) -> Result<(), ApplyError> {
-        let parked = self.control.list_parked().await?;
-        let limit = self.ctx.config.apply.ref_wait_seconds as i64;
-        let mut still: HashSet<String> = HashSet::new();
-        for p in parked {
-            let keys: Vec<String> = p.row_keys.lines().map(str::to_string).collect();
-            if keys.iter().any(|k| still.contains(k)) {
-                still.extend(keys);
-                continue;
-            }
-            let records: Result<Vec<ChangeRecord>, _> = serde_json::from_slice(&p.records);
-            let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
-            // The echo marker first, as in every apply transaction.
-            self.control.write_marker(&mut tx).await.map_err(ApplyError::Database)?;
-            let outcome = match &records {
-                Ok(records) => {
-                    let refs: Vec<&ChangeRecord> = records.iter().collect();
-                    self.apply_records(&mut tx, &p.origin, &refs).await
-                }
-                Err(e) => Err(ApplyError::Definite(format!("parked records unreadable: {e}"))),
-            };
-            match outcome {
-                Ok(outcomes) => {
-                    self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
-                    tx.commit().await.map_err(ApplyError::Database)?;
-                    let mut counts = HashMap::new();
-                    for (r, o) in records.as_ref().expect("applied").iter().zip(outcomes) {
-                        *counts.entry((p.origin.clone(), r.sitesync.entity.clone(), o)).or_default() += 1;
-                    }
-                    self.count(counts);
-                    tracing::info!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, "parked transaction applied");
-                }
-                Err(ApplyError::Wait(reason)) if p.age_seconds < limit => {
-                    drop(tx);
-                    let _ = reason;
-                    still.extend(keys);
-                }
-                Err(e @ (ApplyError::Wait(_) | ApplyError::Definite(_))) => {
-                    drop(tx);
-                    let reason = match e {
-                        ApplyError::Wait(why) => format!("waited {} s for referenced rows: {why}", p.age_seconds),
-                        other => other.to_string(),
-                    };
-                    let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
-                    let entities: Vec<String> = match &records {
-                        Ok(rs) => rs.iter().map(|r| r.sitesync.entity.clone()).collect(),
-                        Err(_) => vec![String::new()],
-                    };
-                    let values: Vec<Vec<u8>> = match &records {
-                        Ok(rs) => rs.iter().map(|r| serde_json::to_vec(r).unwrap_or_default()).collect(),
-                        Err(_) => vec![p.records.clone()],
-                    };
-                    for (entity, value) in entities.iter().zip(&values) {
-                        self.control
-                            .insert_dead_letter(
-                                &mut tx,
-                                &NewDeadLetter {
-                                    origin: Some(&p.origin),
-                                    topic: &p.topic,
-                                    partition: p.partition,
-                                    offset: p.offset,
-                                    entity: Some(entity).filter(|e| !e.is_empty()).map(String::as_str),
-                                    reason: &reason,
-                                    key: None,
-                                    value: Some(value),
-                                },
-                            )
-                            .await
-                            .map_err(ApplyError::Database)?;
-                        self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &p.origin, entity, "dead_letter"]).inc();
-                    }
-                    self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
-                    tx.commit().await.map_err(ApplyError::Database)?;
-                    tracing::warn!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, reason = %reason, "parked transaction becomes a dead letter");
-                    self.refresh_dead_letter_gauge().await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.parked_keys = still;
-        Ok(())
-    }
-
     async fn dead_letter(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
@@ -1032,21 +802,6 @@ impl Applier {
             .await
             .map_err(ApplyError::Database)
     }
-}
-
-/// Rows of one entity gathered for one multi-row statement.
-#[derive(Default)]
-struct Group {
-    entity: String,
-    kind: Option<GroupKind>,
-    rows: Vec<Vec<target::SqlValue>>,
-}
-
-enum GroupKind {
-    /// Upserts with these columns.
-    Upsert(Vec<String>),
-    /// Deletes by primary key.
-    Delete,
 }
 
 /// `entity|key` of the rows a record touches: its key after the change and, when the key

@@ -1,0 +1,94 @@
+//! Parked transactions: those waiting for the rows they reference (or for a schema change) are
+//! stored in the control database, tried again after each batch and every second, and become
+//! dead letters after `apply.ref_wait_seconds`.
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+
+impl Applier {
+    /// Tries the parked transactions again, oldest first; those that waited too long become
+    /// dead letters. Returns whether any left the parking.
+    pub(super) async fn retry_parked(&mut self) -> Result<(), ApplyError> {
+        let parked = self.control.list_parked().await?;
+        let limit = self.ctx.config.apply.ref_wait_seconds as i64;
+        let mut still: HashSet<String> = HashSet::new();
+        for p in parked {
+            let keys: Vec<String> = p.row_keys.lines().map(str::to_string).collect();
+            if keys.iter().any(|k| still.contains(k)) {
+                still.extend(keys);
+                continue;
+            }
+            let records: Result<Vec<ChangeRecord>, _> = serde_json::from_slice(&p.records);
+            let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
+            // The echo marker first, as in every apply transaction.
+            self.control.write_marker(&mut tx).await.map_err(ApplyError::Database)?;
+            let outcome = match &records {
+                Ok(records) => {
+                    let refs: Vec<&ChangeRecord> = records.iter().collect();
+                    self.apply_records(&mut tx, &p.origin, &refs).await
+                }
+                Err(e) => Err(ApplyError::Definite(format!("parked records unreadable: {e}"))),
+            };
+            match outcome {
+                Ok(outcomes) => {
+                    self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
+                    tx.commit().await.map_err(ApplyError::Database)?;
+                    let mut counts = HashMap::new();
+                    for (r, o) in records.as_ref().expect("applied").iter().zip(outcomes) {
+                        *counts.entry((p.origin.clone(), r.sitesync.entity.clone(), o)).or_default() += 1;
+                    }
+                    self.count(counts);
+                    tracing::info!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, "parked transaction applied");
+                }
+                Err(ApplyError::Wait(reason)) if p.age_seconds < limit => {
+                    drop(tx);
+                    let _ = reason;
+                    still.extend(keys);
+                }
+                Err(e @ (ApplyError::Wait(_) | ApplyError::Definite(_))) => {
+                    drop(tx);
+                    let reason = match e {
+                        ApplyError::Wait(why) => format!("waited {} s for referenced rows: {why}", p.age_seconds),
+                        other => other.to_string(),
+                    };
+                    let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
+                    let entities: Vec<String> = match &records {
+                        Ok(rs) => rs.iter().map(|r| r.sitesync.entity.clone()).collect(),
+                        Err(_) => vec![String::new()],
+                    };
+                    let values: Vec<Vec<u8>> = match &records {
+                        Ok(rs) => rs.iter().map(|r| serde_json::to_vec(r).unwrap_or_default()).collect(),
+                        Err(_) => vec![p.records.clone()],
+                    };
+                    for (entity, value) in entities.iter().zip(&values) {
+                        self.control
+                            .insert_dead_letter(
+                                &mut tx,
+                                &NewDeadLetter {
+                                    origin: Some(&p.origin),
+                                    topic: &p.topic,
+                                    partition: p.partition,
+                                    offset: p.offset,
+                                    entity: Some(entity).filter(|e| !e.is_empty()).map(String::as_str),
+                                    reason: &reason,
+                                    key: None,
+                                    value: Some(value),
+                                },
+                            )
+                            .await
+                            .map_err(ApplyError::Database)?;
+                        self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &p.origin, entity, "dead_letter"]).inc();
+                    }
+                    self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
+                    tx.commit().await.map_err(ApplyError::Database)?;
+                    tracing::warn!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, reason = %reason, "parked transaction becomes a dead letter");
+                    self.refresh_dead_letter_gauge().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.parked_keys = still;
+        Ok(())
+    }
+}
