@@ -238,16 +238,22 @@ impl EntityPlan {
         .fetch_optional(&mut **tx)
         .await
         .map_err(ApplyError::classify)?;
-        let newer_here = match (&local, &written) {
-            // A version this site's applier did not write was written here, by the application.
-            (Some(local), Some((o, v, _))) if v == local => (local.clone(), o.clone()),
-            (Some(local), _) => (local.clone(), self.local_site.clone()),
-            // No row: a delete that won earlier still beats older changes (its tombstone).
-            (None, Some((o, v, 1))) => (v.clone(), o.clone()),
-            (None, _) => return self.record_version(tx, &row_key, origin, &incoming, deleting).await.map(|()| true),
+        let loses = match (&local, &written) {
+            // A delete was decided on the version it saw: only a strictly newer row survives it.
+            (Some(local), _) if deleting => compare_versions(&incoming, local).is_lt(),
+            (Some(local), written) => {
+                // A version this site's applier did not write was written here, by the application.
+                let local_origin = match written {
+                    Some((o, v, _)) if v == local => o.as_str(),
+                    _ => self.local_site.as_str(),
+                };
+                compare_versions(&incoming, local).then_with(|| origin.cmp(local_origin)).is_lt()
+            }
+            // No row, but a delete won here: changes not newer than what it deleted lose to it.
+            (None, Some((_, v, 1))) => compare_versions(&incoming, v).is_le(),
+            (None, _) => false,
         };
-        let ord = compare_versions(&incoming, &newer_here.0).then_with(|| origin.cmp(newer_here.1.as_str()));
-        if ord == std::cmp::Ordering::Less {
+        if loses {
             return Ok(false);
         }
         self.record_version(tx, &row_key, origin, &incoming, deleting).await?;
