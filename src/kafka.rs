@@ -87,10 +87,16 @@ pub fn producer_config(kafka: &KafkaConfig) -> Result<ClientConfig, TransportErr
 /// The applier's consumer: manual assignment, offsets stored in the control database only.
 pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> Result<ClientConfig, TransportError> {
     let mut c = ClientConfig::new();
+    // Prefetch is what bounds the applier's memory while it is behind or blocked: librdkafka
+    // otherwise queues up to 100,000 messages (and 64 MB) per partition ahead of the applier.
+    // A message larger than the fetch sizes is still returned whole (KIP-74); only the response
+    // limit must hold the largest record.
     c.set("group.id", group)
         .set("auto.offset.reset", "earliest")
-        .set("fetch.max.bytes", (2 * MAX_MESSAGE_BYTES).to_string())
-        .set("max.partition.fetch.bytes", MAX_MESSAGE_BYTES.to_string())
+        .set("fetch.max.bytes", (8 * 1024 * 1024).to_string())
+        .set("max.partition.fetch.bytes", (4 * 1024 * 1024).to_string())
+        .set("queued.min.messages", "5000")
+        .set("queued.max.messages.kbytes", "16384")
         .set("receive.message.max.bytes", (2 * MAX_MESSAGE_BYTES + 1_000_000).to_string())
         .set("fetch.wait.max.ms", "10");
     let user = base(kafka, CONSUMER_GUARANTEES)?;
