@@ -214,11 +214,11 @@ async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
     // Idle for longer than any grace: still (about) 0, because A's capture says it is caught up.
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(lag().is_some_and(|l| l < 2.0), "an idle origin must not look like lag: {:?}", lag());
+        assert!(lag().is_some_and(|l| l < 3.5), "an idle origin must not look like lag: {:?}", lag());
     }
     // A's capture stops: B's view of A grows, even though nothing arrives.
     fed.kill9(capture);
-    fed.wait_for(WAIT, "lag grows while the origin's capture is stopped", || async move { lag().is_some_and(|l| l >= 3.0) }).await;
+    fed.wait_for(WAIT, "lag grows while the origin's capture is stopped", || async move { lag().is_some_and(|l| l >= 6.0) }).await;
     fed.start("a", &["capture"]);
     fed.wait_for(WAIT, "lag back to 0 after the capture restarts", || async move { lag() == Some(0.0) }).await;
 
@@ -226,7 +226,7 @@ async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
     let mut blocker = fed.pool("b").begin().await.unwrap();
     sqlx::query("SELECT * FROM person WHERE id = 1 FOR UPDATE").fetch_all(&mut *blocker).await.unwrap();
     fed.exec("a", "UPDATE person SET name = 'y' WHERE id = 1").await;
-    fed.wait_for(WAIT, "lag grows while apply waits for a lock", || async move { lag().is_some_and(|l| l >= 3.0) }).await;
+    fed.wait_for(WAIT, "lag grows while apply waits for a lock", || async move { lag().is_some_and(|l| l >= 6.0) }).await;
     blocker.rollback().await.unwrap();
     fed.wait_for(WAIT, "lag back to 0 once the lock is gone", || async move { lag() == Some(0.0) }).await;
     assert_eq!(fed.rows("b", "SELECT name FROM person WHERE id = 1").await, vec![vec!["y".to_string()]]);
