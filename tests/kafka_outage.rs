@@ -8,13 +8,9 @@ use std::time::{Duration, Instant};
 use common::kafka_node::KafkaNode;
 use common::{Federation, Spec};
 
-const SCHEMA: &str = "
-CREATE TABLE person (id INT NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL, n INT NOT NULL DEFAULT 0) ENGINE=InnoDB;
-CREATE TABLE applied_events (id INT NOT NULL PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB;
-INSERT INTO applied_events VALUES (1, 0);
-CREATE TRIGGER person_ins AFTER INSERT ON person FOR EACH ROW UPDATE applied_events SET n = n + 1 WHERE id = 1;
-CREATE TRIGGER person_upd AFTER UPDATE ON person FOR EACH ROW UPDATE applied_events SET n = n + 1 WHERE id = 1
-";
+/// A person table whose every applied insert, update and delete B counts (applied_events):
+/// a change applied twice would show.
+const SCHEMA: &str = include_str!("fixtures/counted_person.sql");
 const CONFIG: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
 
 fn rss_mib(pid: u32) -> f64 {

@@ -20,18 +20,9 @@ use common::scratch::Scratch;
 
 // ---- helpers
 
-const SCHEMA: &str = "
-CREATE TABLE person (
-  id INT NOT NULL PRIMARY KEY,
-  name VARCHAR(100) NOT NULL,
-  n INT NOT NULL DEFAULT 0
-) ENGINE=InnoDB;
-CREATE TABLE applied_events (id INT NOT NULL PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB;
-INSERT INTO applied_events VALUES (1, 0);
-CREATE TRIGGER person_ins AFTER INSERT ON person FOR EACH ROW UPDATE applied_events SET n = n + 1 WHERE id = 1;
-CREATE TRIGGER person_upd AFTER UPDATE ON person FOR EACH ROW UPDATE applied_events SET n = n + 1 WHERE id = 1;
-CREATE TRIGGER person_del AFTER DELETE ON person FOR EACH ROW UPDATE applied_events SET n = n + 1 WHERE id = 1
-";
+/// A person table whose every applied insert, update and delete B counts (applied_events):
+/// a change applied twice would show.
+const SCHEMA: &str = include_str!("fixtures/counted_person.sql");
 
 const TWO_WAY: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"person\"]\n";
 const ONE_WAY: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
