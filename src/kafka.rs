@@ -97,6 +97,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> Result<ClientConfig,
         .set("max.partition.fetch.bytes", (4 * 1024 * 1024).to_string())
         .set("queued.min.messages", "5000")
         .set("queued.max.messages.kbytes", "16384")
+        // With a bounded queue, librdkafka waits this long after each fetch that filled it
+        // (default 1 s): catching up a backlog, apply would idle a second per fetch.
+        .set("fetch.queue.backoff.ms", "10")
         .set("receive.message.max.bytes", (2 * MAX_MESSAGE_BYTES + 1_000_000).to_string())
         .set("fetch.wait.max.ms", "10");
     let user = base(kafka, CONSUMER_GUARANTEES)?;
