@@ -1104,6 +1104,8 @@ def main():
     with open(os.path.join(OUT, "table.txt"), "w") as f:
         f.write(text + "\n")
     shutil.copy2(os.path.join(OUT, "results.json"), os.path.join(os.path.dirname(OUT), "latest.json"))
+    if not (PERF or KEEP):
+        os.remove(BIN)  # the run's copy (100 MB); perf reports need it, so it stays with BENCH_PERF=1
     m = RESULTS["machine"]
     print(f"\nsitesync benchmark {RUN}: {m['date']}, {m['cpus']} CPUs ({m['cpu_model']}), load average {m['loadavg_at_start']} at start, "
           f"machine {m['busy_pct_whole_run']}% busy over {m['seconds']} s (other work shares the machine)\n")
