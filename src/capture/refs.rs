@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::record::Row;
 
 /// Remembered ids per entity, at most this many (then forgotten and looked up again).
-const CACHE_LIMIT: usize = 200_000;
+const CACHE_LIMIT: usize = 20_000;
 
 /// Resolves origin ids of referenced rows to natural keys.
 pub struct RefResolver {
