@@ -55,9 +55,10 @@ SQL
 done
 
 for site in "${SITES[@]}"; do
+    echo "demo: sitesync init --site $site"
+    "$BIN" --site "$site" init | sed 's/^/    /'
     echo "demo: sitesync check --site $site"
     "$BIN" --site "$site" check | sed 's/^/    /' || true
-    "$BIN" --site "$site" init | sed 's/^/    /'
 done
 for site in "${SITES[@]}"; do
     nohup "$BIN" --site "$site" run >"$DEMO/$site.log" 2>&1 &
