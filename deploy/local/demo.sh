@@ -33,6 +33,21 @@ mkdir -p "$DEMO"
 stop
 
 sql() { mariadb -h127.0.0.1 -P"${PORT[$1]}" -uroot --default-character-set=utf8mb4 "${@:2}"; }
+
+# A fresh start: the previous demo's topics would otherwise replay into the new databases.
+eval "$(deploy/local/stack.sh env)"
+topics() {
+    java -Dlog4j2.configurationFile="$SITESYNC_STACK_DIR/kafka/config/tools-log4j2.xml" -cp "$SITESYNC_KAFKA_LIBS/*" \
+        org.apache.kafka.tools.TopicCommand --bootstrap-server "$SITESYNC_KAFKA" "$@" 2>/dev/null
+}
+if topics --list | grep -q '^sitesync\.sdu\.'; then
+    echo "demo: deleting the previous demo's topics"
+    topics --delete --topic 'sitesync\.sdu\..*' || true
+    for _ in $(seq 1 30); do
+        topics --list | grep -q '^sitesync\.sdu\.' || break
+        sleep 1
+    done
+fi
 for site in "${SITES[@]}"; do
     password="demo-$site-$RANDOM$RANDOM"
     export "SITESYNC_${site^^}_PASSWORD=$password"
