@@ -18,15 +18,7 @@ use tokio::net::TcpStream;
 
 const SCHEMA: &str = "CREATE TABLE person (id INT NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL, n INT NOT NULL DEFAULT 0) ENGINE=InnoDB";
 
-const TWO_WAY: &str = r#"
-[entities.person]
-table = "person"
-
-[[routes]]
-from = ["*"]
-to = ["*"]
-entities = ["person"]
-"#;
+const TWO_WAY: &str = common::PERSON_TWO_WAY;
 
 const WAIT: Duration = Duration::from_secs(60);
 

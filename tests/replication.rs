@@ -23,15 +23,7 @@ CREATE TRIGGER person_upd AFTER UPDATE ON person FOR EACH ROW UPDATE applied_eve
 CREATE TRIGGER person_del AFTER DELETE ON person FOR EACH ROW UPDATE applied_events SET n = n + 1 WHERE id = 1
 ";
 
-const TWO_WAY: &str = r#"
-[entities.person]
-table = "person"
-
-[[routes]]
-from = ["*"]
-to = ["*"]
-entities = ["person"]
-"#;
+const TWO_WAY: &str = common::PERSON_TWO_WAY;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -143,7 +135,7 @@ async fn exactly_once_after_kill(test: &str, kill_capture: bool) {
         Spec {
             sites: &["a", "b"],
             schema: SCHEMA,
-            entities_and_routes: "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n",
+            entities_and_routes: common::PERSON_A_TO_B,
             ..Spec::default()
         },
     )
@@ -200,7 +192,7 @@ async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
         Spec {
             sites: &["a", "b"],
             schema: SCHEMA,
-            entities_and_routes: "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n",
+            entities_and_routes: common::PERSON_A_TO_B,
             ..Spec::default()
         },
     )

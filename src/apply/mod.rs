@@ -197,14 +197,23 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let stored: HashMap<(String, i32), i64> =
         control.load_offsets().await?.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
     let topics: Vec<String> = origins.iter().map(|o| config.topic_of(o)).collect();
-    let kafka_cfg = config.kafka.clone();
-    let topics_for_md = topics.clone();
-    let partitions = tokio::task::spawn_blocking(move || {
-        crate::kafka::topic_partitions(&kafka_cfg, &topics_for_md, Duration::from_secs(10))
-    })
-    .await
-    .map_err(|e| ApplyError::Config(e.to_string()))?
-    .map_err(|e| ApplyError::Config(e.to_string()))?;
+    // A topic created a moment ago (init, a broker still loading) may not be in the metadata
+    // yet: look again for a while before calling it missing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let partitions = loop {
+        let kafka_cfg = config.kafka.clone();
+        let topics_for_md = topics.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            crate::kafka::topic_partitions(&kafka_cfg, &topics_for_md, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| ApplyError::Config(e.to_string()))?
+        .map_err(|e| ApplyError::Config(e.to_string()))?;
+        if found.iter().all(|(_, n)| n.is_some()) || std::time::Instant::now() > deadline || ctx.shutdown.is_triggered() {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let mut tpl = TopicPartitionList::new();
     for (topic, count) in &partitions {
         let count = count.ok_or_else(|| {

@@ -31,6 +31,12 @@ pub fn kafka() -> String {
     std::env::var("SITESYNC_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// A `person` entity replicated between every site.
+pub const PERSON_TWO_WAY: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"person\"]\n";
+
+/// A `person` entity replicated from site a to site b only.
+pub const PERSON_A_TO_B: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
+
 /// The `[entities.*]` and `[[routes]]` of an example file in `config/`, and its site ids.
 pub fn example(name: &str) -> (String, Vec<String>) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
