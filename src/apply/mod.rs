@@ -343,7 +343,20 @@ impl Applier {
             };
             let mut flush = !first && msg.is_none();
             if let Some(m) = msg {
-                let m = m.map_err(ApplyError::Kafka)?.detach();
+                let m = match m {
+                    Ok(m) => m.detach(),
+                    // Brokers down, a fetch timed out: librdkafka reconnects by itself; the
+                    // applier keeps its place and waits (its lag grows meanwhile).
+                    Err(e) => {
+                        self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "kafka"]).inc();
+                        tracing::warn!(site = %self.ctx.site, error = %e, "consuming failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = self.ctx.shutdown.wait() => return Ok(()),
+                        }
+                        continue;
+                    }
+                };
                 if let Some(txn) = self.accept(m) {
                     ready_records += txn.records.len();
                     ready.push(txn);
