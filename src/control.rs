@@ -466,6 +466,70 @@ impl Control {
         Ok(())
     }
 
+    /// Records, inside `tx`, which local row each origin row became (entity, origin, the
+    /// origin's id, this site's id), many per statement.
+    pub async fn write_identities(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        entries: &[(&str, &str, &str, &str)],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in entries.chunks(1_000) {
+            let mut sql = format!("INSERT INTO `{}`.`identity_map` (entity, origin, origin_key, local_key) VALUES ", self.db);
+            sql.push_str(&vec!["(?, ?, ?, ?)"; chunk.len()].join(", "));
+            sql.push_str(" ON DUPLICATE KEY UPDATE local_key = VALUES(local_key)");
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for (entity, origin, origin_key, local_key) in chunk {
+                q = q.bind(*entity).bind(*origin).bind(*origin_key).bind(*local_key);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The `row_versions` entries of `entity` for `row_keys` inside `tx`: row key -> (origin,
+    /// version, deleted). Row keys compare exactly (the control database is utf8mb4_bin).
+    pub async fn read_versions(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        entity: &str,
+        row_keys: &[&str],
+    ) -> Result<Vec<(String, String, String, bool)>, sqlx::Error> {
+        let mut out = Vec::new();
+        for chunk in row_keys.chunks(1_000) {
+            let sql = format!(
+                "SELECT row_key, origin, version, deleted FROM `{}`.`row_versions` WHERE entity = ? AND row_key IN ({})",
+                self.db,
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query_as::<_, (String, String, String, i8)>(AssertSqlSafe(sql)).bind(entity);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            out.extend(q.fetch_all(&mut **tx).await?.into_iter().map(|(k, o, v, d)| (k, o, v, d == 1)));
+        }
+        Ok(out)
+    }
+
+    /// Records, inside `tx`, which site wrote the version each row now has (entity, row key,
+    /// origin, version, deleted), many per statement; a later entry for a row wins.
+    pub async fn write_versions(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        entries: &[(&str, &str, &str, &str, bool)],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in entries.chunks(1_000) {
+            let mut sql = format!("INSERT INTO `{}`.`row_versions` (entity, row_key, origin, version, deleted) VALUES ", self.db);
+            sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+            sql.push_str(" ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), deleted = VALUES(deleted)");
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for (entity, row_key, origin, version, deleted) in chunk {
+                q = q.bind(*entity).bind(*row_key).bind(*origin).bind(*version).bind(*deleted as i8);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     /// Stores a dead letter inside `tx`.
     pub async fn insert_dead_letter(
         &self,

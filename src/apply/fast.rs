@@ -1,22 +1,45 @@
-//! The fast path: records upserted or deleted by primary key join multi-row statements across
-//! the source transactions of a batch; anything that could wait sends the batch to the careful
-//! path instead.
+//! The fast path: the changes of a batch's source transactions join multi-row statements. Rows
+//! written by primary key as they are go straight into the pending statements; rows that need
+//! looking up first are decided against what the batch read up front (keyed.rs); anything that
+//! could wait sends the batch to the careful path instead.
 
+use std::collections::{HashMap, HashSet};
+
+use super::keyed::{Decision, Known};
+use super::target::SqlValue;
+use super::writer::sql_text;
 use super::*;
 
-/// Rows of one entity gathered for one multi-row statement.
+/// Writes decided but not sent yet, and what the batch knows of the rows it touches.
 #[derive(Default)]
-pub(super) struct Group {
+pub(super) struct Pending {
+    /// Entity of the rows in `ops` (one table per multi-row statement).
     entity: String,
-    kind: Option<GroupKind>,
-    rows: Vec<Vec<target::SqlValue>>,
+    ops: Vec<RowOp>,
+    /// Rows of entities that need looking up, as the batch knows them.
+    pub(super) known: Known,
 }
 
-pub(super) enum GroupKind {
-    /// Upserts with these columns.
-    Upsert(Vec<String>),
-    /// Deletes by primary key.
-    Delete,
+/// One row's part in a multi-row statement.
+enum RowOp {
+    /// Insert or update by primary key.
+    Upsert { columns: Vec<String>, values: Vec<SqlValue> },
+    /// Insert a new row (its id is read back after).
+    Insert { columns: Vec<String>, values: Vec<SqlValue>, key: Vec<(String, SqlValue)> },
+    /// Delete by primary key.
+    Delete(Vec<SqlValue>),
+}
+
+impl RowOp {
+    /// Ops of one statement: the same kind with the same columns.
+    fn joins(&self, other: &RowOp) -> bool {
+        match (self, other) {
+            (RowOp::Upsert { columns: a, .. }, RowOp::Upsert { columns: b, .. }) => a == b,
+            (RowOp::Insert { columns: a, .. }, RowOp::Insert { columns: b, .. }) => a == b,
+            (RowOp::Delete(_), RowOp::Delete(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 impl Applier {
@@ -25,7 +48,7 @@ impl Applier {
     pub(super) async fn write_fast(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
-        group: &mut Group,
+        pending: &mut Pending,
         origin: &str,
         records: &[&ChangeRecord],
     ) -> Result<Vec<&'static str>, ApplyError> {
@@ -39,59 +62,226 @@ impl Applier {
                     continue;
                 }
             };
-            let write = match plan.batch_write(origin, r, &self.plans) {
-                Some(Ok(w)) => w,
-                Some(Err(ApplyError::MissingColumn(_))) => return Err(ApplyError::NeedsCare),
-                Some(Err(e)) => return Err(e),
-                None => {
-                    self.flush(tx, group).await?;
-                    match plan.apply(tx, origin, r, &self.plans).await {
-                        Ok(Outcome::Applied) => outcomes.push("applied"),
-                        Ok(Outcome::Skipped) => outcomes.push("skipped"),
-                        Ok(Outcome::ConflictLost) => outcomes.push("conflict_lost"),
-                        Err(ApplyError::Wait(_) | ApplyError::MissingColumn(_)) => return Err(ApplyError::NeedsCare),
-                        Err(e) => return Err(e),
+            let outcome = if plan.needs_nothing_looked_up(r, &self.plans) {
+                match plan.batch_write(origin, r, &self.plans) {
+                    Some(Ok(BatchWrite::Skip)) => "skipped",
+                    Some(Ok(BatchWrite::Upsert { columns, values })) => {
+                        self.push(tx, pending, entity, RowOp::Upsert { columns, values }).await?;
+                        "applied"
                     }
-                    continue;
+                    Some(Ok(BatchWrite::Delete(key))) => {
+                        self.push(tx, pending, entity, RowOp::Delete(key)).await?;
+                        "applied"
+                    }
+                    Some(Err(ApplyError::MissingColumn(_))) => return Err(ApplyError::NeedsCare),
+                    Some(Err(e)) => return Err(e),
+                    None => self.apply_alone(tx, pending, origin, r, plan).await?,
                 }
+            } else {
+                self.write_decided(tx, pending, origin, r, plan).await?
             };
-            match write {
-                BatchWrite::Skip => outcomes.push("skipped"),
-                BatchWrite::Upsert { columns, values } => {
-                    if !matches!(&group.kind, Some(GroupKind::Upsert(c)) if *c == columns && group.entity == *entity) {
-                        self.flush(tx, group).await?;
-                        group.entity = entity.clone();
-                        group.kind = Some(GroupKind::Upsert(columns));
-                    }
-                    group.rows.push(values);
-                    outcomes.push("applied");
-                }
-                BatchWrite::Delete(key) => {
-                    if !matches!(&group.kind, Some(GroupKind::Delete)) || group.entity != *entity {
-                        self.flush(tx, group).await?;
-                        group.entity = entity.clone();
-                        group.kind = Some(GroupKind::Delete);
-                    }
-                    group.rows.push(key);
-                    outcomes.push("applied");
-                }
-            }
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
 
-    /// Writes the rows gathered in `group`.
-    pub(super) async fn flush(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, group: &mut Group) -> Result<(), ApplyError> {
-        let Some(kind) = group.kind.take() else { return Ok(()) };
-        let rows = std::mem::take(&mut group.rows);
-        let plan = &self.plans[&group.entity];
-        let result = match &kind {
-            GroupKind::Upsert(columns) => plan.upsert_rows(tx, columns, &rows).await,
-            GroupKind::Delete => plan.delete_rows(tx, &rows).await,
-        };
-        match result {
-            Err(ApplyError::MissingColumn(_)) => Err(ApplyError::NeedsCare),
-            other => other,
+    /// A record of an entity that needs looking up, decided against what the batch knows.
+    async fn write_decided(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        pending: &mut Pending,
+        origin: &str,
+        r: &ChangeRecord,
+        plan: &EntityPlan,
+    ) -> Result<&'static str, ApplyError> {
+        let entity = &r.sitesync.entity;
+        let mut flushed = false;
+        loop {
+            let decision = match plan.decide(origin, r, &self.plans, &mut pending.known) {
+                Err(ApplyError::MissingColumn(_)) => return Err(ApplyError::NeedsCare),
+                other => other?,
+            };
+            return Ok(match decision {
+                Decision::AfterFlush if !flushed => {
+                    self.flush_all(tx, pending).await?;
+                    flushed = true;
+                    continue;
+                }
+                Decision::Unknown | Decision::AfterFlush => self.apply_alone(tx, pending, origin, r, plan).await?,
+                Decision::Skip => "skipped",
+                Decision::Lost => "conflict_lost",
+                Decision::Insert { columns, values, key } => {
+                    self.push(tx, pending, entity, RowOp::Insert { columns, values, key }).await?;
+                    "applied"
+                }
+                Decision::Upsert { columns, values } => {
+                    self.push(tx, pending, entity, RowOp::Upsert { columns, values }).await?;
+                    "applied"
+                }
+                Decision::Update { sets, key } => {
+                    // Statements go out in the order of the changes.
+                    self.flush_ops(tx, pending).await?;
+                    if plan.update(tx, &sets, key).await.map_err(needs_care_on_schema)? == 0 {
+                        // The row was read (and locked) by its key: it cannot have gone.
+                        return Err(ApplyError::NeedsCare);
+                    }
+                    "applied"
+                }
+            });
         }
     }
+
+    /// A record written by the per-record path, after everything pending; what the batch knew
+    /// of its table is forgotten.
+    async fn apply_alone(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        pending: &mut Pending,
+        origin: &str,
+        r: &ChangeRecord,
+        plan: &EntityPlan,
+    ) -> Result<&'static str, ApplyError> {
+        self.flush_all(tx, pending).await?;
+        let outcome = plan.apply(tx, origin, r, &self.plans).await;
+        let same_table: HashSet<&str> =
+            self.plans.values().filter(|p| p.config.table == plan.config.table).map(|p| p.name.as_str()).collect();
+        pending.known.forget(&same_table);
+        match outcome {
+            Ok(Outcome::Applied) => Ok("applied"),
+            Ok(Outcome::Skipped) => Ok("skipped"),
+            Ok(Outcome::ConflictLost) => Ok("conflict_lost"),
+            Err(ApplyError::Wait(_) | ApplyError::MissingColumn(_)) => Err(ApplyError::NeedsCare),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn push(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending, entity: &str, op: RowOp) -> Result<(), ApplyError> {
+        if pending.entity != entity {
+            self.flush_ops(tx, pending).await?;
+            pending.entity = entity.to_string();
+        }
+        pending.ops.push(op);
+        Ok(())
+    }
+
+    /// Sends everything pending: rows, then identity-map entries and versions.
+    pub(super) async fn flush_all(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending) -> Result<(), ApplyError> {
+        self.flush_ops(tx, pending).await?;
+        if pending.known.has_pending() {
+            self.write_known(tx, &mut pending.known).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending rows of one entity, as few statements as order allows.
+    async fn flush_ops(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending) -> Result<(), ApplyError> {
+        if pending.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut pending.ops);
+        let plan = self.plans[&pending.entity].clone();
+        let statements = if plan.upserts() && plan.integer_key() { in_rounds(&plan, ops) } else { in_runs(ops) };
+        let mut inserted = Vec::new();
+        for statement in statements {
+            let result = match &statement[0] {
+                RowOp::Delete(_) => {
+                    let keys: Vec<Vec<SqlValue>> = statement.into_iter().map(|op| match op {
+                        RowOp::Delete(k) => k,
+                        _ => unreachable!("one kind per statement"),
+                    }).collect();
+                    plan.delete_rows(tx, &keys).await
+                }
+                RowOp::Upsert { columns, .. } | RowOp::Insert { columns, .. } => {
+                    let columns = columns.clone();
+                    let insert = matches!(statement[0], RowOp::Insert { .. });
+                    let mut rows = Vec::with_capacity(statement.len());
+                    for op in statement {
+                        match op {
+                            RowOp::Upsert { values, .. } => rows.push(values),
+                            RowOp::Insert { values, key, .. } => {
+                                rows.push(values);
+                                inserted.push(key);
+                            }
+                            RowOp::Delete(_) => unreachable!("one kind per statement"),
+                        }
+                    }
+                    if insert { plan.insert_rows(tx, &columns, &rows).await } else { plan.upsert_rows(tx, &columns, &rows).await }
+                }
+            };
+            result.map_err(needs_care_on_schema)?;
+        }
+        self.read_inserted_ids(tx, &mut pending.known, &plan, &inserted).await
+    }
+}
+
+/// A local table that lacks a column the records have: the careful path waits for it.
+fn needs_care_on_schema(e: ApplyError) -> ApplyError {
+    match e {
+        ApplyError::MissingColumn(_) => ApplyError::NeedsCare,
+        other => other,
+    }
+}
+
+/// Consecutive ops of one kind and the same columns, one statement each, in order.
+fn in_runs(ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
+    let mut out: Vec<Vec<RowOp>> = Vec::new();
+    for op in ops {
+        match out.last_mut() {
+            Some(run) if run[0].joins(&op) => run.push(op),
+            _ => out.push(vec![op]),
+        }
+    }
+    out
+}
+
+/// Changes to different rows commute (no other unique key, integer primary key): the n-th
+/// change of every row goes in round n, and each round is one DELETE and one upsert per column
+/// set. Every row still sees its own changes in order; a delete followed by an insert of the
+/// same key (sysbench's mix, a row moved back and forth) stays two statements apart.
+fn in_rounds(plan: &EntityPlan, ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
+    let pk = &plan.target.primary_key;
+    let key_of = |op: &RowOp| -> Option<String> {
+        let values: Vec<&SqlValue> = match op {
+            RowOp::Delete(k) => k.iter().collect(),
+            RowOp::Upsert { columns, values } | RowOp::Insert { columns, values, .. } => pk
+                .iter()
+                .map(|c| columns.iter().position(|x| x == c).map(|i| &values[i]))
+                .collect::<Option<Vec<_>>>()?,
+        };
+        Some(values.iter().map(|v| sql_text(v)).collect::<Vec<_>>().join("\u{1f}"))
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<RowOp>> = Vec::new();
+    let mut keys = Vec::with_capacity(ops.len());
+    for op in &ops {
+        match key_of(op) {
+            Some(k) => keys.push(k),
+            // A row without its whole key: keep the plain order.
+            None => return in_runs(ops),
+        }
+    }
+    for (op, key) in ops.into_iter().zip(keys) {
+        let n = seen.entry(key).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.resize_with(*n + 1, Vec::new);
+        }
+        rounds[*n].push(op);
+        *n += 1;
+    }
+    let mut out = Vec::new();
+    for round in rounds {
+        let (deletes, writes): (Vec<RowOp>, Vec<RowOp>) = round.into_iter().partition(|op| matches!(op, RowOp::Delete(_)));
+        if !deletes.is_empty() {
+            out.push(deletes);
+        }
+        let mut by_columns: Vec<Vec<RowOp>> = Vec::new();
+        for op in writes {
+            match by_columns.iter_mut().find(|s| s[0].joins(&op)) {
+                Some(s) => s.push(op),
+                None => by_columns.push(vec![op]),
+            }
+        }
+        out.extend(by_columns);
+    }
+    out
 }

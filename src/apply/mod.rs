@@ -12,6 +12,7 @@
 //!   record that cannot be applied becomes a dead letter with its reason, and the stream goes on.
 
 mod fast;
+mod keyed;
 mod lag;
 mod parking;
 mod replay;
@@ -598,7 +599,10 @@ impl Applier {
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
         let mut newly_parked: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
-        let mut group = fast::Group::default();
+        let mut pending = fast::Pending::default();
+        if !careful && dead_reason.is_none() {
+            pending.known = self.prefetch(&mut tx, batch).await?;
+        }
         for (t_index, t) in batch.iter().enumerate() {
             let duplicate = self.already_applied(t)
                 || t.txn.as_ref().is_some_and(|(id, _)| {
@@ -642,7 +646,7 @@ impl Applier {
                 if behind_parked {
                     return Err(ApplyError::NeedsCare);
                 }
-                self.write_fast(&mut tx, &mut group, &t.origin, &records).await
+                self.write_fast(&mut tx, &mut pending, &t.origin, &records).await
             } else if behind_parked {
                 Err(ApplyError::Wait("an earlier transaction changing the same rows is waiting".into()))
             } else {
@@ -684,7 +688,7 @@ impl Applier {
                 Err(e) => return Err(e),
             }
         }
-        self.flush(&mut tx, &mut group).await?;
+        self.flush_all(&mut tx, &mut pending).await?;
         let rows: Vec<(&str, &str, u64, &str, i64)> = progress
             .iter()
             .map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts))

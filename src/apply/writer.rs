@@ -11,6 +11,9 @@ use super::ApplyError;
 use crate::config::{EntityConfig, OnDelete};
 use crate::record::{ChangeRecord, Op, RefKey};
 
+/// A statement prefix that writes ENUM's error value, which strict mode refuses.
+const LENIENT: &str = "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR ";
+
 /// Every entity known here by name: the ones applied and the ones referenced.
 pub type Plans = HashMap<String, Arc<EntityPlan>>;
 
@@ -108,7 +111,7 @@ impl EntityPlan {
     }
 
     /// The columns and values to write from an image.
-    fn assignments(&self, image: &Map<String, Value>, origin: &str) -> Result<Vec<(String, SqlValue)>, ApplyError> {
+    pub(super) fn assignments(&self, image: &Map<String, Value>, origin: &str) -> Result<Vec<(String, SqlValue)>, ApplyError> {
         let mut out = Vec::with_capacity(image.len() + 1);
         for (name, value) in image {
             let col = self.target.column(name)?;
@@ -130,7 +133,7 @@ impl EntityPlan {
         Ok(out)
     }
 
-    fn key_values(&self, image: &Map<String, Value>) -> Result<Vec<(String, SqlValue)>, ApplyError> {
+    pub(super) fn key_values(&self, image: &Map<String, Value>) -> Result<Vec<(String, SqlValue)>, ApplyError> {
         self.key_columns
             .iter()
             .map(|k| {
@@ -154,23 +157,23 @@ impl EntityPlan {
         let sql = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1", self.target.qualified(), where_clause(&values));
         let q = sqlx::query_scalar_with::<_, String, _>(AssertSqlSafe(sql), arguments(values.into_iter().map(|(_, v)| v))?);
         let id = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
-        Ok(id.map(|s| s.parse::<i64>().map(Value::from).unwrap_or(Value::String(s))))
+        Ok(id.map(local_id_value))
     }
 
-    /// Replaces the origin's ids in reference columns by this site's ids of the same rows.
+    /// The reference columns of `image` whose ids differ per site, each with the plan of the
+    /// entity it points to and the natural key the origin sent for the row.
     ///
     /// With `key_only`, only reference columns that are part of the key (a relationship row's
     /// identity): a before image serves to find the row, and the rows its other references
     /// pointed to may be gone by now.
-    async fn translate(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
+    pub(super) fn references<'s, 'a>(
+        &'s self,
         image: &Map<String, Value>,
-        refs: &[RefKey],
-        plans: &Plans,
+        refs: &'a [RefKey],
+        plans: &'a Plans,
         key_only: bool,
-    ) -> Result<Map<String, Value>, ApplyError> {
-        let mut out = image.clone();
+    ) -> Result<Vec<(&'s str, &'a EntityPlan, &'a RefKey)>, ApplyError> {
+        let mut out = Vec::new();
         for (col, target) in &self.refs {
             if key_only && !self.key_columns.contains(col) {
                 continue;
@@ -187,16 +190,28 @@ impl EntityPlan {
                     "`{col}` = {id} refers to a {target} whose natural key the origin did not send (the row no longer existed there when captured)"
                 ))
             })?;
+            out.push((col.as_str(), plan.as_ref(), rk));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the origin's ids in reference columns by this site's ids of the same rows
+    /// (see [`Self::references`] for `key_only`).
+    async fn translate(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        image: &Map<String, Value>,
+        refs: &[RefKey],
+        plans: &Plans,
+        key_only: bool,
+    ) -> Result<Map<String, Value>, ApplyError> {
+        let mut out = image.clone();
+        for (col, plan, rk) in self.references(image, refs, plans, key_only)? {
             match plan.local_id(tx, &rk.key).await? {
                 Some(local) => {
-                    out.insert(col.clone(), local);
+                    out.insert(col.to_string(), local);
                 }
-                None => {
-                    return Err(ApplyError::Wait(format!(
-                        "`{col}` refers to {target} {} which has not arrived here yet",
-                        Value::Object(rk.key.clone())
-                    )))
-                }
+                None => return Err(not_arrived(col, plan, rk)),
             }
         }
         Ok(out)
@@ -224,7 +239,7 @@ impl EntityPlan {
             where_clause(key)
         );
         let q = sqlx::query_scalar_with::<_, Option<String>, _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
-        let row_key = Value::Array(key.iter().map(|(_, v)| Value::String(sql_text(v))).collect()).to_string();
+        let row_key = row_key_text(key);
         let local = match q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)? {
             None => None,
             Some(v) => Some(v.unwrap_or_default()),
@@ -238,21 +253,8 @@ impl EntityPlan {
         .fetch_optional(&mut **tx)
         .await
         .map_err(ApplyError::classify)?;
-        let loses = match (&local, &written) {
-            // A delete was decided on the version it saw: only a strictly newer row survives it.
-            (Some(local), _) if deleting => compare_versions(&incoming, local).is_lt(),
-            (Some(local), written) => {
-                // A version this site's applier did not write was written here, by the application.
-                let local_origin = match written {
-                    Some((o, v, _)) if v == local => o.as_str(),
-                    _ => self.local_site.as_str(),
-                };
-                compare_versions(&incoming, local).then_with(|| origin.cmp(local_origin)).is_lt()
-            }
-            // No row, but a delete won here: changes not newer than what it deleted lose to it.
-            (None, Some((_, v, 1))) => compare_versions(&incoming, v).is_le(),
-            (None, _) => false,
-        };
+        let written = written.as_ref().map(|(o, v, d)| (o.as_str(), v.as_str(), *d == 1));
+        let loses = incoming_loses(&incoming, local.as_deref(), written, origin, &self.local_site, deleting);
         if loses {
             return Ok(false);
         }
@@ -404,7 +406,7 @@ impl EntityPlan {
     /// (index 0), which strict mode refuses; empty otherwise.
     fn lenient(&self, sets: &[(String, SqlValue)]) -> &'static str {
         if sets.iter().any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v))) {
-            "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR "
+            LENIENT
         } else {
             ""
         }
@@ -418,11 +420,22 @@ impl EntityPlan {
 
     /// Upserts rows by primary key in multi-row statements; a later row of the same key wins,
     /// as it would one statement at a time.
-    pub async fn upsert_rows(
+    pub async fn upsert_rows(&self, tx: &mut Transaction<'_, MySql>, columns: &[String], rows: &[Vec<SqlValue>]) -> Result<(), ApplyError> {
+        self.write_rows(tx, columns, rows, true).await
+    }
+
+    /// Inserts rows in multi-row statements; a row that collides with one already here is an
+    /// error, as it would be one statement at a time.
+    pub async fn insert_rows(&self, tx: &mut Transaction<'_, MySql>, columns: &[String], rows: &[Vec<SqlValue>]) -> Result<(), ApplyError> {
+        self.write_rows(tx, columns, rows, false).await
+    }
+
+    async fn write_rows(
         &self,
         tx: &mut Transaction<'_, MySql>,
         columns: &[String],
         rows: &[Vec<SqlValue>],
+        upsert: bool,
     ) -> Result<(), ApplyError> {
         let cols: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
         let updates: Vec<String> = columns
@@ -430,6 +443,13 @@ impl EntityPlan {
             .filter(|c| !self.target.primary_key.contains(c))
             .map(|c| format!("`{c}` = VALUES(`{c}`)"))
             .collect();
+        let on_duplicate = match (upsert, updates.is_empty()) {
+            (false, _) => String::new(),
+            // Every column is in the key: nothing to update, but unlike INSERT IGNORE this
+            // still reports bad values and foreign-key failures.
+            (true, true) => format!(" ON DUPLICATE KEY UPDATE {0} = {0}", cols[0]),
+            (true, false) => format!(" ON DUPLICATE KEY UPDATE {}", updates.join(", ")),
+        };
         let row = format!("({})", vec!["?"; cols.len()].join(", "));
         // MySQL binds at most 65,535 parameters per statement.
         let per_statement = (60_000 / cols.len().max(1)).max(1);
@@ -437,25 +457,9 @@ impl EntityPlan {
             let lenient = chunk.iter().any(|values| {
                 columns.iter().zip(values).any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)))
             });
-            let prefix = if lenient { "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR " } else { "" };
+            let prefix = if lenient { LENIENT } else { "" };
             let values = vec![row.as_str(); chunk.len()].join(", ");
-            let sql = if updates.is_empty() {
-                // Every column is in the key: nothing to update, but unlike INSERT IGNORE this
-                // still reports bad values and foreign-key failures.
-                let first = &cols[0];
-                format!(
-                    "{prefix}INSERT INTO {} ({}) VALUES {values} ON DUPLICATE KEY UPDATE {first} = {first}",
-                    self.target.qualified(),
-                    cols.join(", ")
-                )
-            } else {
-                format!(
-                    "{prefix}INSERT INTO {} ({}) VALUES {values} ON DUPLICATE KEY UPDATE {}",
-                    self.target.qualified(),
-                    cols.join(", "),
-                    updates.join(", ")
-                )
-            };
+            let sql = format!("{prefix}INSERT INTO {} ({}) VALUES {values}{on_duplicate}", self.target.qualified(), cols.join(", "));
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for values in chunk {
                 for v in values {
@@ -491,7 +495,7 @@ impl EntityPlan {
 
     /// Whether rows are written with INSERT ... ON DUPLICATE KEY UPDATE: only when the key is
     /// the primary key and no other unique index could make the upsert hit a different row.
-    fn upserts(&self) -> bool {
+    pub(super) fn upserts(&self) -> bool {
         self.key_is_primary && !self.target.other_unique_keys
     }
 
@@ -499,13 +503,7 @@ impl EntityPlan {
     /// primary key with nothing to look up first (no reference to translate, no version to
     /// compare, no key change, no deactivation).
     pub fn batch_write(&self, origin: &str, record: &ChangeRecord, plans: &Plans) -> Option<Result<BatchWrite, ApplyError>> {
-        if !self.key_is_primary || self.config.conflict.is_some() {
-            return None;
-        }
-        if !self.upserts() && record.op != Op::Delete {
-            return None;
-        }
-        if self.refs.iter().any(|(_, target)| plans.get(target).is_none_or(|p| !p.key_is_primary)) {
+        if !self.needs_nothing_looked_up(record, plans) {
             return None;
         }
         Some(match record.op {
@@ -533,6 +531,24 @@ impl EntityPlan {
         })
     }
 
+    /// Whether the primary key is integers only: keys that compare equal in Rust exactly when
+    /// they do in the database (no collation, no padding), so changes to different keys can be
+    /// reordered safely.
+    pub(super) fn integer_key(&self) -> bool {
+        self.target.primary_key.iter().all(|c| {
+            self.target.columns.get(c).is_some_and(|col| matches!(col.data_type.as_str(), "tinyint" | "smallint" | "mediumint" | "int" | "bigint"))
+        })
+    }
+
+    /// Whether `record` is written by primary key as it is: no reference to translate, no
+    /// version to compare, no other unique key an upsert could hit.
+    pub fn needs_nothing_looked_up(&self, record: &ChangeRecord, plans: &Plans) -> bool {
+        self.key_is_primary
+            && self.config.conflict.is_none()
+            && (self.upserts() || record.op == Op::Delete)
+            && self.refs.iter().all(|(_, target)| plans.get(target).is_some_and(|p| p.key_is_primary))
+    }
+
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
         let cols: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}`")).collect();
         let sql = format!("{}INSERT INTO {} ({}) VALUES ({})", self.lenient(sets), self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "));
@@ -545,7 +561,7 @@ impl EntityPlan {
     }
 
     /// `UPDATE ... WHERE key`; returns the number of rows matched.
-    async fn update(
+    pub(super) async fn update(
         &self,
         tx: &mut Transaction<'_, MySql>,
         sets: &[(String, SqlValue)],
@@ -568,12 +584,59 @@ impl EntityPlan {
     }
 }
 
-fn where_clause(key: &[(String, SqlValue)]) -> String {
+/// Last writer wins, decided: whether a change carrying version `incoming` from `origin` loses
+/// to the local row (`local`: its version, if the row exists) given what `row_versions` says
+/// wrote it (`written`: origin, version, deleted).
+pub(super) fn incoming_loses(
+    incoming: &str,
+    local: Option<&str>,
+    written: Option<(&str, &str, bool)>,
+    origin: &str,
+    local_site: &str,
+    deleting: bool,
+) -> bool {
+    match (local, written) {
+        // A delete was decided on the version it saw: only a strictly newer row survives it.
+        (Some(local), _) if deleting => compare_versions(incoming, local).is_lt(),
+        (Some(local), written) => {
+            // A version this site's applier did not write was written here, by the application.
+            let local_origin = match written {
+                Some((o, v, _)) if v == local => o,
+                _ => local_site,
+            };
+            compare_versions(incoming, local).then_with(|| origin.cmp(local_origin)).is_lt()
+        }
+        // No row, but a delete won here: changes not newer than what it deleted lose to it.
+        (None, Some((_, v, true))) => compare_versions(incoming, v).is_le(),
+        (None, _) => false,
+    }
+}
+
+/// This site's id of a row (read as text) as the value a reference column gets.
+pub(super) fn local_id_value(id: String) -> Value {
+    id.parse::<i64>().map(Value::from).unwrap_or(Value::String(id))
+}
+
+/// A row's identity in `row_versions` and in the batch's knowledge: its key values as text.
+pub(super) fn row_key_text(key: &[(String, SqlValue)]) -> String {
+    Value::Array(key.iter().map(|(_, v)| Value::String(sql_text(v))).collect()).to_string()
+}
+
+/// The wait for a referenced row that is not here yet.
+pub(super) fn not_arrived(col: &str, target: &EntityPlan, rk: &RefKey) -> ApplyError {
+    ApplyError::Wait(format!(
+        "`{col}` refers to {} {} which has not arrived here yet",
+        target.name,
+        Value::Object(rk.key.clone())
+    ))
+}
+
+pub(super) fn where_clause(key: &[(String, SqlValue)]) -> String {
     key.iter().map(|(c, _)| format!("`{c}` <=> ?")).collect::<Vec<_>>().join(" AND ")
 }
 
 /// A bound value as text, for version comparison and row identity.
-fn sql_text(v: &SqlValue) -> String {
+pub(super) fn sql_text(v: &SqlValue) -> String {
     match v {
         SqlValue::Null => String::new(),
         SqlValue::Int(i) => i.to_string(),

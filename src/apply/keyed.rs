@@ -1,0 +1,393 @@
+//! Set-based apply for entities whose rows must be looked up before they are written: matched
+//! by a natural key (ids differ per site), carrying references to translate, or guarded by
+//! last-writer-wins.
+//!
+//! The per-record path ([`EntityPlan::apply`]) asks the database row by row: this site's id of
+//! each referenced row, the local version and `row_versions`, then writes the row, its version
+//! and its identity-map entry, about six statements per row. Here a batch first reads all of
+//! that for all its records in a few statements ([`Applier::prefetch`]), decides each record in
+//! memory, in order, keeping what it knows current ([`EntityPlan::decide`]), and writes rows,
+//! versions and identity-map entries many per statement (fast.rs). A record the batch cannot
+//! decide (a delete, a key change, a reference to a row not here) goes the per-record way
+//! after the writes pending before it, and what the batch knew of its table is forgotten.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use sqlx::{AssertSqlSafe, MySql, Transaction};
+
+use super::target::{arguments, to_sql, SqlValue};
+use super::writer::{incoming_loses, local_id_value, row_key_text, sql_text, where_clause, EntityPlan, Plans};
+use super::{Applier, ApplyError, CompleteTxn};
+use crate::config::OnDelete;
+use crate::record::{ChangeRecord, Op, RefKey};
+
+/// A row's key: columns and values.
+type Key = Vec<(String, SqlValue)>;
+
+/// Keys per lookup statement (each is one indexed sub-select of a UNION ALL).
+const LOOKUP_CHUNK: usize = 200;
+
+/// A local row as the batch knows it.
+#[derive(Debug, Clone)]
+enum LocalRow {
+    Absent,
+    /// `id`: this site's primary key as text (None: inserted by this batch, not read back yet,
+    /// or a composite key). `version`: the version column as text (None: not read).
+    Present { id: Option<String>, version: Option<String> },
+}
+
+/// Who wrote a row's version (`row_versions`).
+#[derive(Debug, Clone)]
+struct Written {
+    origin: String,
+    version: String,
+    deleted: bool,
+}
+
+/// An identity-map entry to write: the origin's row `origin_key` became the local row whose
+/// key is `row_key`.
+struct Identity {
+    entity: String,
+    origin: String,
+    origin_key: String,
+    row_key: String,
+}
+
+/// What a batch knows of the local rows its records touch, and what it has still to write to
+/// the control tables.
+#[derive(Default)]
+pub(super) struct Known {
+    /// (entity, row key) -> the local row.
+    rows: HashMap<(String, String), LocalRow>,
+    /// (entity, row key) -> `row_versions` (None: no entry).
+    versions: HashMap<(String, String), Option<Written>>,
+    pending_versions: Vec<((String, String), Written)>,
+    pending_identities: Vec<Identity>,
+}
+
+/// How a record is written, decided from what the batch knows.
+pub(super) enum Decision {
+    /// Not decidable from what the batch knows: apply it the per-record way.
+    Unknown,
+    /// Decidable once the pending writes are done (it references a row this batch inserts).
+    AfterFlush,
+    /// Nothing to write (on_delete = ignore).
+    Skip,
+    /// The local row holds a later version (last writer wins).
+    Lost,
+    /// A new row.
+    Insert { columns: Vec<String>, values: Vec<SqlValue>, key: Vec<(String, SqlValue)> },
+    /// By primary key, inserted or updated.
+    Upsert { columns: Vec<String>, values: Vec<SqlValue> },
+    /// An existing row, found by its key.
+    Update { sets: Vec<(String, SqlValue)>, key: Vec<(String, SqlValue)> },
+}
+
+/// A reference-translated image, or why there is none.
+enum Translated {
+    Image(Map<String, Value>),
+    Unknown,
+    AfterFlush,
+}
+
+impl Known {
+    /// `image` with its reference columns holding this site's ids (`key_only`: see
+    /// [`EntityPlan::references`]).
+    fn translate(&self, plan: &EntityPlan, image: &Map<String, Value>, refs: &[RefKey], plans: &Plans, key_only: bool) -> Translated {
+        let Ok(references) = plan.references(image, refs, plans, key_only) else { return Translated::Unknown };
+        let mut out = image.clone();
+        for (col, target, rk) in references {
+            let Ok(key) = target.key_values(&rk.key) else { return Translated::Unknown };
+            match self.rows.get(&(target.name.clone(), row_key_text(&key))) {
+                Some(LocalRow::Present { id: Some(id), .. }) => {
+                    out.insert(col.to_string(), local_id_value(id.clone()));
+                }
+                Some(LocalRow::Present { id: None, .. }) if target.target.primary_key.len() == 1 => return Translated::AfterFlush,
+                _ => return Translated::Unknown,
+            }
+        }
+        Translated::Image(out)
+    }
+
+    /// Forgets every row of the tables `entities` write (after a per-record write to them).
+    pub(super) fn forget(&mut self, entities: &HashSet<&str>) {
+        self.rows.retain(|(e, _), _| !entities.contains(e.as_str()));
+        self.versions.retain(|(e, _), _| !entities.contains(e.as_str()));
+    }
+
+    fn remember_identity(&mut self, plan: &EntityPlan, origin: &str, origin_image: &Map<String, Value>, row_key: &str) {
+        let [pk] = plan.target.primary_key.as_slice() else { return };
+        let Some(origin_id) = origin_image.get(pk) else { return };
+        self.pending_identities.push(Identity {
+            entity: plan.name.clone(),
+            origin: origin.to_string(),
+            origin_key: origin_id.to_string(),
+            row_key: row_key.to_string(),
+        });
+    }
+
+    /// Whether control-table writes are pending.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending_versions.is_empty() || !self.pending_identities.is_empty()
+    }
+}
+
+impl EntityPlan {
+    /// Decides how `record` is written from what the batch knows, and updates that knowledge
+    /// as the write will leave the rows. Mirrors [`EntityPlan::apply`] exactly; anything it
+    /// cannot know is [`Decision::Unknown`].
+    pub(super) fn decide(&self, origin: &str, record: &ChangeRecord, plans: &Plans, known: &mut Known) -> Result<Decision, ApplyError> {
+        let after = match record.op {
+            Op::Delete if self.config.on_delete == OnDelete::Ignore => return Ok(Decision::Skip),
+            Op::Delete => return Ok(Decision::Unknown),
+            Op::Create | Op::Read | Op::Update => record.after.as_ref().expect("checked when parsed"),
+        };
+        if let (Op::Update, Some(before)) = (record.op, &record.before) {
+            if self.key_columns.iter().any(|k| before.get(k) != after.get(k)) {
+                return Ok(Decision::Unknown);
+            }
+        }
+        let image = match known.translate(self, after, &record.sitesync.refs, plans, false) {
+            Translated::Image(image) => image,
+            Translated::Unknown => return Ok(Decision::Unknown),
+            Translated::AfterFlush => return Ok(Decision::AfterFlush),
+        };
+        let sets = self.assignments(&image, origin)?;
+        let key = self.key_values(&image)?;
+        let row = (self.name.clone(), row_key_text(&key));
+        let Some(local) = known.rows.get(&row).cloned() else { return Ok(Decision::Unknown) };
+
+        // Last writer wins, on the versions the batch read (and wrote).
+        let mut new_version = None;
+        if let Some(conflict) = &self.config.conflict {
+            let col = self.target.column(&conflict.version_column)?;
+            if let Some(incoming) = image.get(&conflict.version_column) {
+                let incoming = sql_text(&to_sql(col, incoming)?);
+                let local_version = match &local {
+                    LocalRow::Absent => None,
+                    LocalRow::Present { version: Some(v), .. } => Some(v.as_str()),
+                    LocalRow::Present { version: None, .. } => return Ok(Decision::Unknown),
+                };
+                let Some(written) = known.versions.get(&row) else { return Ok(Decision::Unknown) };
+                let written = written.as_ref().map(|w| (w.origin.as_str(), w.version.as_str(), w.deleted));
+                if incoming_loses(&incoming, local_version, written, origin, &self.local_site, false) {
+                    if !self.key_is_primary {
+                        known.remember_identity(self, origin, after, &row.1);
+                    }
+                    return Ok(Decision::Lost);
+                }
+                new_version = Some(incoming);
+            }
+        }
+
+        // Decided: from here on the batch's knowledge follows the write.
+        if let Some(version) = &new_version {
+            let written = Written { origin: origin.to_string(), version: version.clone(), deleted: false };
+            known.versions.insert(row.clone(), Some(written.clone()));
+            known.pending_versions.push((row.clone(), written));
+        }
+        // The database may write a version differently from the record (a DATETIME's
+        // fraction): only an integer's text is known to read back the same.
+        let version_after = new_version.filter(|v| v.parse::<i64>().is_ok());
+        let (decision, id) = match (&local, self.upserts()) {
+            (_, true) => {
+                let (columns, values) = sets.into_iter().unzip();
+                (Decision::Upsert { columns, values }, None)
+            }
+            (LocalRow::Absent, false) => {
+                let (columns, values) = sets.into_iter().unzip();
+                (Decision::Insert { columns, values, key }, None)
+            }
+            (LocalRow::Present { id, .. }, false) => (Decision::Update { sets, key }, id.clone()),
+        };
+        known.rows.insert(row.clone(), LocalRow::Present { id, version: version_after });
+        if !self.key_is_primary {
+            known.remember_identity(self, origin, after, &row.1);
+        }
+        Ok(decision)
+    }
+
+    /// Looks up rows of this entity by key, many per statement: for each key, the row's id and
+    /// (`for_update`: locked, with its version column) its version; None where there is no row.
+    /// Each key is its own indexed sub-select, so a key matches exactly the rows it would match
+    /// alone (the column's collation decides, as in [`EntityPlan::apply`]).
+    async fn lookup(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        keys: &[Vec<(String, SqlValue)>],
+        for_update: bool,
+    ) -> Result<Vec<Option<(Option<String>, Option<String>)>>, ApplyError> {
+        let id = match self.target.primary_key.as_slice() {
+            [pk] => format!("CAST(`{pk}` AS CHAR)"),
+            _ => "NULL".to_string(),
+        };
+        let version = match (&self.config.conflict, for_update) {
+            (Some(c), true) => format!("CAST(`{}` AS CHAR)", c.version_column),
+            _ => "NULL".to_string(),
+        };
+        let lock = if for_update { " FOR UPDATE" } else { "" };
+        let mut out = vec![None; keys.len()];
+        for (chunk_no, chunk) in keys.chunks(LOOKUP_CHUNK).enumerate() {
+            let sql = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    format!("(SELECT {i}, {id}, {version} FROM {} WHERE {} LIMIT 1{lock})", self.target.qualified(), where_clause(key))
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let args = arguments(chunk.iter().flatten().map(|(_, v)| v.clone()))?;
+            let rows: Vec<(i64, Option<String>, Option<String>)> =
+                sqlx::query_as_with(AssertSqlSafe(sql), args).fetch_all(&mut **tx).await.map_err(ApplyError::classify)?;
+            for (i, id, version) in rows {
+                let version = for_update.then(|| version.unwrap_or_default()).filter(|_| self.config.conflict.is_some());
+                out[chunk_no * LOOKUP_CHUNK + i as usize] = Some((id, version));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Applier {
+    /// Reads, for the records of `batch` that need it, this site's ids of the rows they
+    /// reference, their own rows (locked, with versions) and their `row_versions`.
+    pub(super) async fn prefetch(&self, tx: &mut Transaction<'_, MySql>, batch: &[CompleteTxn]) -> Result<Known, ApplyError> {
+        let mut known = Known::default();
+        let mut records: Vec<(&EntityPlan, &ChangeRecord)> = Vec::new();
+        for t in batch.iter().filter(|t| !self.already_applied(t)) {
+            for r in t.records.iter().filter_map(|inc| inc.record.as_ref().ok()) {
+                let Some(plan) = self.plans.get(&r.sitesync.entity) else { continue };
+                let routed = r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(&t.origin, &self.ctx.site, &plan.name);
+                if routed && r.after.is_some() && !plan.needs_nothing_looked_up(r, &self.plans) {
+                    records.push((plan.as_ref(), r));
+                }
+            }
+        }
+        if records.is_empty() {
+            return Ok(known);
+        }
+
+        // 1. The referenced rows: this site's ids.
+        let mut referenced: Wanted = Wanted::default();
+        for (plan, r) in &records {
+            let after = r.after.as_ref().expect("filtered");
+            for (_, target, rk) in plan.references(after, &r.sitesync.refs, &self.plans, false).unwrap_or_default() {
+                if let Ok(key) = target.key_values(&rk.key) {
+                    referenced.add(target, key);
+                }
+            }
+        }
+        for (plan, keys) in referenced.into_entities() {
+            let found = plan.lookup(tx, &keys, false).await?;
+            for (key, row) in keys.iter().zip(found) {
+                let local = match row {
+                    Some((id, _)) => LocalRow::Present { id, version: None },
+                    None => LocalRow::Absent,
+                };
+                known.rows.insert((plan.name.clone(), row_key_text(key)), local);
+            }
+        }
+
+        // 2. The records' own rows, found by their keys (translated where references are part
+        // of the key), locked as the per-record path locks them, with versions.
+        let mut own: Wanted = Wanted::default();
+        for (plan, r) in &records {
+            let after = r.after.as_ref().expect("filtered");
+            if let Translated::Image(image) = known.translate(plan, after, &r.sitesync.refs, &self.plans, true) {
+                if let Ok(key) = plan.key_values(&image) {
+                    own.add(plan, key);
+                }
+            }
+        }
+        for (plan, keys) in own.into_entities() {
+            let found = plan.lookup(tx, &keys, true).await?;
+            let row_keys: Vec<String> = keys.iter().map(|k| row_key_text(k)).collect();
+            for (row_key, row) in row_keys.iter().zip(found) {
+                let local = match row {
+                    Some((id, version)) => LocalRow::Present { id, version },
+                    None => LocalRow::Absent,
+                };
+                known.rows.insert((plan.name.clone(), row_key.clone()), local);
+            }
+            if plan.config.conflict.is_some() {
+                let refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();
+                let written = self.control.read_versions(tx, &plan.name, &refs).await.map_err(ApplyError::classify)?;
+                for row_key in &row_keys {
+                    known.versions.insert((plan.name.clone(), row_key.clone()), None);
+                }
+                for (row_key, origin, version, deleted) in written {
+                    known.versions.insert((plan.name.clone(), row_key), Some(Written { origin, version, deleted }));
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// After rows of `plan` were inserted: reads their ids back (references to them later in
+    /// the batch, identity-map entries).
+    pub(super) async fn read_inserted_ids(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        known: &mut Known,
+        plan: &EntityPlan,
+        keys: &[Vec<(String, SqlValue)>],
+    ) -> Result<(), ApplyError> {
+        if plan.target.primary_key.len() != 1 || keys.is_empty() {
+            return Ok(());
+        }
+        let found = plan.lookup(tx, keys, false).await?;
+        for (key, row) in keys.iter().zip(found) {
+            if let (Some((Some(id), _)), Some(LocalRow::Present { id: slot, .. })) =
+                (row, known.rows.get_mut(&(plan.name.clone(), row_key_text(key))))
+            {
+                *slot = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the identity-map entries and row versions the batch decided.
+    pub(super) async fn write_known(&self, tx: &mut Transaction<'_, MySql>, known: &mut Known) -> Result<(), ApplyError> {
+        let identities = std::mem::take(&mut known.pending_identities);
+        let mut entries = Vec::with_capacity(identities.len());
+        for i in &identities {
+            match known.rows.get(&(i.entity.clone(), i.row_key.clone())) {
+                Some(LocalRow::Present { id: Some(id), .. }) => entries.push((i.entity.as_str(), i.origin.as_str(), i.origin_key.as_str(), id.as_str())),
+                // Every decided row's id is known once its insert was read back.
+                _ => return Err(ApplyError::NeedsCare),
+            }
+        }
+        self.control.write_identities(tx, &entries).await.map_err(ApplyError::classify)?;
+        let versions = std::mem::take(&mut known.pending_versions);
+        let entries: Vec<_> = versions
+            .iter()
+            .map(|((entity, row_key), w)| (entity.as_str(), row_key.as_str(), w.origin.as_str(), w.version.as_str(), w.deleted))
+            .collect();
+        self.control.write_versions(tx, &entries).await.map_err(ApplyError::classify)?;
+        Ok(())
+    }
+}
+
+/// Keys to look up per entity, each once, in first-seen order.
+#[derive(Default)]
+struct Wanted<'p> {
+    entities: Vec<(&'p EntityPlan, Vec<Key>)>,
+    seen: HashSet<(String, String)>,
+}
+
+impl<'p> Wanted<'p> {
+    fn add(&mut self, plan: &'p EntityPlan, key: Vec<(String, SqlValue)>) {
+        if !self.seen.insert((plan.name.clone(), row_key_text(&key))) {
+            return;
+        }
+        match self.entities.iter_mut().find(|(p, _)| p.name == plan.name) {
+            Some((_, keys)) => keys.push(key),
+            None => self.entities.push((plan, vec![key])),
+        }
+    }
+
+    fn into_entities(self) -> Vec<(&'p EntityPlan, Vec<Key>)> {
+        self.entities
+    }
+}
