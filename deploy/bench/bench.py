@@ -58,6 +58,7 @@ PHASES = env_list("BENCH_PHASES", "bulk,lag,snapshot,stall")
 KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
 PERF = os.environ.get("BENCH_PERF", "0") == "1"
 PERF_FREQ = env_int("BENCH_PERF_FREQ", 199)
+HEAPTRACK = os.environ.get("BENCH_HEAPTRACK", "0") == "1"
 # Extra tuning for every federation file of the run, e.g. to try librdkafka settings:
 #   BENCH_KAFKA_PROPERTIES="queued.max.messages.kbytes=16384,queue.buffering.max.kbytes=16384"
 #   BENCH_TOML=$'[apply]\nbatch_records = 5000'
@@ -274,10 +275,13 @@ class Sitesync:
         if PERF and command in ("capture", "apply", "run"):
             self.perf_data = os.path.join(OUT, f"perf-{fed.name}-{site}-{command}.data")
             args = ["perf", "record", "-e", "cpu-clock", "-F", str(PERF_FREQ), "--call-graph", "dwarf,16384", "-o", self.perf_data, "--"] + args
+        elif HEAPTRACK and command in ("capture", "apply", "run"):
+            # Heap profile (heaptrack_print -f <file>.zst): who holds the memory at the peak.
+            args = ["heaptrack", "-o", os.path.join(OUT, f"heaptrack-{fed.name}-{site}-{command}")] + args
         self.started = time.time()
         self.p = subprocess.Popen(args, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.p.pid
-        if PERF and command in ("capture", "apply", "run"):
+        if (PERF or HEAPTRACK) and command in ("capture", "apply", "run"):
             self.pid = self._child_of(self.p.pid)
         self.listen = fed.listen[site]
 
