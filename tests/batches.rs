@@ -73,10 +73,12 @@ async fn a_natural_key_backlog_in_large_batches_matches_the_origin_row_for_row()
                     "ALTER TABLE user AUTO_INCREMENT = {}; INSERT INTO user (token, name, mtime) VALUES ('admin', 'Admin', 0)",
                     1000 * (i + 1)
                 );
+                // And one whose key B spells in other case: the column's collation makes it the
+                // same person, as it would for one change applied alone.
                 if i == 0 {
-                    sql.push_str(", ('old5', 'A-old5', 1), ('new50', 'A-new50', 1)");
+                    sql.push_str(", ('old5', 'A-old5', 1), ('new50', 'A-new50', 1), ('case1', 'A-case1', 1)");
                 } else {
-                    sql.push_str(", ('old5', 'B-old5', 5), ('new50', 'B-new50', 50)");
+                    sql.push_str(", ('old5', 'B-old5', 5), ('new50', 'B-new50', 50), ('CASE1', 'B-case1', 5)");
                 }
                 sql
             },
@@ -106,12 +108,13 @@ async fn a_natural_key_backlog_in_large_batches_matches_the_origin_row_for_row()
     // History meets the backlog: A's version beats B's older one and loses to B's newer one.
     fed.exec("a", "UPDATE user SET name = 'A-old5', mtime = 10 WHERE token = 'old5'").await;
     fed.exec("a", "UPDATE user SET name = 'A-new50', mtime = 20 WHERE token = 'new50'").await;
+    fed.exec("a", "UPDATE user SET name = 'A-case1', mtime = 10 WHERE token = 'case1'").await;
     // A delete among the inserts and updates, then the same token again under a new id.
     fed.exec("a", "DELETE FROM user WHERE token = 'u199'").await;
     fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('u199', 'reborn', 30)").await;
     fed.exec("a", "UPDATE user SET name = 'three', mtime = 40 WHERE token IN ('u000', 'u100')").await;
-    // 200 + 50 + 50 + 1 + 2 + 2 + 1 + 1 + 2 changes.
-    wait_published(&mut fed, "a", 309).await;
+    // 200 + 50 + 50 + 1 + 2 + 3 + 1 + 1 + 2 changes.
+    wait_published(&mut fed, "a", 310).await;
 
     fed.start("b", &["apply"]);
     let (pa, pb) = (fed.pool("a").clone(), fed.pool("b").clone());
@@ -134,6 +137,11 @@ async fn a_natural_key_backlog_in_large_batches_matches_the_origin_row_for_row()
     assert_eq!(
         fed.rows("b", "SELECT token, name, mtime FROM user WHERE token IN ('old5', 'new50') ORDER BY token").await,
         [["new50", "B-new50", "50"], ["old5", "A-old5", "10"]]
+    );
+    assert_eq!(
+        fed.rows("b", "SELECT token, name, mtime, id FROM user WHERE token = 'case1'").await,
+        [["case1", "A-case1", "10", "2003"]],
+        "B's CASE1 (id 2003, seeded fourth) is A's case1: updated in place"
     );
     // The versions B's applier wrote, by whom.
     let ctl = &fed.control_db;

@@ -329,6 +329,20 @@ class Sitesync:
                 total += float(m.group(3))
         return total
 
+    def histograms(self):
+        """name -> (sum, count) of every histogram, all labels added up (None if unreachable)."""
+        try:
+            text = self.metrics()
+        except OSError:
+            return None
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r"^([a-zA-Z_:]+)_(sum|count)(\{[^}]*\})?\s+(\S+)", line)
+            if m:
+                s, c = out.get(m.group(1), (0.0, 0.0))
+                out[m.group(1)] = (s + float(m.group(4)), c) if m.group(2) == "sum" else (s, c + float(m.group(4)))
+        return out
+
     def wait_ready(self, timeout=60):
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -826,6 +840,7 @@ def lag_scenario(load, rows_per_s, rows_per_txn):
     meter = CpuMeter()
     status0 = server_status(PORT_B)
     cap0, app0 = load.capture.stat(), load.apply.stat()
+    hist0 = (load.capture.histograms(), load.apply.histograms())
     hw0 = high_watermark(load.topic)
     start = time.time()
     w = load.writer(rows_per_s, rows_per_txn, LAG_SECONDS, threads_for(rows_per_s / rows_per_txn))
@@ -852,10 +867,29 @@ def lag_scenario(load, rows_per_s, rows_per_txn):
         "capture_rss_mb": round(cap1[1], 1), "apply_rss_mb": round(app1[1], 1),
         **meter.result(), "loadavg": loadavg(),
         "server_b_statements_per_1000_rows": per_1000_rows(status0, server_status(PORT_B), max(len(rows), 1)),
+        # Where the time goes, as means over the scenario (histogram deltas): the origin's
+        # commit to capture reading it, record handed to Kafka to acknowledged, one apply
+        # transaction begin to commit, and records per apply transaction.
+        "stages": stage_means(hist0, (load.capture.histograms(), load.apply.histograms())),
     }
     log(f"lag {load.kind} {rows_per_s}/s x{rows_per_txn}: offered {offered:.0f} rows/s, p50 {r['lag_ms']['p50']} ms, "
-        f"p99 {r['lag_ms']['p99']} ms, max {r['lag_ms']['max']} ms, drained={drained}")
+        f"p99 {r['lag_ms']['p99']} ms, max {r['lag_ms']['max']} ms, drained={drained}; means {r['stages']}")
     return r
+
+
+def stage_means(before, after):
+    names = {"capture_delay_ms": (0, "sitesync_capture_delay_seconds", 1000), "publish_ms": (0, "sitesync_capture_publish_duration_seconds", 1000),
+             "apply_txn_ms": (1, "sitesync_apply_batch_duration_seconds", 1000), "apply_txn_records": (1, "sitesync_apply_batch_records", 1),
+             "apply_latency_ms": (1, "sitesync_apply_latency_seconds", 1000)}
+    out = {}
+    for key, (proc, name, scale) in names.items():
+        b, a = before[proc], after[proc]
+        if not b or not a or name not in a:
+            continue
+        s0, c0 = b.get(name, (0.0, 0.0))
+        s1, c1 = a[name]
+        out[key] = round(scale * (s1 - s0) / (c1 - c0), 2) if c1 > c0 else None
+    return out
 
 
 def phase_lag():

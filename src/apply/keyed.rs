@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
-use sqlx::{AssertSqlSafe, MySql, Transaction};
+use sqlx::{AssertSqlSafe, MySql, Row as _, Transaction};
 
 use super::target::{arguments, to_sql, SqlValue};
 use super::writer::{incoming_loses, local_id_value, row_key_text, sql_text, where_clause, EntityPlan, Plans};
@@ -25,8 +25,13 @@ use crate::record::{ChangeRecord, Op, RefKey};
 /// A row's key: columns and values.
 type Key = Vec<(String, SqlValue)>;
 
-/// Keys per lookup statement (each is one indexed sub-select of a UNION ALL).
-const LOOKUP_CHUNK: usize = 200;
+/// Keys per `IN (...)` lookup.
+const IN_CHUNK: usize = 1_000;
+/// Keys per UNION ALL lookup (each key one indexed sub-select).
+const UNION_CHUNK: usize = 200;
+
+/// A looked-up row: this site's id and version as text (None: no such row).
+type Found = Option<(Option<String>, Option<String>)>;
 
 /// A local row as the batch knows it.
 #[derive(Debug, Clone)]
@@ -210,14 +215,51 @@ impl EntityPlan {
 
     /// Looks up rows of this entity by key, many per statement: for each key, the row's id and
     /// (`for_update`: locked, with its version column) its version; None where there is no row.
-    /// Each key is its own indexed sub-select, so a key matches exactly the rows it would match
-    /// alone (the column's collation decides, as in [`EntityPlan::apply`]).
-    async fn lookup(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        keys: &[Vec<(String, SqlValue)>],
-        for_update: bool,
-    ) -> Result<Vec<Option<(Option<String>, Option<String>)>>, ApplyError> {
+    ///
+    /// A key must match exactly the rows it would match alone, where the column's collation
+    /// decides (`'Alice'` finds `'alice'`). One `WHERE key IN (...)` returns the rows with their
+    /// key columns; a key whose row came back with the same text is found. The rest are absent
+    /// when a unique index covers the key and every row returned was claimed (an absent key
+    /// wrongly presumed so makes its INSERT fail, and the batch goes the careful way); else
+    /// each of them is asked alone, one indexed sub-select per key, in a UNION ALL.
+    async fn lookup(&self, tx: &mut Transaction<'_, MySql>, keys: &[Key], for_update: bool) -> Result<Vec<Found>, ApplyError> {
+        let mut out = vec![None; keys.len()];
+        let mut unresolved: Vec<usize> = Vec::new();
+        let mut claimed_all = true;
+        let (by_in, by_one): (Vec<usize>, Vec<usize>) =
+            (0..keys.len()).partition(|&i| keys[i].iter().all(|(_, v)| !matches!(v, SqlValue::Null)));
+        for chunk in by_in.chunks(IN_CHUNK) {
+            let rows = self.lookup_in(tx, chunk.iter().map(|&i| &keys[i]), for_update).await?;
+            let mut by_text: HashMap<String, usize> = chunk.iter().map(|&i| (key_text(&keys[i]), i)).collect();
+            for (texts, id, version) in rows {
+                match by_text.remove(&texts.join("\u{1f}")) {
+                    Some(i) => out[i] = Some((id, self.version_read(for_update, version))),
+                    None => claimed_all = false,
+                }
+            }
+            unresolved.extend(by_text.into_values());
+        }
+        if !(self.key_is_unique && claimed_all) {
+            unresolved.sort_unstable();
+        } else {
+            unresolved.clear();
+        }
+        unresolved.extend(by_one);
+        for chunk in unresolved.chunks(UNION_CHUNK) {
+            for (n, id, version) in self.lookup_each(tx, chunk.iter().map(|&i| &keys[i]), for_update).await? {
+                out[chunk[n]] = Some((id, self.version_read(for_update, version)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The version as the per-record path reads it (NULL as empty), where it was asked for.
+    fn version_read(&self, for_update: bool, version: Option<String>) -> Option<String> {
+        (for_update && self.config.conflict.is_some()).then(|| version.unwrap_or_default())
+    }
+
+    /// `SELECT id, version` expressions and the locking clause of a lookup.
+    fn lookup_columns(&self, for_update: bool) -> (String, String, &'static str) {
         let id = match self.target.primary_key.as_slice() {
             [pk] => format!("CAST(`{pk}` AS CHAR)"),
             _ => "NULL".to_string(),
@@ -226,27 +268,70 @@ impl EntityPlan {
             (Some(c), true) => format!("CAST(`{}` AS CHAR)", c.version_column),
             _ => "NULL".to_string(),
         };
-        let lock = if for_update { " FOR UPDATE" } else { "" };
-        let mut out = vec![None; keys.len()];
-        for (chunk_no, chunk) in keys.chunks(LOOKUP_CHUNK).enumerate() {
-            let sql = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, key)| {
-                    format!("(SELECT {i}, {id}, {version} FROM {} WHERE {} LIMIT 1{lock})", self.target.qualified(), where_clause(key))
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ");
-            let args = arguments(chunk.iter().flatten().map(|(_, v)| v.clone()))?;
-            let rows: Vec<(i64, Option<String>, Option<String>)> =
-                sqlx::query_as_with(AssertSqlSafe(sql), args).fetch_all(&mut **tx).await.map_err(ApplyError::classify)?;
-            for (i, id, version) in rows {
-                let version = for_update.then(|| version.unwrap_or_default()).filter(|_| self.config.conflict.is_some());
-                out[chunk_no * LOOKUP_CHUNK + i as usize] = Some((id, version));
+        (id, version, if for_update { " FOR UPDATE" } else { "" })
+    }
+
+    /// One `WHERE key IN (...)`: each row's key columns as text, id, version.
+    async fn lookup_in<'k>(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        keys: impl Iterator<Item = &'k Key> + Clone,
+        for_update: bool,
+    ) -> Result<Vec<(Vec<String>, Option<String>, Option<String>)>, ApplyError> {
+        let (id, version, lock) = self.lookup_columns(for_update);
+        let texts: Vec<String> = self.key_columns.iter().map(|c| format!("CAST(`{c}` AS CHAR)")).collect();
+        let columns: Vec<String> = self.key_columns.iter().map(|c| format!("`{c}`")).collect();
+        let tuple = format!("({})", vec!["?"; columns.len()].join(", "));
+        let n = keys.clone().count();
+        let sql = format!(
+            "SELECT {id}, {version}, {} FROM {} WHERE ({}) IN ({}){lock}",
+            texts.join(", "),
+            self.target.qualified(),
+            columns.join(", "),
+            vec![tuple.as_str(); n].join(", ")
+        );
+        // Values in the key's column order, whatever order the record listed them in.
+        let mut values = Vec::with_capacity(n * columns.len());
+        for key in keys {
+            for c in &self.key_columns {
+                values.push(key.iter().find(|(k, _)| k == c).map(|(_, v)| v.clone()).unwrap_or(SqlValue::Null));
             }
         }
-        Ok(out)
+        let rows = sqlx::query_with(AssertSqlSafe(sql), arguments(values)?).fetch_all(&mut **tx).await.map_err(ApplyError::classify)?;
+        rows.iter()
+            .map(|row| {
+                let get = |i: usize| row.try_get::<Option<String>, _>(i).map_err(ApplyError::Database);
+                let texts = (0..self.key_columns.len()).map(|i| get(2 + i).map(Option::unwrap_or_default)).collect::<Result<_, _>>()?;
+                Ok((texts, get(0)?, get(1)?))
+            })
+            .collect()
     }
+
+    /// Each key its own indexed sub-select, `LIMIT 1` as the per-record path: (position, id, version).
+    async fn lookup_each<'k>(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        keys: impl Iterator<Item = &'k Key>,
+        for_update: bool,
+    ) -> Result<Vec<(usize, Option<String>, Option<String>)>, ApplyError> {
+        let (id, version, lock) = self.lookup_columns(for_update);
+        let mut parts = Vec::new();
+        let mut values = Vec::new();
+        for (i, key) in keys.enumerate() {
+            parts.push(format!("(SELECT {i}, {id}, {version} FROM {} WHERE {} LIMIT 1{lock})", self.target.qualified(), where_clause(key)));
+            values.extend(key.iter().map(|(_, v)| v.clone()));
+        }
+        let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as_with(AssertSqlSafe(parts.join(" UNION ALL ")), arguments(values)?)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(ApplyError::classify)?;
+        Ok(rows.into_iter().map(|(i, id, version)| (i as usize, id, version)).collect())
+    }
+}
+
+/// A key's values as the text `CAST(column AS CHAR)` gives for the same value, in key order.
+fn key_text(key: &Key) -> String {
+    key.iter().map(|(_, v)| sql_text(v)).collect::<Vec<_>>().join("\u{1f}")
 }
 
 impl Applier {

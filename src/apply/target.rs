@@ -43,6 +43,8 @@ pub struct TargetTable {
     pub primary_key: Vec<String>,
     /// Unique indexes besides the primary key: an upsert could then hit another row.
     pub other_unique_keys: bool,
+    /// The columns of each unique index besides the primary key.
+    pub unique_keys: Vec<Vec<String>>,
 }
 
 impl TargetTable {
@@ -92,16 +94,31 @@ impl TargetTable {
         .await
         .map_err(ApplyError::Database)?;
         let primary_key = pk_rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        let other_unique: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.STATISTICS
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'",
+        let unique_rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
         )
         .bind(db)
         .bind(table)
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await
         .map_err(ApplyError::Database)?;
-        Ok(TargetTable { db: db.to_string(), table: table.to_string(), columns, primary_key, other_unique_keys: other_unique > 0 })
+        let mut unique_keys: Vec<(String, Vec<String>)> = Vec::new();
+        for (index, column) in unique_rows {
+            match unique_keys.last_mut() {
+                Some((name, columns)) if *name == index => columns.push(column),
+                _ => unique_keys.push((index, vec![column])),
+            }
+        }
+        Ok(TargetTable {
+            db: db.to_string(),
+            table: table.to_string(),
+            columns,
+            primary_key,
+            other_unique_keys: !unique_keys.is_empty(),
+            unique_keys: unique_keys.into_iter().map(|(_, columns)| columns).collect(),
+        })
     }
 
     /// The column `name`, or a definite error naming it.

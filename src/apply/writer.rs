@@ -29,6 +29,9 @@ pub struct EntityPlan {
     pub key_columns: Vec<String>,
     /// The natural key is the primary key: rows are upserted by it, ids are the same everywhere.
     pub key_is_primary: bool,
+    /// A unique index (or the primary key) covers exactly the key columns: the database itself
+    /// refuses a second row with an equal key.
+    pub key_is_unique: bool,
     /// Reference columns and the entity each points to.
     pub refs: Vec<(String, String)>,
     /// The control database (for the identity map).
@@ -98,10 +101,17 @@ impl EntityPlan {
         sorted_key.sort();
         let mut sorted_pk = target.primary_key.clone();
         sorted_pk.sort();
+        let key_is_unique = sorted_key == sorted_pk
+            || target.unique_keys.iter().any(|index| {
+                let mut index = index.clone();
+                index.sort();
+                index == sorted_key
+            });
         Ok(EntityPlan {
             name: name.to_string(),
             config: config.clone(),
             key_is_primary: sorted_key == sorted_pk,
+            key_is_unique,
             refs: config.refs.iter().map(|(c, e)| (c.clone(), e.clone())).collect(),
             control_db: control_db.to_string(),
             local_site: local_site.to_string(),
