@@ -603,6 +603,7 @@ impl Applier {
         if !careful && dead_reason.is_none() {
             pending.known = self.prefetch(&mut tx, batch).await?;
         }
+        let prefetched = started.elapsed();
         for (t_index, t) in batch.iter().enumerate() {
             let duplicate = self.already_applied(t)
                 || t.txn.as_ref().is_some_and(|(id, _)| {
@@ -688,13 +689,22 @@ impl Applier {
                 Err(e) => return Err(e),
             }
         }
+        let decided = started.elapsed();
         self.flush_all(&mut tx, &mut pending).await?;
+        let flushed = started.elapsed();
         let rows: Vec<(&str, &str, u64, &str, i64)> = progress
             .iter()
             .map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts))
             .collect();
         self.control.write_progress(&mut tx, &rows).await.map_err(ApplyError::Database)?;
+        let before_commit = started.elapsed();
         tx.commit().await.map_err(ApplyError::Database)?;
+        tracing::debug!(
+            site = %self.ctx.site, txns = batch.len(), careful,
+            prefetch_ms = prefetched.as_secs_f64() * 1e3, decide_ms = (decided - prefetched).as_secs_f64() * 1e3,
+            flush_ms = (flushed - decided).as_secs_f64() * 1e3, commit_ms = (started.elapsed() - before_commit).as_secs_f64() * 1e3,
+            "batch applied"
+        );
 
         for ((o, s), (seq, _, _)) in progress {
             self.progress.insert((o, s), seq);
