@@ -287,16 +287,22 @@ class Sitesync:
 
     @staticmethod
     def _child_of(pid):
-        for _ in range(100):
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    kids = f.read().split()
-                if kids:
-                    return int(kids[0])
-            except FileNotFoundError:
-                pass
+        """The sitesync process under a wrapper (perf, heaptrack): the descendant running BIN."""
+        for _ in range(200):
+            todo = [pid]
+            while todo:
+                p = todo.pop()
+                try:
+                    with open(f"/proc/{p}/cmdline", "rb") as f:
+                        if f.read().split(b"\0")[0] == BIN.encode() and p != pid:
+                            return p
+                    for task in os.listdir(f"/proc/{p}/task"):
+                        with open(f"/proc/{p}/task/{task}/children") as f:
+                            todo.extend(int(k) for k in f.read().split())
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
             time.sleep(0.05)
-        raise RuntimeError("perf did not start sitesync")
+        raise RuntimeError("the wrapper did not start sitesync")
 
     def alive(self):
         return self.p.poll() is None
@@ -366,6 +372,10 @@ class Sitesync:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)  # a wrapper's helpers (heaptrack_interpret), if any
+        except ProcessLookupError:
+            pass
 
 
 def tail(path, n=30):
