@@ -362,7 +362,11 @@ pub fn member_bytes(member: &str) -> Result<Vec<u8>, String> {
 /// The row images of a rows event: `(before, after)` per row, as mysql_common's
 /// `RowsEventData::rows` gives them, but with the values [`read_value`] decodes itself.
 pub fn rows<'a>(data: &'a RowsEventData<'a>, info: &'a TableInfo) -> Rows<'a> {
-    Rows { data, info, buf: ParseBuf(data.rows_data()), failed: false }
+    let n = info.columns.len();
+    // Which columns each image holds: the same for every row of the event.
+    let before_cols = data.columns_before_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
+    let after_cols = data.columns_after_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
+    Rows { data, info, buf: ParseBuf(data.rows_data()), failed: false, before_cols, after_cols }
 }
 
 /// Iterator of [`rows`].
@@ -371,13 +375,14 @@ pub struct Rows<'a> {
     info: &'a TableInfo,
     buf: ParseBuf<'a>,
     failed: bool,
+    before_cols: Option<Vec<bool>>,
+    after_cols: Option<Vec<bool>>,
 }
 
 impl<'a> Rows<'a> {
-    fn image(&mut self, present: &[bool]) -> io::Result<BinlogRow> {
-        let columns: &'a [ColumnInfo] = &self.info.columns;
+    fn image(buf: &mut ParseBuf<'a>, columns: &'a [ColumnInfo], present: &[bool]) -> io::Result<BinlogRow> {
         let count = present.iter().filter(|p| **p).count();
-        let nulls = self.buf.checked_eat(count.div_ceil(8)).ok_or_else(truncated)?;
+        let nulls = buf.checked_eat(count.div_ceil(8)).ok_or_else(truncated)?;
         let mut values: Vec<Option<BinlogValue<'static>>> = vec![None; columns.len()];
         let mut k = 0;
         for (i, col) in columns.iter().enumerate() {
@@ -386,7 +391,7 @@ impl<'a> Rows<'a> {
             }
             let null = nulls[k / 8] >> (k % 8) & 1 == 1;
             k += 1;
-            values[i] = Some(if null { BinlogValue::Value(MyValue::NULL) } else { read_value(col, &mut self.buf)? });
+            values[i] = Some(if null { BinlogValue::Value(MyValue::NULL) } else { read_value(col, buf)? });
         }
         Ok(BinlogRow::new(values, Arc::from(Vec::new())))
     }
@@ -396,7 +401,7 @@ fn truncated() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "row image ends early")
 }
 
-impl Iterator for Rows<'_> {
+impl<'a> Iterator for Rows<'a> {
     type Item = io::Result<(Option<BinlogRow>, Option<BinlogRow>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -417,13 +422,9 @@ impl Iterator for Rows<'_> {
                     format!("rows event has {} columns, its table map {n}", self.data.num_columns()),
                 ));
             }
-            // Which columns each image holds.
-            let before_cols: Option<Vec<bool>> =
-                self.data.columns_before_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
-            let after_cols: Option<Vec<bool>> =
-                self.data.columns_after_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
-            let before = before_cols.map(|c| self.image(&c)).transpose()?;
-            let after = after_cols.map(|c| self.image(&c)).transpose()?;
+            let columns: &'a [ColumnInfo] = &self.info.columns;
+            let before = self.before_cols.as_deref().map(|c| Self::image(&mut self.buf, columns, c)).transpose()?;
+            let after = self.after_cols.as_deref().map(|c| Self::image(&mut self.buf, columns, c)).transpose()?;
             Ok((before, after))
         })();
         self.failed = result.is_err();
