@@ -297,15 +297,26 @@ pub fn encode_value(
         (MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2, MyValue::Int(secs)) => {
             Value::String(timestamp_text(&secs.to_string(), 0).ok_or_else(|| err("bad TIMESTAMP".into()))?)
         }
-        (MYSQL_TYPE_NEWDATE | MYSQL_TYPE_DATE, MyValue::Date(y, m, d, ..)) => Value::String(format!("{y:04}-{m:02}-{d:02}")),
+        (MYSQL_TYPE_NEWDATE | MYSQL_TYPE_DATE, MyValue::Date(y, m, d, ..)) => {
+            let mut t = String::with_capacity(10);
+            push_date(&mut t, *y as u64, *m as u64, *d as u64);
+            Value::String(t)
+        }
         (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            let mut t = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+            let mut t = String::with_capacity(26);
+            push_date(&mut t, *y as u64, *mo as u64, *d as u64);
+            t.push(' ');
+            push_clock(&mut t, *h as u64, *mi as u64, *s as u64);
             push_fraction(&mut t, *us, decimals(col));
             Value::String(t)
         }
         (MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2, MyValue::Time(neg, days, h, m, s, us)) => {
             let hours = *days as u64 * 24 + *h as u64;
-            let mut t = format!("{}{hours:02}:{m:02}:{s:02}", if *neg { "-" } else { "" });
+            let mut t = String::with_capacity(18);
+            if *neg {
+                t.push('-');
+            }
+            push_clock(&mut t, hours, *m as u64, *s as u64);
             push_fraction(&mut t, *us, decimals(col));
             Value::String(t)
         }
@@ -533,10 +544,49 @@ fn decimals(col: &ColumnInfo) -> u8 {
 
 fn push_fraction(out: &mut String, micros: u32, decimals: u8) {
     if decimals > 0 {
-        let digits = format!("{micros:06}");
+        // The first `decimals` characters of `{micros:06}`.
+        let mut digits = String::with_capacity(10);
+        push_padded(&mut digits, micros as u64, 6);
         out.push('.');
         out.push_str(&digits[..decimals as usize]);
     }
+}
+
+/// `{v:0width$}`, without the formatting machinery (temporal values are written per row).
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in (buf.len() - i)..width {
+        out.push('0');
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
+/// `{y:04}-{m:02}-{d:02}`
+fn push_date(out: &mut String, y: u64, m: u64, d: u64) {
+    push_padded(out, y, 4);
+    out.push('-');
+    push_padded(out, m, 2);
+    out.push('-');
+    push_padded(out, d, 2);
+}
+
+/// `{h:02}:{m:02}:{s:02}`
+fn push_clock(out: &mut String, h: u64, m: u64, s: u64) {
+    push_padded(out, h, 2);
+    out.push(':');
+    push_padded(out, m, 2);
+    out.push(':');
+    push_padded(out, s, 2);
 }
 
 /// `"secs[.micros]"` since the epoch to `YYYY-MM-DDTHH:MM:SS[.f]Z` (UTC), with `decimals` digits.
@@ -553,7 +603,14 @@ fn timestamp_text(text: &str, decimals: u8) -> Option<String> {
     }
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    let mut t = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let mut t = String::with_capacity(28);
+    if y < 0 {
+        t.push_str(&format!("{y:04}-{m:02}-{d:02}"));
+    } else {
+        push_date(&mut t, y as u64, m as u64, d as u64);
+    }
+    t.push('T');
+    push_clock(&mut t, rem as u64 / 3600, rem as u64 % 3600 / 60, rem as u64 % 60);
     push_fraction(&mut t, micros, decimals);
     t.push('Z');
     Some(t)
@@ -722,6 +779,20 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let text = TextEncoding::Latin1.decode(&all).unwrap();
         assert_eq!(TextEncoding::Latin1.encode(&text).unwrap(), all);
+    }
+
+    #[test]
+    fn padded_numbers_are_formats() {
+        for v in [0u64, 1, 9, 10, 99, 100, 999, 1000, 9999, 10_000, 999_999, 1_000_000, 12_345_678, u32::MAX as u64, u64::MAX] {
+            for width in [0, 1, 2, 4, 6] {
+                let mut out = String::from("x");
+                push_padded(&mut out, v, width);
+                assert_eq!(out, format!("x{v:0width$}"));
+            }
+        }
+        let mut t = String::new();
+        push_fraction(&mut t, 12_345_678, 6);
+        assert_eq!(t, ".123456", "as the slice of {{:06}} was");
     }
 
     #[test]
