@@ -545,48 +545,70 @@ fn decimals(col: &ColumnInfo) -> u8 {
 fn push_fraction(out: &mut String, micros: u32, decimals: u8) {
     if decimals > 0 {
         // The first `decimals` characters of `{micros:06}`.
-        let mut digits = String::with_capacity(10);
-        push_padded(&mut digits, micros as u64, 6);
+        let mut digits = Digits::new();
+        digits.padded(micros as u64, 6);
         out.push('.');
-        out.push_str(&digits[..decimals as usize]);
+        out.push_str(&digits.as_str()[..decimals as usize]);
     }
 }
 
-/// `{v:0width$}`, without the formatting machinery (temporal values are written per row).
-fn push_padded(out: &mut String, v: u64, width: usize) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// Numbers as text without the formatting machinery (temporal values are written per row).
+struct Digits {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Digits {
+    fn new() -> Self {
+        Self { buf: [0; 64], len: 0 }
+    }
+
+    /// `{v:0width$}` (width at most 20).
+    fn padded(&mut self, v: u64, width: usize) -> &mut Self {
+        let mut tmp = [b'0'; 20];
+        let mut i = tmp.len();
+        let mut n = v;
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        let start = i.min(tmp.len() - width.min(tmp.len()));
+        self.push_bytes(&tmp[start..])
     }
-    for _ in (buf.len() - i)..width {
-        out.push('0');
+
+    fn push_bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        self
     }
-    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII digits")
+    }
+}
+
+/// `{v:0width$}`
+#[cfg(test)]
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    out.push_str(Digits::new().padded(v, width).as_str());
 }
 
 /// `{y:04}-{m:02}-{d:02}`
 fn push_date(out: &mut String, y: u64, m: u64, d: u64) {
-    push_padded(out, y, 4);
-    out.push('-');
-    push_padded(out, m, 2);
-    out.push('-');
-    push_padded(out, d, 2);
+    let mut t = Digits::new();
+    t.padded(y, 4).push_bytes(b"-").padded(m, 2).push_bytes(b"-").padded(d, 2);
+    out.push_str(t.as_str());
 }
 
 /// `{h:02}:{m:02}:{s:02}`
 fn push_clock(out: &mut String, h: u64, m: u64, s: u64) {
-    push_padded(out, h, 2);
-    out.push(':');
-    push_padded(out, m, 2);
-    out.push(':');
-    push_padded(out, s, 2);
+    let mut t = Digits::new();
+    t.padded(h, 2).push_bytes(b":").padded(m, 2).push_bytes(b":").padded(s, 2);
+    out.push_str(t.as_str());
 }
 
 /// `"secs[.micros]"` since the epoch to `YYYY-MM-DDTHH:MM:SS[.f]Z` (UTC), with `decimals` digits.

@@ -408,6 +408,7 @@ mod tests {
     fn strings_are_written_as_serde_json_writes_them() {
         let mut texts: Vec<String> = (0..=0x7Fu8).map(|b| format!("{}", b as char)).collect();
         texts.extend(["", "plain ascii text, long enough for two chunks of sixteen", "é中😀\u{2028}\u{7f}"].map(String::from));
+        texts.extend(["\u{0}!\u{1f}\u{20}#[]\u{80}ÿ", " !#$%&'()*+,-./[]^_`{|}~\u{7f}\u{80}\u{ff}", "\u{100}\u{2020}\u{225c}\u{5c00}"].map(String::from));
         for c in (0..0x20u8).chain([b'"', b'\\']) {
             for at in [0, 1, 15, 16, 17, 31, 40] {
                 let mut t: String = "x".repeat(41);
