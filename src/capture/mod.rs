@@ -191,6 +191,9 @@ struct Reader {
     spare: Encoded,
 }
 
+/// Record buffers up to this size are reused for the next record.
+const KEEP_RECORD_BUFFER: usize = 64 * 1024;
+
 /// Runs capture until shutdown or a definite error.
 pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     let ctx = Arc::new(ctx);
@@ -565,13 +568,16 @@ impl Reader {
         Ok(())
     }
 
-    /// Publishes a record; its buffers are kept for the next one.
+    /// Publishes a record; its buffers are kept for the next one, unless a large value made
+    /// them large (memory would stay at the largest record ever read).
     async fn publish(&mut self, publisher: &mut Publisher, mut record: Encoded) -> Result<(), CaptureError> {
         publisher.send(&record.key, &record.value).await?;
         if let Some(counter) = record.counter.take() {
             counter.inc();
         }
-        self.spare = record;
+        if record.value.capacity() <= KEEP_RECORD_BUFFER {
+            self.spare = record;
+        }
         Ok(())
     }
 
