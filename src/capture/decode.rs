@@ -297,15 +297,26 @@ pub fn encode_value(
         (MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2, MyValue::Int(secs)) => {
             Value::String(timestamp_text(&secs.to_string(), 0).ok_or_else(|| err("bad TIMESTAMP".into()))?)
         }
-        (MYSQL_TYPE_NEWDATE | MYSQL_TYPE_DATE, MyValue::Date(y, m, d, ..)) => Value::String(format!("{y:04}-{m:02}-{d:02}")),
+        (MYSQL_TYPE_NEWDATE | MYSQL_TYPE_DATE, MyValue::Date(y, m, d, ..)) => {
+            let mut t = String::with_capacity(10);
+            push_date(&mut t, *y as u64, *m as u64, *d as u64);
+            Value::String(t)
+        }
         (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            let mut t = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+            let mut t = String::with_capacity(26);
+            push_date(&mut t, *y as u64, *mo as u64, *d as u64);
+            t.push(' ');
+            push_clock(&mut t, *h as u64, *mi as u64, *s as u64);
             push_fraction(&mut t, *us, decimals(col));
             Value::String(t)
         }
         (MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2, MyValue::Time(neg, days, h, m, s, us)) => {
             let hours = *days as u64 * 24 + *h as u64;
-            let mut t = format!("{}{hours:02}:{m:02}:{s:02}", if *neg { "-" } else { "" });
+            let mut t = String::with_capacity(18);
+            if *neg {
+                t.push('-');
+            }
+            push_clock(&mut t, hours, *m as u64, *s as u64);
             push_fraction(&mut t, *us, decimals(col));
             Value::String(t)
         }
@@ -362,7 +373,11 @@ pub fn member_bytes(member: &str) -> Result<Vec<u8>, String> {
 /// The row images of a rows event: `(before, after)` per row, as mysql_common's
 /// `RowsEventData::rows` gives them, but with the values [`read_value`] decodes itself.
 pub fn rows<'a>(data: &'a RowsEventData<'a>, info: &'a TableInfo) -> Rows<'a> {
-    Rows { data, info, buf: ParseBuf(data.rows_data()), failed: false }
+    let n = info.columns.len();
+    // Which columns each image holds: the same for every row of the event.
+    let before_cols = data.columns_before_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
+    let after_cols = data.columns_after_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
+    Rows { data, info, buf: ParseBuf(data.rows_data()), failed: false, before_cols, after_cols }
 }
 
 /// Iterator of [`rows`].
@@ -371,13 +386,14 @@ pub struct Rows<'a> {
     info: &'a TableInfo,
     buf: ParseBuf<'a>,
     failed: bool,
+    before_cols: Option<Vec<bool>>,
+    after_cols: Option<Vec<bool>>,
 }
 
 impl<'a> Rows<'a> {
-    fn image(&mut self, present: &[bool]) -> io::Result<BinlogRow> {
-        let columns: &'a [ColumnInfo] = &self.info.columns;
+    fn image(buf: &mut ParseBuf<'a>, columns: &'a [ColumnInfo], present: &[bool]) -> io::Result<BinlogRow> {
         let count = present.iter().filter(|p| **p).count();
-        let nulls = self.buf.checked_eat(count.div_ceil(8)).ok_or_else(truncated)?;
+        let nulls = buf.checked_eat(count.div_ceil(8)).ok_or_else(truncated)?;
         let mut values: Vec<Option<BinlogValue<'static>>> = vec![None; columns.len()];
         let mut k = 0;
         for (i, col) in columns.iter().enumerate() {
@@ -386,7 +402,7 @@ impl<'a> Rows<'a> {
             }
             let null = nulls[k / 8] >> (k % 8) & 1 == 1;
             k += 1;
-            values[i] = Some(if null { BinlogValue::Value(MyValue::NULL) } else { read_value(col, &mut self.buf)? });
+            values[i] = Some(if null { BinlogValue::Value(MyValue::NULL) } else { read_value(col, buf)? });
         }
         Ok(BinlogRow::new(values, Arc::from(Vec::new())))
     }
@@ -396,7 +412,7 @@ fn truncated() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "row image ends early")
 }
 
-impl Iterator for Rows<'_> {
+impl<'a> Iterator for Rows<'a> {
     type Item = io::Result<(Option<BinlogRow>, Option<BinlogRow>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -417,13 +433,9 @@ impl Iterator for Rows<'_> {
                     format!("rows event has {} columns, its table map {n}", self.data.num_columns()),
                 ));
             }
-            // Which columns each image holds.
-            let before_cols: Option<Vec<bool>> =
-                self.data.columns_before_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
-            let after_cols: Option<Vec<bool>> =
-                self.data.columns_after_image().map(|cols| (0..n).map(|i| cols.get(i).is_some_and(|b| *b)).collect());
-            let before = before_cols.map(|c| self.image(&c)).transpose()?;
-            let after = after_cols.map(|c| self.image(&c)).transpose()?;
+            let columns: &'a [ColumnInfo] = &self.info.columns;
+            let before = self.before_cols.as_deref().map(|c| Self::image(&mut self.buf, columns, c)).transpose()?;
+            let after = self.after_cols.as_deref().map(|c| Self::image(&mut self.buf, columns, c)).transpose()?;
             Ok((before, after))
         })();
         self.failed = result.is_err();
@@ -532,10 +544,71 @@ fn decimals(col: &ColumnInfo) -> u8 {
 
 fn push_fraction(out: &mut String, micros: u32, decimals: u8) {
     if decimals > 0 {
-        let digits = format!("{micros:06}");
+        // The first `decimals` characters of `{micros:06}`.
+        let mut digits = Digits::new();
+        digits.padded(micros as u64, 6);
         out.push('.');
-        out.push_str(&digits[..decimals as usize]);
+        out.push_str(&digits.as_str()[..decimals as usize]);
     }
+}
+
+/// Numbers as text without the formatting machinery (temporal values are written per row).
+struct Digits {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Digits {
+    fn new() -> Self {
+        Self { buf: [0; 64], len: 0 }
+    }
+
+    /// `{v:0width$}` (width at most 20).
+    fn padded(&mut self, v: u64, width: usize) -> &mut Self {
+        let mut tmp = [b'0'; 20];
+        let mut i = tmp.len();
+        let mut n = v;
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let start = i.min(tmp.len() - width.min(tmp.len()));
+        self.push_bytes(&tmp[start..])
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        self
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII digits")
+    }
+}
+
+/// `{v:0width$}`
+#[cfg(test)]
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    out.push_str(Digits::new().padded(v, width).as_str());
+}
+
+/// `{y:04}-{m:02}-{d:02}`
+fn push_date(out: &mut String, y: u64, m: u64, d: u64) {
+    let mut t = Digits::new();
+    t.padded(y, 4).push_bytes(b"-").padded(m, 2).push_bytes(b"-").padded(d, 2);
+    out.push_str(t.as_str());
+}
+
+/// `{h:02}:{m:02}:{s:02}`
+fn push_clock(out: &mut String, h: u64, m: u64, s: u64) {
+    let mut t = Digits::new();
+    t.padded(h, 2).push_bytes(b":").padded(m, 2).push_bytes(b":").padded(s, 2);
+    out.push_str(t.as_str());
 }
 
 /// `"secs[.micros]"` since the epoch to `YYYY-MM-DDTHH:MM:SS[.f]Z` (UTC), with `decimals` digits.
@@ -552,7 +625,14 @@ fn timestamp_text(text: &str, decimals: u8) -> Option<String> {
     }
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    let mut t = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let mut t = String::with_capacity(28);
+    if y < 0 {
+        t.push_str(&format!("{y:04}-{m:02}-{d:02}"));
+    } else {
+        push_date(&mut t, y as u64, m as u64, d as u64);
+    }
+    t.push('T');
+    push_clock(&mut t, rem as u64 / 3600, rem as u64 % 3600 / 60, rem as u64 % 60);
     push_fraction(&mut t, micros, decimals);
     t.push('Z');
     Some(t)
@@ -721,6 +801,20 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let text = TextEncoding::Latin1.decode(&all).unwrap();
         assert_eq!(TextEncoding::Latin1.encode(&text).unwrap(), all);
+    }
+
+    #[test]
+    fn padded_numbers_are_formats() {
+        for v in [0u64, 1, 9, 10, 99, 100, 999, 1000, 9999, 10_000, 999_999, 1_000_000, 12_345_678, u32::MAX as u64, u64::MAX] {
+            for width in [0, 1, 2, 4, 6] {
+                let mut out = String::from("x");
+                push_padded(&mut out, v, width);
+                assert_eq!(out, format!("x{v:0width$}"));
+            }
+        }
+        let mut t = String::new();
+        push_fraction(&mut t, 12_345_678, 6);
+        assert_eq!(t, ".123456", "as the slice of {{:06}} was");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Binding configured entities to the tables the binlog describes: which table id is what,
 //! which columns travel, the key, the filter, the references to translate.
 
+use std::sync::OnceLock;
+
+use prometheus::IntCounter;
+
+use super::envelope::{Image, TableParts};
 use super::*;
 
 /// A configured entity bound to the columns of one table map.
@@ -9,12 +14,37 @@ pub(super) struct EntityTable {
     pub(super) info: TableInfo,
     /// Per column: its text encoding, or `None` when excluded.
     pub(super) encodings: Vec<Option<TextEncoding>>,
-    pub(super) key_columns: Vec<String>,
     pub(super) filter: Option<Filter>,
+    /// Indexes of the columns the filter reads.
+    pub(super) filter_columns: Vec<usize>,
     /// The one-column primary key, when the table has one.
-    pub(super) pk_column: Option<String>,
-    /// Reference columns whose target entity has its own natural key: (column, entity).
-    pub(super) translated_refs: Vec<(String, String)>,
+    pub(super) pk_column: Option<(usize, String)>,
+    /// Whether rows of this entity are remembered for references to them (natural key).
+    pub(super) remembered: bool,
+    /// Reference columns whose target entity has its own natural key: (column index, entity).
+    pub(super) translated_refs: Vec<(usize, String)>,
+    /// The record's per-table parts, rendered once.
+    pub(super) parts: TableParts,
+    /// `sitesync_capture_events_total` of this entity per op, created at its first record.
+    events: [OnceLock<IntCounter>; 4],
+}
+
+impl EntityTable {
+    /// The published-records counter of `op`.
+    pub(super) fn events(&self, metrics: &Metrics, site: &str, op: Op) -> IntCounter {
+        let slot = match op {
+            Op::Create => 0,
+            Op::Update => 1,
+            Op::Delete => 2,
+            Op::Read => 3,
+        };
+        self.events[slot].get_or_init(|| metrics.capture_events.with_label_values(&[site, &self.name, op.code()])).clone()
+    }
+
+    /// Whether the filter (if any) lets `image` through.
+    fn passes(&self, filter: &Filter, image: Option<&Image>) -> bool {
+        image.is_some_and(|r| filter.matches(&r.to_map(&self.info, &self.filter_columns)))
+    }
 }
 
 /// Applies the entity's row filter: rows that do not match never leave the site. A row that
@@ -23,12 +53,12 @@ pub(super) struct EntityTable {
 pub(super) fn apply_filter(
     entity: &EntityTable,
     op: Op,
-    before: Option<Map<String, Value>>,
-    after: Option<Map<String, Value>>,
-) -> Option<(Op, Option<Map<String, Value>>, Option<Map<String, Value>>)> {
+    before: Option<Image>,
+    after: Option<Image>,
+) -> Option<(Op, Option<Image>, Option<Image>)> {
     let Some(filter) = &entity.filter else { return Some((op, before, after)) };
-    let b = before.as_ref().is_some_and(|r| filter.matches(r));
-    let a = after.as_ref().is_some_and(|r| filter.matches(r));
+    let b = entity.passes(filter, before.as_ref());
+    let a = entity.passes(filter, after.as_ref());
     match op {
         Op::Create | Op::Read => a.then_some((op, None, after)),
         Op::Delete => b.then_some((op, before, None)),
@@ -41,7 +71,26 @@ pub(super) fn apply_filter(
     }
 }
 
+/// Table maps remembered at most (table ids only grow: other tables, DDL, table cache).
+const KNOWN_MAPS_LIMIT: usize = 4096;
+
 impl Reader {
+    /// The role of a table map whose event body is `body`: parsed only when the table id's
+    /// previous map had other bytes (the role depends on nothing else that changes).
+    pub(super) fn known_role(&mut self, body: &[u8], tme: &TableMapEvent<'_>) -> Result<TableRole, CaptureError> {
+        if let Some((known, role)) = self.known_maps.get(&tme.table_id()) {
+            if known.as_slice() == body {
+                return Ok(role.clone());
+            }
+        }
+        let role = self.role_of(tme)?;
+        if self.known_maps.len() >= KNOWN_MAPS_LIMIT {
+            self.known_maps.clear();
+        }
+        self.known_maps.insert(tme.table_id(), (body.to_vec(), role.clone()));
+        Ok(role)
+    }
+
     pub(super) fn role_of(&mut self, tme: &TableMapEvent<'_>) -> Result<TableRole, CaptureError> {
         let db = tme.database_name();
         let table = tme.table_name();
@@ -113,23 +162,34 @@ impl Reader {
             tracing::info!(site = %self.ctx.site, entity = name, table = %info.table, columns = info.columns.len(), "capturing table");
         }
         let pk_column = match info.primary_key.as_slice() {
-            [i] => Some(info.columns[*i].name.clone()),
+            [i] => Some((*i, info.columns[*i].name.clone())),
             _ => None,
         };
-        let translated_refs = entity
-            .refs
-            .iter()
-            .filter(|(_, target)| self.refs.translates(target))
-            .map(|(c, t)| (c.clone(), t.clone()))
-            .collect();
-        for col in entity.refs.keys() {
-            if info.index_of(col).is_none() {
+        let mut translated_refs = Vec::new();
+        for (col, target) in &entity.refs {
+            let Some(i) = info.index_of(col) else {
                 return Err(CaptureError::Config(format!(
                     "entities.{name}.refs: table {}.{} has no column `{col}`",
                     info.db, info.table
                 )));
+            };
+            if self.refs.translates(target) {
+                translated_refs.push((i, target.clone()));
             }
         }
-        Ok(EntityTable { name: name.to_string(), info, encodings, key_columns, filter, pk_column, translated_refs })
+        let filter_columns = filter.as_ref().map_or_else(Vec::new, |f| f.columns().iter().filter_map(|c| info.index_of(c)).collect());
+        let key_indexes = key_columns.iter().filter_map(|c| info.index_of(c)).collect();
+        Ok(EntityTable {
+            name: name.to_string(),
+            parts: TableParts::new(name, &info, key_indexes),
+            info,
+            encodings,
+            filter,
+            filter_columns,
+            remembered: pk_column.is_some() && self.refs.translates(name),
+            pk_column,
+            translated_refs,
+            events: Default::default(),
+        })
     }
 }

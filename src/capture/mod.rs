@@ -9,6 +9,7 @@
 
 mod decode;
 mod entity;
+mod envelope;
 mod publisher;
 mod refs;
 mod rows;
@@ -34,13 +35,13 @@ use crate::config::{Config, EntityConfig, Filter};
 use crate::control::{self, Control, ControlError, ECHO_MARKER_TABLE};
 use crate::position::{Gtid, GtidState};
 use crate::preflight;
-use crate::record::{self, ChangeRecord, Op, Source, SitesyncMeta, TransactionInfo, RECORD_VERSION};
+use crate::record::{self, Op};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 use publisher::{Checkpoint, Publisher};
 use entity::EntityTable;
+use envelope::{Encoded, SiteParts};
 use refs::RefResolver;
-use rows::Place;
 
 /// Why capture stopped.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,7 @@ pub struct CaptureContext {
 }
 
 /// What a table id stands for in the current binlog.
+#[derive(Clone)]
 enum TableRole {
     /// A configured entity's table.
     Entity(Arc<EntityTable>),
@@ -147,13 +149,15 @@ enum TableRole {
 #[derive(Default)]
 struct Txn {
     gtid: Option<Gtid>,
+    /// `gtid` as text, rendered once for all its records.
+    gtid_text: Option<String>,
     server_id: u32,
     standalone: bool,
     echo: bool,
     records: u64,
     per_table: HashMap<String, u64>,
     /// Held back one record so the last of the transaction can be flagged.
-    pending: Option<(Vec<u8>, ChangeRecord)>,
+    pending: Option<Encoded>,
 }
 
 struct Reader {
@@ -166,6 +170,9 @@ struct Reader {
     file: String,
     pos: u64,
     tables: HashMap<u64, TableRole>,
+    /// The last table map read per table id, with its role: a table map repeats with every
+    /// transaction, and parsing it costs more than comparing its bytes.
+    known_maps: HashMap<u64, (Vec<u8>, TableRole)>,
     txn: Option<Txn>,
     last_source_ts_ms: i64,
     warned_tables: HashSet<String>,
@@ -178,7 +185,14 @@ struct Reader {
     snapshot: Option<snapshot::Snapshot>,
     queued_snapshots: VecDeque<(u64, String)>,
     last_heartbeat: Option<std::time::Instant>,
+    /// What every record of this site shares.
+    site_parts: SiteParts,
+    /// Buffers of the last published record, for the next.
+    spare: Encoded,
 }
+
+/// Record buffers up to this size are reused for the next record.
+const KEEP_RECORD_BUFFER: usize = 64 * 1024;
 
 /// Runs capture until shutdown or a definite error.
 pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
@@ -213,6 +227,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         file: String::new(),
         pos: 4,
         tables: HashMap::new(),
+        known_maps: HashMap::new(),
         txn: None,
         last_source_ts_ms: 0,
         warned_tables: HashSet::new(),
@@ -227,6 +242,8 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         snapshot: None,
         queued_snapshots: VecDeque::new(),
         last_heartbeat: None,
+        site_parts: SiteParts::new(&ctx.config.federation.name, &ctx.site),
+        spare: Encoded::default(),
         ctx: ctx.clone(),
     };
     let mut first = true;
@@ -333,6 +350,7 @@ impl Reader {
             }
         }
         self.tables.clear();
+        self.known_maps.clear();
         self.txn = None;
         if first {
             // A snapshot that was running, or asked for, when capture stopped starts (again).
@@ -447,7 +465,7 @@ impl Reader {
                     pos: end_pos,
                     reason: format!("unreadable table map: {e}"),
                 })?;
-                let role = self.role_of(&tme)?;
+                let role = self.known_role(event.data(), &tme)?;
                 self.tables.insert(tme.table_id(), role);
             }
             // Rows events, v1 (MariaDB) and v2 (MySQL).
@@ -546,18 +564,20 @@ impl Reader {
                 ),
             });
         }
-        self.txn = Some(Txn { gtid: Some(gtid), server_id, standalone, ..Txn::default() });
+        self.txn = Some(Txn { gtid_text: Some(gtid.to_string()), gtid: Some(gtid), server_id, standalone, ..Txn::default() });
         Ok(())
     }
 
-    async fn publish(&self, publisher: &mut Publisher, key: Vec<u8>, record: ChangeRecord) -> Result<(), CaptureError> {
-        let payload = serde_json::to_vec(&record).map_err(|e| CaptureError::Internal(e.to_string()))?;
-        publisher.send(&key, &payload).await?;
-        self.ctx
-            .metrics
-            .capture_events
-            .with_label_values(&[&self.ctx.site, &record.sitesync.entity, record.op.code()])
-            .inc();
+    /// Publishes a record; its buffers are kept for the next one, unless a large value made
+    /// them large (memory would stay at the largest record ever read).
+    async fn publish(&mut self, publisher: &mut Publisher, mut record: Encoded) -> Result<(), CaptureError> {
+        publisher.send(&record.key, &record.value).await?;
+        if let Some(counter) = record.counter.take() {
+            counter.inc();
+        }
+        if record.value.capacity() <= KEEP_RECORD_BUFFER {
+            self.spare = record;
+        }
         Ok(())
     }
 
@@ -567,9 +587,9 @@ impl Reader {
             return Ok(());
         };
         let published = txn.records > 0 && !txn.echo;
-        if let Some((k, mut r)) = txn.pending.take() {
-            r.sitesync.last_in_transaction = true;
-            self.publish(publisher, k, r).await?;
+        if let Some(mut last) = txn.pending.take() {
+            last.mark_last();
+            self.publish(publisher, last).await?;
         }
         if let Some(g) = &txn.gtid {
             self.gtid.advance(g);

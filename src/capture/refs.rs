@@ -10,14 +10,67 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::CaptureError;
 use crate::config::Config;
-use crate::record::Row;
 
-/// Remembered ids per entity, at most this many (then forgotten and looked up again).
-const CACHE_LIMIT: usize = 20_000;
+/// Remembered ids per entity, at most this many (the older half is forgotten at a time, and
+/// looked up again if needed). An entry costs ~100 bytes plus its key's text.
+const CACHE_LIMIT: usize = 50_000;
+
+/// An origin id as a cache key: integers (the usual primary key) without text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum IdKey {
+    Int(i64),
+    UInt(u64),
+    Text(Box<str>),
+    /// Any other JSON value, as its text.
+    Other(Box<str>),
+}
+
+impl IdKey {
+    fn of(id: &Value) -> Self {
+        match id {
+            Value::Number(n) if n.is_i64() => IdKey::Int(n.as_i64().expect("checked")),
+            Value::Number(n) if n.is_u64() => IdKey::UInt(n.as_u64().expect("checked")),
+            Value::String(s) => IdKey::Text(s.as_str().into()),
+            other => IdKey::Other(other.to_string().into()),
+        }
+    }
+}
+
+/// Natural keys (JSON text) by id, bounded: two generations, the older dropped when the younger
+/// is full, so recently used ids stay and memory never exceeds [`CACHE_LIMIT`] entries.
+#[derive(Default)]
+struct KeyCache {
+    young: HashMap<IdKey, Arc<str>>,
+    old: HashMap<IdKey, Arc<str>>,
+}
+
+impl KeyCache {
+    fn get(&mut self, id: &IdKey) -> Option<Arc<str>> {
+        if let Some(key) = self.young.get(id) {
+            return Some(key.clone());
+        }
+        let key = self.old.remove(id)?;
+        self.insert(id.clone(), key.clone());
+        Some(key)
+    }
+
+    fn insert(&mut self, id: IdKey, key: Arc<str>) {
+        if self.young.len() >= CACHE_LIMIT / 2 && !self.young.contains_key(&id) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.old.remove(&id);
+        self.young.insert(id, key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
 
 /// Resolves origin ids of referenced rows to natural keys.
 pub struct RefResolver {
@@ -26,8 +79,8 @@ pub struct RefResolver {
     config: Arc<Config>,
     /// entity -> primary-key column of its table at the origin.
     primary_keys: HashMap<String, String>,
-    /// entity -> (id as JSON text -> natural key).
-    cache: HashMap<String, HashMap<String, Row>>,
+    /// entity -> (id -> natural key as JSON).
+    cache: HashMap<String, KeyCache>,
 }
 
 impl RefResolver {
@@ -41,29 +94,28 @@ impl RefResolver {
         self.config.entities.get(entity).is_some_and(|e| !e.key.is_empty())
     }
 
-    /// Remembers the natural key of a captured row of `entity` whose primary key is `pk_column`.
-    pub fn remember(&mut self, entity: &str, pk_column: &str, image: &Map<String, Value>) {
-        let Some(cfg) = self.config.entities.get(entity) else { return };
-        if cfg.key.is_empty() {
-            return;
+    /// Remembers `key` (the natural key as JSON) of the captured `entity` row whose primary key
+    /// `pk_column` is `id`.
+    pub fn remember(&mut self, entity: &str, pk_column: &str, id: &Value, key: &str) {
+        if !self.primary_keys.contains_key(entity) {
+            self.primary_keys.insert(entity.to_string(), pk_column.to_string());
         }
-        let Some(id) = image.get(pk_column) else { return };
-        let mut key = Row::new();
-        for k in &cfg.key {
-            key.insert(k.clone(), image.get(k).cloned().unwrap_or(Value::Null));
-        }
-        let cache = self.cache.entry(entity.to_string()).or_default();
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(id.to_string(), key);
-        self.primary_keys.entry(entity.to_string()).or_insert_with(|| pk_column.to_string());
+        self.cache_of(entity).insert(IdKey::of(id), Arc::from(key));
     }
 
-    /// The natural key of the `entity` row whose id is `id` at the origin, if it still exists.
-    pub async fn resolve(&mut self, entity: &str, id: &Value) -> Result<Option<Row>, CaptureError> {
-        if let Some(key) = self.cache.get(entity).and_then(|c| c.get(&id.to_string())) {
-            return Ok(Some(key.clone()));
+    fn cache_of(&mut self, entity: &str) -> &mut KeyCache {
+        if !self.cache.contains_key(entity) {
+            self.cache.insert(entity.to_string(), KeyCache::default());
+        }
+        self.cache.get_mut(entity).expect("inserted")
+    }
+
+    /// The natural key (JSON) of the `entity` row whose id is `id` at the origin, if it still
+    /// exists.
+    pub async fn resolve(&mut self, entity: &str, id: &Value) -> Result<Option<Arc<str>>, CaptureError> {
+        let id_key = IdKey::of(id);
+        if let Some(key) = self.cache.get_mut(entity).and_then(|c| c.get(&id_key)) {
+            return Ok(Some(key));
         }
         let cfg = self
             .config
@@ -82,15 +134,15 @@ impl RefResolver {
         let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
         let row: Option<mysql_async::Row> = conn.exec_first(sql, (param,)).await.map_err(|e| self.err(e))?;
         let Some(row) = row else { return Ok(None) };
-        let mut key = Row::new();
+        let mut key = serde_json::Map::new();
         for (i, k) in cfg.key.iter().enumerate() {
             let v: Option<String> = row.get(i).flatten();
             key.insert(k.clone(), v.map(Value::String).unwrap_or(Value::Null));
         }
-        self.cache.entry(entity.to_string()).or_default().insert(id.to_string(), key.clone());
+        let key: Arc<str> = Value::Object(key).to_string().into();
+        self.cache_of(entity).insert(id_key, key.clone());
         Ok(Some(key))
     }
-
     async fn primary_key(&mut self, entity: &str, table: &str) -> Result<String, CaptureError> {
         if let Some(pk) = self.primary_keys.get(entity) {
             return Ok(pk.clone());
@@ -117,5 +169,31 @@ impl RefResolver {
 
     fn err(&self, source: mysql_async::Error) -> CaptureError {
         CaptureError::Source { site: String::from("(reference lookup)"), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_different_json_types_stay_apart() {
+        assert_ne!(IdKey::of(&Value::from(5)), IdKey::of(&Value::from("5")));
+        assert_eq!(IdKey::of(&Value::from(5u64)), IdKey::of(&Value::from(5i64)));
+        assert_eq!(IdKey::of(&Value::from(u64::MAX)), IdKey::UInt(u64::MAX));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_what_is_used() {
+        let mut cache = KeyCache::default();
+        let key = |i: i64| IdKey::Int(i);
+        cache.insert(key(0), Arc::from("zero"));
+        for i in 1..(3 * CACHE_LIMIT as i64) {
+            cache.insert(key(i), Arc::from("k"));
+            assert!(cache.get(&key(0)).is_some(), "a key in use stays (after {i})");
+            assert!(cache.len() <= CACHE_LIMIT);
+        }
+        assert!(cache.get(&key(1)).is_none(), "an old unused key went");
+        assert_eq!(cache.get(&key(3 * CACHE_LIMIT as i64 - 1)).as_deref(), Some("k"));
     }
 }

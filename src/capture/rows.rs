@@ -2,30 +2,8 @@
 //! envelope of DESIGN.md.
 
 use super::entity::apply_filter;
+use super::envelope::{Change, Image, Place, RefEntry};
 use super::*;
-
-/// A row change that leaves the site, before it gets its place in the stream.
-pub(super) struct Change {
-    pub(super) op: Op,
-    pub(super) before: Option<Map<String, Value>>,
-    pub(super) after: Option<Map<String, Value>>,
-    pub(super) key: Map<String, Value>,
-    pub(super) refs: Vec<record::RefKey>,
-}
-
-/// Where a change stands: its position and transaction.
-pub(super) struct Place {
-    pub(super) server_id: u32,
-    pub(super) gtid: Option<String>,
-    pub(super) txn_id: String,
-    pub(super) file: String,
-    pub(super) pos: u64,
-    pub(super) row: u32,
-    pub(super) ts_ms: i64,
-    pub(super) snapshot: &'static str,
-    pub(super) total_order: u64,
-    pub(super) data_collection_order: u64,
-}
 
 impl Reader {
     pub(super) async fn on_rows(
@@ -97,7 +75,7 @@ impl Reader {
                     let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
                     let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
                     if let Some(snapshot) = self.snapshot.as_mut() {
-                        snapshot.superseded(&entity.name, before.as_ref(), after.as_ref());
+                        snapshot.superseded(&entity, before.as_ref(), after.as_ref());
                     }
                 }
             }
@@ -127,6 +105,12 @@ impl Reader {
             _ => Op::Delete,
         };
         let ts_ms = header.timestamp() as i64 * 1000;
+        // One clock read per rows event: its records are produced within the same moment.
+        let now_ms = record::now_ms();
+        let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
+        let server_id = if server_id != 0 { server_id } else { header.server_id() };
+        // Without a GTID (resumed mid-transaction) the event's position names the transaction.
+        let position_id = self.txn.as_ref().is_some_and(|t| t.gtid_text.is_none()).then(|| format!("{}:{start_pos}", self.file));
         // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
         // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
         for (row_index, row) in decode::rows(&data, &entity.info).enumerate() {
@@ -138,30 +122,34 @@ impl Reader {
             let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
             let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
             if let Some(snapshot) = self.snapshot.as_mut() {
-                snapshot.superseded(&entity.name, before.as_ref(), after.as_ref());
+                snapshot.superseded(&entity, before.as_ref(), after.as_ref());
             }
             let Some(change) = self.prepare(&entity, event_op, before, after).await? else { continue };
+            let counter = entity.events(&self.ctx.metrics, &self.ctx.site, change.op);
             let txn = self.txn.as_mut().expect("transaction started");
             txn.records += 1;
-            let per_table = txn.per_table.entry(entity.name.clone()).or_insert(0);
+            let per_table = match txn.per_table.get_mut(&entity.name) {
+                Some(n) => n,
+                None => txn.per_table.entry(entity.name.clone()).or_insert(0),
+            };
             *per_table += 1;
-            let gtid = txn.gtid.as_ref().map(|g| g.to_string());
             let place = Place {
-                server_id: if txn.server_id != 0 { txn.server_id } else { header.server_id() },
-                txn_id: gtid.clone().unwrap_or_else(|| format!("{}:{}", self.file, start_pos)),
-                gtid,
-                file: self.file.clone(),
+                server_id,
+                gtid: txn.gtid_text.as_deref(),
+                txn_id: txn.gtid_text.as_deref().or(position_id.as_deref()).unwrap_or_default(),
+                file: &self.file,
                 pos: start_pos,
                 row: row_index as u32,
                 ts_ms,
+                now_ms,
                 snapshot: "false",
                 total_order: txn.records,
                 data_collection_order: *per_table,
             };
-            let (key_bytes, record) = self.envelope(&entity, change, place);
-            let txn = self.txn.as_mut().expect("transaction started");
-            if let Some((k, r)) = txn.pending.replace((key_bytes, record)) {
-                self.publish(publisher, k, r).await?;
+            let mut encoded = std::mem::take(&mut self.spare);
+            encoded.write(&self.site_parts, &entity.parts, &change, &place, counter);
+            if let Some(previous) = txn.pending.replace(encoded) {
+                self.publish(publisher, previous).await?;
             }
         }
         Ok(())
@@ -172,73 +160,31 @@ impl Reader {
         &mut self,
         entity: &EntityTable,
         op: Op,
-        before: Option<Map<String, Value>>,
-        after: Option<Map<String, Value>>,
+        before: Option<Image>,
+        after: Option<Image>,
     ) -> Result<Option<Change>, CaptureError> {
-        if let Some(pk) = &entity.pk_column {
+        if let (true, Some((pk, pk_name))) = (entity.remembered, &entity.pk_column) {
             if let Some(image) = after.as_ref().or(before.as_ref()) {
-                self.refs.remember(&entity.name, pk, image);
+                if let Some(id) = image.get(*pk) {
+                    self.refs.remember(&entity.name, pk_name, id, &entity.parts.key_json(image));
+                }
             }
         }
         let Some((op, before, after)) = apply_filter(entity, op, before, after) else { return Ok(None) };
-        let mut refs: Vec<record::RefKey> = Vec::new();
+        let mut refs: Vec<RefEntry> = Vec::new();
         for (col, target) in &entity.translated_refs {
             for image in [before.as_ref(), after.as_ref()].into_iter().flatten() {
-                let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
+                let Some(id) = image.get(*col).filter(|v| !v.is_null()) else { continue };
                 if refs.iter().any(|r| &r.entity == target && &r.id == id) {
                     continue;
                 }
                 if let Some(key) = self.refs.resolve(target, id).await? {
-                    refs.push(record::RefKey { entity: target.clone(), id: id.clone(), key });
+                    refs.push(RefEntry { entity: target.clone(), id: id.clone(), key });
                 }
             }
         }
-        let key_image = after.as_ref().or(before.as_ref()).expect("an image exists");
-        let mut key = Map::new();
-        for col in &entity.key_columns {
-            key.insert(col.clone(), key_image.get(col).cloned().unwrap_or(Value::Null));
-        }
+        let key = entity.parts.key_json(after.as_ref().or(before.as_ref()).expect("an image exists"));
         Ok(Some(Change { op, before, after, key, refs }))
-    }
-
-    /// The record of a change at `place`, and its message key.
-    pub(super) fn envelope(&self, entity: &EntityTable, change: Change, place: Place) -> (Vec<u8>, ChangeRecord) {
-        let key_bytes = record::key_bytes(&entity.name, &change.key);
-        let record = ChangeRecord {
-            op: change.op,
-            before: change.before,
-            after: change.after,
-            source: Source {
-                connector: "sitesync".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                name: self.ctx.config.federation.name.clone(),
-                site: self.ctx.site.clone(),
-                db: entity.info.db.clone(),
-                table: entity.info.table.clone(),
-                server_id: place.server_id,
-                gtid: place.gtid,
-                file: place.file,
-                pos: place.pos,
-                row: place.row,
-                ts_ms: place.ts_ms,
-                snapshot: place.snapshot.into(),
-            },
-            ts_ms: record::now_ms(),
-            transaction: TransactionInfo {
-                id: place.txn_id,
-                total_order: place.total_order,
-                data_collection_order: place.data_collection_order,
-            },
-            sitesync: SitesyncMeta {
-                v: RECORD_VERSION,
-                origin: self.ctx.site.clone(),
-                entity: entity.name.clone(),
-                key: change.key,
-                last_in_transaction: false,
-                refs: change.refs,
-            },
-        };
-        (key_bytes, record)
     }
 
     /// A row of one of sitesync's own control tables.
@@ -254,18 +200,20 @@ impl Reader {
         Ok(out)
     }
 
-    pub(super) fn image(&self, entity: &EntityTable, row: &mysql_async::binlog::row::BinlogRow, pos: u64) -> Result<Map<String, Value>, CaptureError> {
-        let mut out = Map::new();
+    /// A row of an entity's table, in column order (excluded columns `None`).
+    pub(super) fn image(&self, entity: &EntityTable, row: &mysql_async::binlog::row::BinlogRow, pos: u64) -> Result<Image, CaptureError> {
+        let mut out = Vec::with_capacity(entity.info.columns.len());
         for (i, col) in entity.info.columns.iter().enumerate() {
-            let Some(encoding) = entity.encodings[i] else { continue };
-            let Some(value) = row.as_ref(i) else { continue };
-            let v = encode_value(col, encoding, value).map_err(|e| CaptureError::Binlog {
-                file: self.file.clone(),
-                pos,
-                reason: format!("table {}: {e}", entity.info.table),
-            })?;
-            out.insert(col.name.clone(), v);
+            let value = match (entity.encodings[i], row.as_ref(i)) {
+                (Some(encoding), Some(value)) => Some(encode_value(col, encoding, value).map_err(|e| CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos,
+                    reason: format!("table {}: {e}", entity.info.table),
+                })?),
+                _ => None,
+            };
+            out.push(value);
         }
-        Ok(out)
+        Ok(Image(out))
     }
 }

@@ -27,9 +27,10 @@ use mysql_async::prelude::Queryable;
 use serde_json::{Map, Value};
 
 use super::decode::{encode_value, DecodeError, TextEncoding};
+use super::envelope::{Encoded, Image, Place};
 use super::publisher::Publisher;
 use super::table::{ColumnInfo, TableInfo};
-use super::{CaptureError, EntityTable, Place, Reader};
+use super::{CaptureError, EntityTable, Reader};
 use crate::record::{self, Op};
 
 /// A snapshot in progress.
@@ -45,7 +46,7 @@ pub(super) struct Snapshot {
     chunk: u64,
     window_open: bool,
     /// The chunk read: primary key (JSON) and row image.
-    rows: Vec<(String, Map<String, Value>)>,
+    rows: Vec<(String, Image)>,
     /// The chunk was shorter than the chunk size: the entity is done after it.
     exhausted: bool,
     rows_done: u64,
@@ -58,19 +59,22 @@ impl Snapshot {
     }
 
     /// A binlog change to `entity` supersedes the chunk's copy of the same row.
-    pub(super) fn superseded(&mut self, entity: &str, before: Option<&Map<String, Value>>, after: Option<&Map<String, Value>>) {
-        if !self.window_open || self.entity.as_ref().map(|e| e.name.as_str()) != Some(entity) {
+    pub(super) fn superseded(&mut self, entity: &EntityTable, before: Option<&Image>, after: Option<&Image>) {
+        if !self.watches(&entity.name) {
             return;
         }
+        // The binlog's table map may number the columns otherwise than the snapshot's table.
+        let pk = pk_indexes(&self.pk_columns, &entity.info);
         for image in [before, after].into_iter().flatten() {
-            let key = pk_json(&self.pk_columns, image);
+            let key = image.values_json(&pk);
             self.rows.retain(|(k, _)| *k != key);
         }
     }
 }
 
-fn pk_json(pk: &[String], image: &Map<String, Value>) -> String {
-    Value::Array(pk.iter().map(|c| image.get(c).cloned().unwrap_or(Value::Null)).collect()).to_string()
+/// Indexes of the `pk` columns in `info` (a missing one reads as `null`).
+fn pk_indexes(pk: &[String], info: &TableInfo) -> Vec<usize> {
+    pk.iter().map(|c| info.index_of(c).unwrap_or(usize::MAX)).collect()
 }
 
 impl Reader {
@@ -233,18 +237,25 @@ impl Reader {
         snap.conn.query_drop(&high).await.map_err(source_err)?;
         snap.exhausted = rows.len() < chunk_rows;
         let pk_index: Vec<usize> = snap.pk_columns.iter().filter_map(|c| entity.info.index_of(c)).collect();
+        let pk_json_index = pk_indexes(&snap.pk_columns, &entity.info);
         let mut images = Vec::with_capacity(rows.len());
         let mut last_key = None;
         for mut row in rows {
-            let mut image = Map::new();
             let values: Vec<mysql_async::Value> = (0..entity.info.columns.len()).map(|i| row.take(i).unwrap_or(mysql_async::Value::NULL)).collect();
+            let mut image = Vec::with_capacity(values.len());
             for (i, col) in entity.info.columns.iter().enumerate() {
-                let Some(encoding) = entity.encodings[i] else { continue };
-                let v = select_value(col, encoding, values[i].clone()).map_err(|e| CaptureError::Config(format!("snapshot of {}: {e}", entity.info.table)))?;
-                image.insert(col.name.clone(), v);
+                let v = match entity.encodings[i] {
+                    Some(encoding) => Some(
+                        select_value(col, encoding, values[i].clone())
+                            .map_err(|e| CaptureError::Config(format!("snapshot of {}: {e}", entity.info.table)))?,
+                    ),
+                    None => None,
+                };
+                image.push(v);
             }
+            let image = Image(image);
             last_key = Some(pk_index.iter().map(|&i| values[i].clone()).collect());
-            images.push((pk_json(&snap.pk_columns, &image), image));
+            images.push((image.values_json(&pk_json_index), image));
         }
         if last_key.is_some() {
             snap.last_key = last_key;
@@ -282,27 +293,31 @@ impl Reader {
         }
         let n = out.len();
         let txn_id = format!("snapshot-{request_id}-{run}-{}-{chunk}", entity.name);
+        let now_ms = record::now_ms();
         let mut records = Vec::with_capacity(n);
         for (i, change) in out.into_iter().enumerate() {
             let place = Place {
                 server_id: 0,
                 gtid: None,
-                txn_id: txn_id.clone(),
-                file: self.file.clone(),
+                txn_id: &txn_id,
+                file: &self.file,
                 pos: self.pos,
                 row: i as u32,
-                ts_ms: record::now_ms(),
+                ts_ms: now_ms,
+                now_ms,
                 snapshot: if last_of_all && i + 1 == n { "last" } else { "true" },
                 total_order: i as u64 + 1,
                 data_collection_order: i as u64 + 1,
             };
-            records.push(self.envelope(&entity, change, place));
+            let mut encoded = Encoded::default();
+            encoded.write(&self.site_parts, &entity.parts, &change, &place, entity.events(&self.ctx.metrics, &self.ctx.site, Op::Read));
+            records.push(encoded);
         }
         if let Some(last) = records.last_mut() {
-            last.1.sitesync.last_in_transaction = true;
+            last.mark_last();
         }
-        for (key, record) in records {
-            self.publish(publisher, key, record).await?;
+        for record in records {
+            self.publish(publisher, record).await?;
         }
         let snap = self.snapshot.as_mut().expect("snapshot running");
         snap.rows_done += n as u64;
