@@ -183,6 +183,65 @@ impl ChangeRecord {
     }
 }
 
+/// What the applier needs of a record before the whole of it: where it stands in its source
+/// transaction. Read without the row images (serde skips them), so that a transaction still
+/// arriving is held as compact message bytes, not as parsed rows.
+#[derive(Debug, Clone)]
+pub struct RecordHead {
+    /// Origin site id.
+    pub origin: String,
+    /// Entity name.
+    pub entity: String,
+    /// Source transaction id.
+    pub transaction_id: String,
+    /// Position among the changes of the transaction (1-based).
+    pub total_order: u64,
+    /// The last change of its transaction.
+    pub last_in_transaction: bool,
+    /// Commit time at the origin, milliseconds since the epoch.
+    pub ts_ms: i64,
+}
+
+impl RecordHead {
+    /// Reads the head of a message value; the rest is checked when the record is read whole.
+    pub fn from_slice(bytes: Option<&[u8]>) -> Result<Self, RecordError> {
+        #[derive(Deserialize)]
+        struct Head {
+            source: HeadSource,
+            transaction: HeadTransaction,
+            sitesync: HeadMeta,
+        }
+        #[derive(Deserialize)]
+        struct HeadSource {
+            ts_ms: i64,
+        }
+        #[derive(Deserialize)]
+        struct HeadTransaction {
+            id: String,
+            total_order: u64,
+        }
+        #[derive(Deserialize)]
+        struct HeadMeta {
+            v: u32,
+            origin: String,
+            entity: String,
+            last_in_transaction: bool,
+        }
+        let head: Head = serde_json::from_slice(bytes.ok_or(RecordError::Empty)?)?;
+        if head.sitesync.v > RECORD_VERSION {
+            return Err(RecordError::Version(head.sitesync.v));
+        }
+        Ok(RecordHead {
+            origin: head.sitesync.origin,
+            entity: head.sitesync.entity,
+            transaction_id: head.transaction.id,
+            total_order: head.transaction.total_order,
+            last_in_transaction: head.sitesync.last_in_transaction,
+            ts_ms: head.source.ts_ms,
+        })
+    }
+}
+
 /// The canonical message key bytes for `entity` and `key`.
 pub fn key_bytes(entity: &str, key: &Row) -> Vec<u8> {
     #[derive(Serialize)]

@@ -50,10 +50,11 @@ impl Applier {
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
         pending: &mut Pending,
         origin: &str,
-        records: &[&ChangeRecord],
+        records: &[Incoming],
     ) -> Result<Vec<&'static str>, ApplyError> {
         let mut outcomes = Vec::with_capacity(records.len());
-        for r in records {
+        for inc in records {
+            let r = &inc.record().map_err(super::unreadable_record)?;
             let entity = &r.sitesync.entity;
             let plan = match self.plans.get(entity) {
                 Some(plan) if r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) => plan,

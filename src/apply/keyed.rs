@@ -339,13 +339,20 @@ impl Applier {
     /// reference, their own rows (locked, with versions) and their `row_versions`.
     pub(super) async fn prefetch(&self, tx: &mut Transaction<'_, MySql>, batch: &[CompleteTxn]) -> Result<Known, ApplyError> {
         let mut known = Known::default();
-        let mut records: Vec<(&EntityPlan, &ChangeRecord)> = Vec::new();
+        let mut records: Vec<(&EntityPlan, ChangeRecord)> = Vec::new();
         for t in batch.iter().filter(|t| !self.already_applied(t)) {
-            for r in t.records.iter().filter_map(|inc| inc.record.as_ref().ok()) {
-                let Some(plan) = self.plans.get(&r.sitesync.entity) else { continue };
-                let routed = r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(&t.origin, &self.ctx.site, &plan.name);
-                if routed && r.after.is_some() && !plan.needs_nothing_looked_up(r, &self.plans) {
-                    records.push((plan.as_ref(), r));
+            for inc in &t.records {
+                let Ok(head) = &inc.head else { continue };
+                let Some(plan) = self.plans.get(&head.entity) else { continue };
+                let routed = head.origin != self.ctx.site && self.ctx.config.routes_entity(&t.origin, &self.ctx.site, &plan.name);
+                if !routed || plan.never_looked_up(&self.plans) {
+                    continue;
+                }
+                // Unreadable records are left to the write, which turns them into dead letters.
+                if let Ok(r) = inc.record() {
+                    if r.after.is_some() && !plan.needs_nothing_looked_up(&r, &self.plans) {
+                        records.push((plan.as_ref(), r));
+                    }
                 }
             }
         }

@@ -29,13 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::control::{self, Control, ControlError, NewDeadLetter, NewParked};
 use crate::position::TxnId;
-use crate::record::{self, ChangeRecord};
+use crate::record::{self, ChangeRecord, RecordHead};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 
@@ -107,21 +107,25 @@ pub struct ApplyContext {
     pub shutdown: Shutdown,
 }
 
-/// One consumed message, parsed.
+/// One consumed message: its bytes and the head that places it in its source transaction. The
+/// whole record is read when it is applied, so a transaction still arriving waits as compact
+/// message bytes (100,000 rows: tens of MB, not the several hundred its parsed rows take).
 struct Incoming {
     offset: i64,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    record: Result<ChangeRecord, String>,
+    head: Result<RecordHead, String>,
 }
 
 impl Incoming {
-    /// The message value: as received if it did not parse, else the parsed record written out.
-    fn value_bytes(&self) -> Option<Vec<u8>> {
-        match &self.record {
-            Ok(r) => serde_json::to_vec(r).ok(),
-            Err(_) => self.value.clone(),
-        }
+    /// The whole record.
+    fn record(&self) -> Result<ChangeRecord, String> {
+        ChangeRecord::from_slice(self.value.as_deref()).map_err(|e| e.to_string())
+    }
+
+    /// The entity the record names, for counting.
+    fn entity(&self) -> String {
+        self.head.as_ref().map(|h| h.entity.clone()).unwrap_or_else(|_| "(unreadable)".into())
     }
 }
 
@@ -345,7 +349,7 @@ impl Applier {
             let mut flush = !first && msg.is_none();
             if let Some(m) = msg {
                 let m = match m {
-                    Ok(m) => m.detach(),
+                    Ok(m) => m,
                     // Brokers down, a fetch timed out: librdkafka reconnects by itself; the
                     // applier keeps its place and waits (its lag grows meanwhile).
                     Err(e) => {
@@ -358,7 +362,7 @@ impl Applier {
                         continue;
                     }
                 };
-                if let Some(txn) = self.accept(m) {
+                if let Some(txn) = self.accept(&m) {
                     ready_records += txn.records.len();
                     ready.push(txn);
                 }
@@ -416,7 +420,7 @@ impl Applier {
     }
 
     /// Adds a message to its partition's transaction; returns the transaction once complete.
-    fn accept(&mut self, m: OwnedMessage) -> Option<CompleteTxn> {
+    fn accept(&mut self, m: &impl Message) -> Option<CompleteTxn> {
         if let Some(origin) = self.heartbeat_origins.get(m.topic()) {
             let ts = m
                 .payload()
@@ -430,38 +434,31 @@ impl Applier {
         let topic = m.topic().to_string();
         let partition = m.partition();
         let origin = self.origins.get(&topic).cloned().unwrap_or_default();
-        let record = ChangeRecord::from_slice(m.payload()).map_err(|e| e.to_string()).and_then(|r| {
-            if r.sitesync.origin != origin {
-                Err(format!("record says origin `{}` but arrived on the topic of site `{origin}`", r.sitesync.origin))
+        let head = RecordHead::from_slice(m.payload()).map_err(|e| e.to_string()).and_then(|h| {
+            if h.origin != origin {
+                Err(format!("record says origin `{}` but arrived on the topic of site `{origin}`", h.origin))
             } else {
-                Ok(r)
+                Ok(h)
             }
         });
-        if let Ok(r) = &record {
-            self.lag.received(&origin, r.source.ts_ms);
+        if let Ok(h) = &head {
+            self.lag.received(&origin, h.ts_ms);
         }
-        // Keep the raw bytes only of a message that did not parse (for its dead letter): a
-        // parsed record can be written out again, and large transactions are held in memory.
-        let incoming = Incoming {
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: if record.is_err() { m.payload().map(<[u8]>::to_vec) } else { None },
-            record,
-        };
+        let incoming = Incoming { offset: m.offset(), key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), head };
         let partial = self.partials.entry((topic.clone(), partition)).or_default();
-        let (id, order, last) = match &incoming.record {
-            Ok(r) => (Some(r.transaction.id.clone()), r.transaction.total_order, r.sitesync.last_in_transaction),
+        let (id, order, last) = match &incoming.head {
+            Ok(h) => (Some(h.transaction_id.clone()), h.total_order, h.last_in_transaction),
             // An unreadable message cannot say which transaction it belongs to: it stands alone
             // and becomes a dead letter when the transaction around it (if any) completes.
             Err(_) => (partial.id.clone(), partial.last_order, partial.id.is_none()),
         };
-        if incoming.record.is_ok() && !partial.records.is_empty() && (partial.id != id || order != partial.last_order + 1) {
+        if incoming.head.is_ok() && !partial.records.is_empty() && (partial.id != id || order != partial.last_order + 1) {
             // Capture restarted inside this transaction and publishes it again from its start
             // (records are numbered 1, 2, ... without gaps within a transaction).
             tracing::info!(site = %self.ctx.site, topic = %topic, discarded = partial.records.len(), "dropping the incomplete copy of a transaction republished after a capture restart");
             partial.records.clear();
         }
-        if incoming.record.is_ok() && partial.records.is_empty() && order != 1 {
+        if incoming.head.is_ok() && partial.records.is_empty() && order != 1 {
             // The start of this copy is missing: a complete copy follows (capture republishes
             // from a transaction boundary), so this one must not be applied in part.
             tracing::warn!(site = %self.ctx.site, topic = %topic, offset = incoming.offset, "dropping a record whose transaction's beginning is missing");
@@ -478,9 +475,9 @@ impl Applier {
         let records = std::mem::take(&mut partial.records);
         partial.id = None;
         partial.last_order = 0;
-        let first_ok = records.iter().find_map(|r| r.record.as_ref().ok());
-        let txn = first_ok.and_then(|r| TxnId::parse(&r.transaction.id).ok().map(|t| (t, r.transaction.id.clone())));
-        let source_ts_ms = first_ok.map(|r| r.source.ts_ms).unwrap_or(0);
+        let first_ok = records.iter().find_map(|r| r.head.as_ref().ok());
+        let txn = first_ok.and_then(|h| TxnId::parse(&h.transaction_id).ok().map(|t| (t, h.transaction_id.clone())));
+        let source_ts_ms = first_ok.map(|h| h.ts_ms).unwrap_or(0);
         Some(CompleteTxn { topic, partition, origin, txn, source_ts_ms, records })
     }
 
@@ -555,7 +552,7 @@ impl Applier {
                 .partials
                 .iter()
                 .filter(|((topic, _), _)| self.origins.get(topic).map(String::as_str) == Some(origin))
-                .filter_map(|(_, p)| p.records.first().and_then(|r| r.record.as_ref().ok()).map(|r| r.source.ts_ms))
+                .filter_map(|(_, p)| p.records.first().and_then(|r| r.head.as_ref().ok()).map(|h| h.ts_ms))
                 .min();
             self.lag.applied(origin, ts, waiting);
         }
@@ -614,59 +611,80 @@ impl Applier {
                     progress.insert((t.origin.clone(), id.stream.clone()), (id.seq, gtid.clone(), t.source_ts_ms));
                 }
             }
-            let entity_of = |inc: &Incoming| inc.record.as_ref().map(|r| r.sitesync.entity.clone()).unwrap_or_else(|_| "(unreadable)".into());
             // Unreadable messages and whole dead transactions become dead letters.
-            let unreadable = t.records.iter().any(|r| r.record.is_err());
+            let unreadable = t.records.iter().any(|r| r.head.is_err());
             if unreadable || dead_reason.is_some() {
                 for inc in &t.records {
-                    let (entity, reason) = match (&inc.record, dead_reason) {
+                    let (entity, reason) = match (&inc.head, dead_reason) {
                         (Err(reason), _) => (None, reason.as_str()),
-                        (Ok(r), Some(reason)) => (Some(r.sitesync.entity.as_str()), reason),
-                        (Ok(r), None) => (Some(r.sitesync.entity.as_str()), "part of a transaction with an unreadable record"),
+                        (Ok(h), Some(reason)) => (Some(h.entity.as_str()), reason),
+                        (Ok(h), None) => (Some(h.entity.as_str()), "part of a transaction with an unreadable record"),
                     };
-                    if duplicate && inc.record.is_ok() {
-                        *counts.entry((t.origin.clone(), entity_of(inc), "skipped")).or_default() += 1;
+                    if duplicate && inc.head.is_ok() {
+                        *counts.entry((t.origin.clone(), inc.entity(), "skipped")).or_default() += 1;
                         continue;
                     }
                     self.dead_letter(&mut tx, t, inc, entity, reason).await?;
                     dead += 1;
-                    *counts.entry((t.origin.clone(), entity_of(inc), "dead_letter")).or_default() += 1;
+                    *counts.entry((t.origin.clone(), inc.entity(), "dead_letter")).or_default() += 1;
                 }
                 continue;
             }
-            let records: Vec<&ChangeRecord> = t.records.iter().filter_map(|r| r.record.as_ref().ok()).collect();
             if duplicate {
-                for r in &records {
-                    *counts.entry((t.origin.clone(), r.sitesync.entity.clone(), "skipped")).or_default() += 1;
+                for inc in &t.records {
+                    *counts.entry((t.origin.clone(), inc.entity(), "skipped")).or_default() += 1;
                 }
                 continue;
             }
-            let keys = row_keys(&t.origin, &records);
-            let behind_parked = keys.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k));
+            let mut parked = Vec::new();
             let outcome = if !careful {
-                if behind_parked {
-                    return Err(ApplyError::NeedsCare);
+                // Record by record: a large transaction is never held parsed whole here.
+                if !self.parked_keys.is_empty() || !newly_parked.is_empty() {
+                    for inc in &t.records {
+                        let r = inc.record().map_err(unreadable_record)?;
+                        if touched_rows(&r).iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k)) {
+                            return Err(ApplyError::NeedsCare);
+                        }
+                    }
                 }
-                self.write_fast(&mut tx, &mut pending, &t.origin, &records).await
-            } else if behind_parked {
-                Err(ApplyError::Wait("an earlier transaction changing the same rows is waiting".into()))
+                self.write_fast(&mut tx, &mut pending, &t.origin, &t.records).await
             } else {
-                sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-                let result = self.apply_records(&mut tx, &t.origin, &records).await;
-                if matches!(result, Err(ApplyError::Wait(_))) {
-                    sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
+                let records: Vec<&ChangeRecord> = records.iter().collect();
+                let keys = row_keys(&t.origin, &records);
+                let result = if keys.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k)) {
+                    Err(ApplyError::Wait("an earlier transaction changing the same rows is waiting".into()))
+                } else {
+                    sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                    let result = self.apply_records(&mut tx, &t.origin, &records).await;
+                    if matches!(result, Err(ApplyError::Wait(_))) {
+                        sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                    }
+                    result
+                };
+                if result.is_err() {
+                    parked = keys;
                 }
                 result
             };
             match outcome {
                 Ok(outcomes) => {
                     applied_txns.push(t_index);
-                    for (r, o) in records.iter().zip(outcomes) {
-                        *counts.entry((t.origin.clone(), r.sitesync.entity.clone(), o)).or_default() += 1;
+                    for (inc, o) in t.records.iter().zip(outcomes) {
+                        *counts.entry((t.origin.clone(), inc.entity(), o)).or_default() += 1;
                     }
                 }
                 Err(ApplyError::Wait(reason)) => {
-                    let json = serde_json::to_vec(&records).map_err(|e| ApplyError::Definite(e.to_string()))?;
+                    // The records as a JSON array, straight from the messages.
+                    let mut json = b"[".to_vec();
+                    for (i, inc) in t.records.iter().enumerate() {
+                        if i > 0 {
+                            json.push(b',');
+                        }
+                        json.extend_from_slice(inc.value.as_deref().unwrap_or(b"null"));
+                    }
+                    json.push(b']');
+                    let keys = parked;
                     let joined = keys.join("\n");
                     self.control
                         .insert_parked(
@@ -832,12 +850,18 @@ impl Applier {
                     entity,
                     reason,
                     key: inc.key.as_deref(),
-                    value: inc.value_bytes().as_deref(),
+                    value: inc.value.as_deref(),
                 },
             )
             .await
             .map_err(ApplyError::Database)
     }
+}
+
+/// A record whose head was readable but not the whole of it: its transaction becomes dead
+/// letters (via the one-at-a-time retry).
+fn unreadable_record(reason: String) -> ApplyError {
+    ApplyError::Definite(format!("unreadable record: {reason}"))
 }
 
 /// `entity|key` of the rows a record touches: its key after the change and, when the key

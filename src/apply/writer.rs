@@ -550,6 +550,15 @@ impl EntityPlan {
         })
     }
 
+    /// Whether every record of this entity is written by primary key as it is (see
+    /// [`Self::needs_nothing_looked_up`]), whatever its operation.
+    pub fn never_looked_up(&self, plans: &Plans) -> bool {
+        self.key_is_primary
+            && self.config.conflict.is_none()
+            && self.upserts()
+            && self.refs.iter().all(|(_, target)| plans.get(target).is_some_and(|p| p.key_is_primary))
+    }
+
     /// Whether `record` is written by primary key as it is: no reference to translate, no
     /// version to compare, no other unique key an upsert could hit.
     pub fn needs_nothing_looked_up(&self, record: &ChangeRecord, plans: &Plans) -> bool {
