@@ -184,6 +184,12 @@ impl Applier {
         let statements = if plan.upserts() && plan.integer_key() { in_rounds(&plan, ops) } else { in_runs(ops) };
         let mut inserted = Vec::new();
         for statement in statements {
+            let (rows, began) = (statement.len(), std::time::Instant::now());
+            let kind = match &statement[0] {
+                RowOp::Delete(_) => "delete",
+                RowOp::Upsert { .. } => "upsert",
+                RowOp::Insert { .. } => "insert",
+            };
             let result = match &statement[0] {
                 RowOp::Delete(_) => {
                     let keys: Vec<Vec<SqlValue>> = statement.into_iter().map(|op| match op {
@@ -210,6 +216,7 @@ impl Applier {
                 }
             };
             result.map_err(needs_care_on_schema)?;
+            tracing::trace!(entity = %pending.entity, kind, rows, ms = began.elapsed().as_secs_f64() * 1e3, "rows written");
         }
         self.read_inserted_ids(tx, &mut pending.known, &plan, &inserted).await
     }

@@ -19,16 +19,15 @@ use sqlx::{AssertSqlSafe, MySql, Row as _, Transaction};
 use super::target::{arguments, to_sql, SqlValue};
 use super::writer::{incoming_loses, local_id_value, row_key_text, sql_text, where_clause, EntityPlan, Plans};
 use super::{Applier, ApplyError, CompleteTxn};
+use crate::control::statement_chunks;
 use crate::config::OnDelete;
 use crate::record::{ChangeRecord, Op, RefKey};
 
 /// A row's key: columns and values.
 type Key = Vec<(String, SqlValue)>;
 
-/// Keys per `IN (...)` lookup.
-const IN_CHUNK: usize = 1_000;
 /// Keys per UNION ALL lookup (each key one indexed sub-select).
-const UNION_CHUNK: usize = 200;
+const UNION_CHUNK: usize = 128;
 
 /// A looked-up row: this site's id and version as text (None: no such row).
 type Found = Option<(Option<String>, Option<String>)>;
@@ -228,7 +227,7 @@ impl EntityPlan {
         let mut claimed_all = true;
         let (by_in, by_one): (Vec<usize>, Vec<usize>) =
             (0..keys.len()).partition(|&i| keys[i].iter().all(|(_, v)| !matches!(v, SqlValue::Null)));
-        for chunk in by_in.chunks(IN_CHUNK) {
+        for chunk in statement_chunks(&by_in, 60_000 / self.key_columns.len().max(1)) {
             let rows = self.lookup_in(tx, chunk.iter().map(|&i| &keys[i]), for_update).await?;
             let mut by_text: HashMap<String, usize> = chunk.iter().map(|&i| (key_text(&keys[i]), i)).collect();
             for (texts, id, version) in rows {
@@ -245,7 +244,7 @@ impl EntityPlan {
             unresolved.clear();
         }
         unresolved.extend(by_one);
-        for chunk in unresolved.chunks(UNION_CHUNK) {
+        for chunk in statement_chunks(&unresolved, UNION_CHUNK) {
             for (n, id, version) in self.lookup_each(tx, chunk.iter().map(|&i| &keys[i]), for_update).await? {
                 out[chunk[n]] = Some((id, self.version_read(for_update, version)));
             }
