@@ -91,7 +91,10 @@ impl Default for Spec<'_> {
 impl Federation {
     pub async fn new(test: &str, spec: Spec<'_>) -> Federation {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let unique = format!("{}_{}_{}", test, std::process::id() % 100_000, n);
+        // The process id repeats across runs on a long-lived stack: a clock part keeps database
+        // and topic names from meeting a previous run's leftovers.
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 100_000;
+        let unique = format!("{}_{}_{}_{}", test, std::process::id() % 100_000, clock, n);
         let app_db = format!("t_{unique}");
         let control_db = format!("c_{unique}");
         let topic_prefix = format!("test.{unique}");
