@@ -81,12 +81,58 @@ pub struct RefResolver {
     primary_keys: HashMap<String, String>,
     /// entity -> (id -> natural key as JSON).
     cache: HashMap<String, KeyCache>,
+    /// (entity, key column) -> how to read it.
+    key_expressions: HashMap<(String, String), KeyExpression>,
+}
+
+/// A key column read from the origin's table in the record's encoding: the SQL expression and
+/// how its text becomes the JSON value.
+#[derive(Debug, Clone, PartialEq)]
+struct KeyExpression {
+    sql: String,
+    number: bool,
+}
+
+impl KeyExpression {
+    fn for_column(column: &str, data_type: &str, precision: u32) -> Self {
+        let c = format!("`{column}`");
+        let text = |sql: String| KeyExpression { sql, number: false };
+        match data_type {
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => KeyExpression { sql: format!("CAST({c} AS CHAR)"), number: true },
+            "bit" => KeyExpression { sql: format!("CAST({c} + 0 AS CHAR)"), number: true },
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => text(format!("REPLACE(TO_BASE64({c}), CHAR(10), '')")),
+            // MariaDB's UUID: the bytes in the order of its text form.
+            "uuid" => text(format!("TO_BASE64(UNHEX(REPLACE(CAST({c} AS CHAR), '-', '')))")),
+            "inet4" | "inet6" => text(format!("TO_BASE64(INET6_ATON(CAST({c} AS CHAR)))")),
+            "timestamp" if precision > 0 => {
+                text(format!("CONCAT(LEFT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s.%f'), {}), 'Z')", 20 + precision))
+            }
+            "timestamp" => text(format!("CONCAT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s'), 'Z')")),
+            _ => text(format!("CAST({c} AS CHAR)")),
+        }
+    }
+
+    fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    fn value(&self, text: String) -> Value {
+        if self.number {
+            if let Ok(i) = text.parse::<i64>() {
+                return Value::from(i);
+            }
+            if let Ok(u) = text.parse::<u64>() {
+                return Value::from(u);
+            }
+        }
+        Value::String(text)
+    }
 }
 
 impl RefResolver {
     /// A resolver reading `db` through `pool`.
     pub fn new(pool: mysql_async::Pool, db: String, config: Arc<Config>) -> Self {
-        Self { pool, db, config, primary_keys: HashMap::new(), cache: HashMap::new() }
+        Self { pool, db, config, primary_keys: HashMap::new(), cache: HashMap::new(), key_expressions: HashMap::new() }
     }
 
     /// Whether references to `entity` need a natural key (ids differ per site).
@@ -124,25 +170,61 @@ impl RefResolver {
             .ok_or_else(|| CaptureError::Config(format!("reference to unknown entity `{entity}`")))?
             .clone();
         let pk = self.primary_key(entity, &cfg.table).await?;
-        let columns: Vec<String> = cfg.key.iter().map(|k| format!("CAST(`{k}` AS CHAR)")).collect();
-        let sql = format!("SELECT {} FROM `{}`.`{}` WHERE `{pk}` = ?", columns.join(", "), self.db, cfg.table);
+        let mut columns = Vec::with_capacity(cfg.key.len());
+        for k in &cfg.key {
+            columns.push(self.key_expression(entity, &cfg.table, k).await?);
+        }
+        let sql = format!(
+            "SELECT {} FROM `{}`.`{}` WHERE `{pk}` = ?",
+            columns.iter().map(KeyExpression::sql).collect::<Vec<_>>().join(", "),
+            self.db,
+            cfg.table
+        );
         let param = match id {
             Value::Number(n) => n.to_string(),
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
         let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
+        // TIMESTAMP keys are written in UTC, as capture writes them from the binlog.
+        conn.query_drop("SET time_zone = '+00:00'").await.map_err(|e| self.err(e))?;
         let row: Option<mysql_async::Row> = conn.exec_first(sql, (param,)).await.map_err(|e| self.err(e))?;
         let Some(row) = row else { return Ok(None) };
         let mut key = serde_json::Map::new();
-        for (i, k) in cfg.key.iter().enumerate() {
-            let v: Option<String> = row.get(i).flatten();
-            key.insert(k.clone(), v.map(Value::String).unwrap_or(Value::Null));
+        for (i, (k, expression)) in cfg.key.iter().zip(&columns).enumerate() {
+            let text: Option<String> = row.get_opt(i).and_then(Result::ok).flatten();
+            key.insert(k.clone(), text.map(|t| expression.value(t)).unwrap_or(Value::Null));
         }
         let key: Arc<str> = Value::Object(key).to_string().into();
         self.cache_of(entity).insert(id_key, key.clone());
         Ok(Some(key))
     }
+
+    /// How key column `column` of `entity` is read so that it comes back encoded as capture
+    /// encodes it from the binlog (schemas/README.md): base64 for bytes, UTC for TIMESTAMP,
+    /// numbers for integers.
+    async fn key_expression(&mut self, entity: &str, table: &str, column: &str) -> Result<KeyExpression, CaptureError> {
+        let cache_key = (entity.to_string(), column.to_string());
+        if let Some(e) = self.key_expressions.get(&cache_key) {
+            return Ok(e.clone());
+        }
+        let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
+        let described: Option<(String, Option<u32>)> = conn
+            .exec_first(
+                "SELECT LOWER(DATA_TYPE), DATETIME_PRECISION FROM information_schema.COLUMNS
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                (self.db.as_str(), table, column),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let (data_type, precision) = described.ok_or_else(|| {
+            CaptureError::Config(format!("entities.{entity}.key: {}.{table} has no column `{column}`", self.db))
+        })?;
+        let expression = KeyExpression::for_column(column, &data_type, precision.unwrap_or(0));
+        self.key_expressions.insert(cache_key, expression.clone());
+        Ok(expression)
+    }
+
     async fn primary_key(&mut self, entity: &str, table: &str) -> Result<String, CaptureError> {
         if let Some(pk) = self.primary_keys.get(entity) {
             return Ok(pk.clone());
