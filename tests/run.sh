@@ -20,3 +20,9 @@ if ! pkg-config --exists openssl 2>/dev/null; then
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config; }
 fi
 cargo test --locked --all-targets -- --test-threads="${SITESYNC_TEST_THREADS:-4}" "$@"
+# Lints, where the toolchain has clippy (rustup's default profile does).
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --locked --all-targets -- -D warnings
+else
+    echo "tests/run.sh: cargo clippy is not installed; lints not checked" >&2
+fi

@@ -25,7 +25,9 @@ pub async fn replay(config: &Config, site: &str, only: Option<u64>) -> Result<Ve
         return Err(ApplyError::Config(format!("no dead letter {id} at site {site}")));
     }
     // The letters of one source transaction replay together, in one local transaction.
-    let mut groups: Vec<(String, Vec<(u64, Result<ChangeRecord, String>, String)>)> = Vec::new();
+    // (dead-letter id, the record or why it is unreadable, its reason)
+    type Letter = (u64, Result<ChangeRecord, String>, String);
+    let mut groups: Vec<(String, Vec<Letter>)> = Vec::new();
     for d in letters {
         let parsed = ChangeRecord::from_slice(d.value.as_deref()).map_err(|e| e.to_string());
         let origin = d.origin.clone().or_else(|| parsed.as_ref().ok().map(|r| r.sitesync.origin.clone())).unwrap_or_default();

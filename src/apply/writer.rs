@@ -250,10 +250,7 @@ impl EntityPlan {
         );
         let q = sqlx::query_scalar_with::<_, Option<String>, _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
         let row_key = row_key_text(key);
-        let local = match q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)? {
-            None => None,
-            Some(v) => Some(v.unwrap_or_default()),
-        };
+        let local = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?.map(Option::unwrap_or_default);
         let written: Option<(String, String, i8)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT origin, version, deleted FROM `{}`.`row_versions` WHERE entity = ? AND row_key = ?",
             self.control_db

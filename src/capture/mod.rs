@@ -504,7 +504,7 @@ impl Reader {
                         reason: format!(
                             "a change to database `{}` was logged as a statement, not as rows: a session uses binlog_format={}; set binlog_format=ROW globally and for every session (the changed rows cannot be captured; re-seed with `sitesync snapshot`)",
                             self.db,
-                            if q.len() > 0 { "STATEMENT or MIXED" } else { "?" }
+                            if !q.is_empty() { "STATEMENT or MIXED" } else { "?" }
                         ),
                     });
                 }
@@ -516,7 +516,7 @@ impl Reader {
                     self.tables.clear();
                     // A DDL commits on its own (MariaDB flags its GTID standalone; MySQL sends
                     // no XID after it): it never shares a transaction with row changes.
-                    if self.txn.as_ref().map_or(true, |t| t.standalone || (t.records == 0 && t.pending.is_none())) {
+                    if self.txn.as_ref().is_none_or(|t| t.standalone || (t.records == 0 && t.pending.is_none())) {
                         self.commit(publisher, end_pos, header.timestamp()).await?;
                     }
                 }
@@ -529,12 +529,10 @@ impl Reader {
                 }
             }
             // Heartbeat: the server is alive and has nothing new.
-            27 => {
-                if self.txn.is_none() {
-                    let now = record::now_ms();
-                    self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(now as f64 / 1000.0);
-                    self.heartbeat(publisher, now);
-                }
+            27 if self.txn.is_none() => {
+                let now = record::now_ms();
+                self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(now as f64 / 1000.0);
+                self.heartbeat(publisher, now);
             }
             _ => {}
         }

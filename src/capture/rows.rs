@@ -87,8 +87,8 @@ impl Reader {
         }
         // A session with binlog_row_image=MINIMAL logs only some columns: never guess the rest.
         let columns = data.num_columns() as usize;
-        let before_full = data.columns_before_image().map_or(true, |b| b.count_ones() >= columns);
-        let after_full = data.columns_after_image().map_or(true, |b| b.count_ones() >= columns);
+        let before_full = data.columns_before_image().is_none_or(|b| b.count_ones() >= columns);
+        let after_full = data.columns_after_image().is_none_or(|b| b.count_ones() >= columns);
         if !before_full || !after_full {
             return Err(CaptureError::Binlog {
                 file: self.file.clone(),

@@ -175,7 +175,7 @@ impl Reader {
 
     /// Reads the next chunk between two watermarks (or ends the snapshot).
     async fn next_chunk(&mut self) -> Result<(), CaptureError> {
-        loop {
+        {
             let Some(snap) = self.snapshot.as_mut() else { return Ok(()) };
             if snap.entity.is_none() {
                 let Some(name) = snap.remaining.pop_front() else {
@@ -202,7 +202,6 @@ impl Reader {
                 snap.entity = Some(entity);
                 snap.last_key = None;
             }
-            break;
         }
         let chunk_rows = self.ctx.config.capture.snapshot_chunk_rows.max(1);
         let watermarks = self.control_table("snapshot_watermarks");
@@ -342,7 +341,9 @@ async fn table_info(
     table: &str,
     charsets: &std::collections::HashMap<String, u16>,
 ) -> Result<TableInfo, mysql_async::Error> {
-    let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Option<u32>, Option<Vec<u8>>, Vec<u8>)> = conn
+    // Name, data type, column type, precision, collation, key (bytes: names may be any text).
+    type ColumnRow = (Vec<u8>, Vec<u8>, Vec<u8>, Option<u32>, Option<Vec<u8>>, Vec<u8>);
+    let rows: Vec<ColumnRow> = conn
         .exec(
             "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), DATETIME_PRECISION, COLLATION_NAME, COLUMN_KEY
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
@@ -366,7 +367,7 @@ async fn table_info(
             None => super::decode::BINARY_CHARSET,
         };
         let members = if matches!(ctype, ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET) {
-            crate::apply::parse_members(&column_type).into_iter().map(Into::into).collect()
+            crate::apply::parse_members(&column_type)
         } else {
             Vec::new()
         };

@@ -303,7 +303,7 @@ impl Filter {
             },
             Filter::Not(a) => a.eval(row).map(|v| !v),
             Filter::IsNull(c, is_null) => {
-                let null = row.get(c).map_or(true, Value::is_null);
+                let null = row.get(c).is_none_or(Value::is_null);
                 Some(null == *is_null)
             }
             Filter::Compare(c, op, lit) => compare(row.get(c)?, lit).map(|ord| match op {

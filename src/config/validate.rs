@@ -229,7 +229,6 @@ pub fn columns_problems(
             missing(format!("entities.{entity}.filter"), col);
         }
     }
-    drop(missing);
     for col in &e.exclude {
         if primary_key.contains(col) {
             problems.push(ConfigProblem {
