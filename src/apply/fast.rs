@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::keyed::{Decision, Known};
 use super::target::SqlValue;
-use super::writer::sql_text;
+use super::writer::{row_key_of_texts, sql_text};
 use super::*;
 
 /// Writes decided but not sent yet, and what the batch knows of the rows it touches.
@@ -31,6 +31,14 @@ enum RowOp {
 }
 
 impl RowOp {
+    fn kind(&self) -> &'static str {
+        match self {
+            RowOp::Delete(_) => "delete",
+            RowOp::Upsert { .. } => "upsert",
+            RowOp::Insert { .. } => "insert",
+        }
+    }
+
     /// Ops of one statement: the same kind with the same columns.
     fn joins(&self, other: &RowOp) -> bool {
         match (self, other) {
@@ -184,12 +192,7 @@ impl Applier {
         let statements = if plan.upserts() && plan.integer_key() { in_rounds(&plan, ops) } else { in_runs(ops) };
         let mut inserted = Vec::new();
         for statement in statements {
-            let (rows, began) = (statement.len(), std::time::Instant::now());
-            let kind = match &statement[0] {
-                RowOp::Delete(_) => "delete",
-                RowOp::Upsert { .. } => "upsert",
-                RowOp::Insert { .. } => "insert",
-            };
+            let (rows, began, kind) = (statement.len(), std::time::Instant::now(), statement[0].kind());
             let result = match &statement[0] {
                 RowOp::Delete(_) => {
                     let keys: Vec<Vec<SqlValue>> = statement.into_iter().map(|op| match op {
@@ -256,7 +259,7 @@ fn in_rounds(plan: &EntityPlan, ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
                 .map(|c| columns.iter().position(|x| x == c).map(|i| &values[i]))
                 .collect::<Option<Vec<_>>>()?,
         };
-        Some(values.iter().map(|v| sql_text(v)).collect::<Vec<_>>().join("\u{1f}"))
+        Some(row_key_of_texts(values.into_iter().map(sql_text)))
     };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut rounds: Vec<Vec<RowOp>> = Vec::new();

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, MySql, Row as _, Transaction};
 
 use super::target::{arguments, to_sql, SqlValue};
-use super::writer::{incoming_loses, local_id_value, row_key_text, sql_text, where_clause, EntityPlan, Plans};
+use super::writer::{incoming_loses, local_id_value, row_key_of_texts, row_key_text, sql_text, where_clause, EntityPlan, Plans};
 use super::{Applier, ApplyError, CompleteTxn};
 use crate::control::statement_chunks;
 use crate::config::OnDelete;
@@ -229,9 +229,9 @@ impl EntityPlan {
             (0..keys.len()).partition(|&i| keys[i].iter().all(|(_, v)| !matches!(v, SqlValue::Null)));
         for chunk in statement_chunks(&by_in, 60_000 / self.key_columns.len().max(1)) {
             let rows = self.lookup_in(tx, chunk.iter().map(|&i| &keys[i]), for_update).await?;
-            let mut by_text: HashMap<String, usize> = chunk.iter().map(|&i| (key_text(&keys[i]), i)).collect();
+            let mut by_text: HashMap<String, usize> = chunk.iter().map(|&i| (row_key_text(&keys[i]), i)).collect();
             for (texts, id, version) in rows {
-                match by_text.remove(&texts.join("\u{1f}")) {
+                match by_text.remove(&row_key_of_texts(texts)) {
                     Some(i) => out[i] = Some((id, self.version_read(for_update, version))),
                     None => claimed_all = false,
                 }
@@ -326,11 +326,6 @@ impl EntityPlan {
             .map_err(ApplyError::classify)?;
         Ok(rows.into_iter().map(|(i, id, version)| (i as usize, id, version)).collect())
     }
-}
-
-/// A key's values as the text `CAST(column AS CHAR)` gives for the same value, in key order.
-fn key_text(key: &Key) -> String {
-    key.iter().map(|(_, v)| sql_text(v)).collect::<Vec<_>>().join("\u{1f}")
 }
 
 impl Applier {

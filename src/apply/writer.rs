@@ -420,8 +420,7 @@ impl EntityPlan {
     }
 
     async fn upsert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
-        let columns: Vec<String> = sets.iter().map(|(c, _)| c.clone()).collect();
-        let values: Vec<SqlValue> = sets.iter().map(|(_, v)| v.clone()).collect();
+        let (columns, values): (Vec<String>, Vec<SqlValue>) = sets.iter().cloned().unzip();
         self.upsert_rows(tx, &columns, &[values]).await
     }
 
@@ -550,30 +549,25 @@ impl EntityPlan {
     /// Whether every record of this entity is written by primary key as it is (see
     /// [`Self::needs_nothing_looked_up`]), whatever its operation.
     pub fn never_looked_up(&self, plans: &Plans) -> bool {
-        self.key_is_primary
-            && self.config.conflict.is_none()
-            && self.upserts()
-            && self.refs.iter().all(|(_, target)| plans.get(target).is_some_and(|p| p.key_is_primary))
+        self.upserts() && self.same_ids_everywhere(plans)
     }
 
     /// Whether `record` is written by primary key as it is: no reference to translate, no
     /// version to compare, no other unique key an upsert could hit.
     pub fn needs_nothing_looked_up(&self, record: &ChangeRecord, plans: &Plans) -> bool {
+        (self.upserts() || record.op == Op::Delete) && self.same_ids_everywhere(plans)
+    }
+
+    /// Rows and the rows they reference have the same ids at every site, and no version decides.
+    fn same_ids_everywhere(&self, plans: &Plans) -> bool {
         self.key_is_primary
             && self.config.conflict.is_none()
-            && (self.upserts() || record.op == Op::Delete)
             && self.refs.iter().all(|(_, target)| plans.get(target).is_some_and(|p| p.key_is_primary))
     }
 
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
-        let cols: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}`")).collect();
-        let sql = format!("{}INSERT INTO {} ({}) VALUES ({})", self.lenient(sets), self.target.qualified(), cols.join(", "), vec!["?"; cols.len()].join(", "));
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (_, v) in sets {
-            q = bind(q, v.clone());
-        }
-        q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
-        Ok(())
+        let (columns, values): (Vec<String>, Vec<SqlValue>) = sets.iter().cloned().unzip();
+        self.insert_rows(tx, &columns, &[values]).await
     }
 
     /// `UPDATE ... WHERE key`; returns the number of rows matched.
@@ -635,7 +629,12 @@ pub(super) fn local_id_value(id: String) -> Value {
 
 /// A row's identity in `row_versions` and in the batch's knowledge: its key values as text.
 pub(super) fn row_key_text(key: &[(String, SqlValue)]) -> String {
-    Value::Array(key.iter().map(|(_, v)| Value::String(sql_text(v))).collect()).to_string()
+    row_key_of_texts(key.iter().map(|(_, v)| sql_text(v)))
+}
+
+/// [`row_key_text`] from the key values' texts (as `sql_text`, or `CAST(column AS CHAR)` gives them).
+pub(super) fn row_key_of_texts(texts: impl IntoIterator<Item = String>) -> String {
+    Value::Array(texts.into_iter().map(Value::String).collect()).to_string()
 }
 
 /// The wait for a referenced row that is not here yet.
