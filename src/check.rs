@@ -323,7 +323,7 @@ fn relevant_tables(config: &Config, site: &str) -> Vec<(String, String)> {
         .collect();
     let mut i = 0;
     while i < names.len() {
-        for target in config.entities[names[i]].refs.values() {
+        for target in config.entities[names[i]].refs.values().map(|r| &r.entity) {
             if config.entities.contains_key(target) && !names.contains(&target) {
                 names.push(target);
             }

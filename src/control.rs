@@ -10,6 +10,8 @@
 //! - `identity_map`: entity, origin site, origin primary key -> local primary key.
 //! - `row_versions`: which site wrote the version of a row that an applied change brought, so
 //!   last-writer-wins breaks ties the same way at every site.
+//! - `received_rows`: local rows that the applier created from another site's change: a
+//!   snapshot here leaves them to their origin, which owns them.
 //! - `parked`: source transactions waiting for the rows they reference to arrive.
 //! - `snapshot_requests`, `snapshot_watermarks`: snapshots asked for and their progress, and
 //!   the watermarks that place each snapshot chunk in the binlog (see `capture::snapshot`).
@@ -298,6 +300,14 @@ impl Control {
                  ) ENGINE=InnoDB"
             ),
             format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`received_rows` (
+                   entity VARCHAR(64) NOT NULL,
+                   local_key VARCHAR(512) NOT NULL,
+                   origin VARCHAR(64) NOT NULL,
+                   PRIMARY KEY (entity, local_key)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                    entities TEXT NOT NULL,
@@ -364,7 +374,7 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters"]
+        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "received_rows", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters"]
             .iter()
             .filter(|t| !present.iter().any(|p| p == *t))
             .map(|t| t.to_string())
@@ -518,6 +528,22 @@ impl Control {
             let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
             for (entity, origin, origin_key, local_key) in chunk {
                 q = q.bind(*entity).bind(*origin).bind(*origin_key).bind(*local_key);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Records that the applier created these local rows (entity, local primary key as text)
+    /// from a change of `origin`: they are the origin's to publish in a snapshot.
+    pub async fn write_received(&self, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &str)]) -> Result<(), sqlx::Error> {
+        for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
+            let mut sql = format!("INSERT INTO `{}`.`received_rows` (entity, local_key, origin) VALUES ", self.db);
+            sql.push_str(&vec!["(?, ?, ?)"; chunk.len()].join(", "));
+            sql.push_str(" ON DUPLICATE KEY UPDATE origin = VALUES(origin)");
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for (entity, local_key, origin) in chunk {
+                q = q.bind(*entity).bind(*local_key).bind(*origin);
             }
             q.execute(&mut **tx).await?;
         }

@@ -176,8 +176,10 @@ async fn contents(
         for c in &compared {
             let v = match cfg.refs.get(c.as_str()) {
                 Some(target) => match text[c.as_str()].clone() {
-                    Some(id) => Some(natural_key_of(config, target, site, &id, data).await?),
-                    None => None,
+                    Some(id) if !target.is_none(&serde_json::Value::String(id.clone())) => {
+                        Some(natural_key_of(config, &target.entity, site, &id, data).await?)
+                    }
+                    other => other,
                 },
                 None => hex[c.as_str()].clone(),
             };
@@ -187,7 +189,10 @@ async fn contents(
         for k in &key_cols {
             let v = match cfg.refs.get(k) {
                 Some(target) => match text[k.as_str()].clone() {
-                    Some(id) => serde_json::Value::String(natural_key_of(config, target, site, &id, data).await?),
+                    Some(id) if !target.is_none(&serde_json::Value::String(id.clone())) => {
+                        serde_json::Value::String(natural_key_of(config, &target.entity, site, &id, data).await?)
+                    }
+                    Some(id) => serde_json::Value::String(id),
                     None => serde_json::Value::Null,
                 },
                 None => text[k.as_str()].clone().map(serde_json::Value::String).unwrap_or(serde_json::Value::Null),

@@ -68,6 +68,8 @@ pub(super) struct Known {
     versions: HashMap<(String, String), Option<Written>>,
     pending_versions: Vec<((String, String), Written)>,
     pending_identities: Vec<Identity>,
+    /// Rows this batch creates from another site's change: (entity, row key, origin).
+    pending_received: Vec<(String, String, String)>,
 }
 
 /// How a record is written, decided from what the batch knows.
@@ -133,7 +135,7 @@ impl Known {
 
     /// Whether control-table writes are pending.
     pub(super) fn has_pending(&self) -> bool {
-        !self.pending_versions.is_empty() || !self.pending_identities.is_empty()
+        !self.pending_versions.is_empty() || !self.pending_identities.is_empty() || !self.pending_received.is_empty()
     }
 }
 
@@ -194,10 +196,18 @@ impl EntityPlan {
         // The database may write a version differently from the record (a DATETIME's
         // fraction): only an integer's text is known to read back the same.
         let version_after = new_version.filter(|v| v.parse::<i64>().is_ok());
+        if matches!(local, LocalRow::Absent) {
+            known.pending_received.push((self.name.clone(), row.1.clone(), origin.to_string()));
+        }
         let (decision, id) = match (&local, self.upserts()) {
             (_, true) => {
                 let (columns, values) = sets.into_iter().unzip();
-                (Decision::Upsert { columns, values }, None)
+                // Upserted by primary key: the key is this site's id.
+                let id = match key.as_slice() {
+                    [(_, v)] => Some(sql_text(v)),
+                    _ => None,
+                };
+                (Decision::Upsert { columns, values }, id)
             }
             (LocalRow::Absent, false) => {
                 let (columns, values) = sets.into_iter().unzip();
@@ -445,6 +455,17 @@ impl Applier {
             }
         }
         self.control.write_identities(tx, &entries).await.map_err(ApplyError::classify)?;
+        let received = std::mem::take(&mut known.pending_received);
+        let mut entries = Vec::with_capacity(received.len());
+        for (entity, row_key, origin) in &received {
+            match known.rows.get(&(entity.clone(), row_key.clone())) {
+                Some(LocalRow::Present { id: Some(id), .. }) => entries.push((entity.as_str(), id.as_str(), origin.as_str())),
+                // A composite primary key: not tracked (see `EntityPlan::mark_received`).
+                _ if self.plans.get(entity).is_some_and(|p| p.target.primary_key.len() != 1) => {}
+                _ => return Err(ApplyError::NeedsCare),
+            }
+        }
+        self.control.write_received(tx, &entries).await.map_err(ApplyError::classify)?;
         let versions = std::mem::take(&mut known.pending_versions);
         let entries: Vec<_> = versions
             .iter()

@@ -290,7 +290,7 @@ async fn load_plans(config: &Config, site: &str, pool: &sqlx::MySqlPool, origins
         config.entities.keys().filter(|name| origins.iter().any(|o| config.routes_entity(o, site, name))).collect();
     let mut needed: Vec<&String> = routed.clone();
     for name in &routed {
-        for target in config.entities[*name].refs.values() {
+        for target in config.entities[*name].refs.values().map(|r| &r.entity) {
             if !needed.contains(&target) {
                 needed.push(target);
             }
@@ -461,7 +461,18 @@ impl Applier {
         if incoming.head.is_ok() && partial.records.is_empty() && order != 1 {
             // The start of this copy is missing: a complete copy follows (capture republishes
             // from a transaction boundary), so this one must not be applied in part.
-            tracing::warn!(site = %self.ctx.site, topic = %topic, offset = incoming.offset, "dropping a record whose transaction's beginning is missing");
+            // Never expected: offsets are stored at transaction boundaries, and capture publishes
+            // every transaction from its first record. A record that claims to start in the
+            // middle is a capture bug (or a foreign producer): say what is dropped, and count it.
+            let h = incoming.head.as_ref().expect("checked");
+            tracing::error!(
+                site = %self.ctx.site, topic = %topic, offset = incoming.offset, origin = %h.origin, entity = %h.entity,
+                transaction = %h.transaction_id, total_order = order,
+                key = %String::from_utf8_lossy(incoming.key.as_deref().unwrap_or_default()),
+                "dropping a record whose transaction's first record never arrived: its change is not applied here (a capture bug: please report it)"
+            );
+            self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &origin, &h.entity, "dropped"]).inc();
+            self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "protocol"]).inc();
             partial.id = None;
             partial.last_order = 0;
             return None;

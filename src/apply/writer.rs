@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, MySql, Transaction};
 
 use super::target::{arguments, bind, needs_lenient_mode, to_sql, SqlValue, TargetTable};
 use super::ApplyError;
-use crate::config::{EntityConfig, OnDelete};
+use crate::config::{EntityConfig, OnDelete, RefTarget};
 use crate::record::{ChangeRecord, Op, RefKey};
 
 /// A statement prefix that writes ENUM's error value, which strict mode refuses.
@@ -32,8 +32,8 @@ pub struct EntityPlan {
     /// A unique index (or the primary key) covers exactly the key columns: the database itself
     /// refuses a second row with an equal key.
     pub key_is_unique: bool,
-    /// Reference columns and the entity each points to.
-    pub refs: Vec<(String, String)>,
+    /// Reference columns and what each points to.
+    pub refs: Vec<(String, RefTarget)>,
     /// The control database (for the identity map).
     pub control_db: String,
     /// This site's id (the writer of versions the application wrote here).
@@ -188,7 +188,9 @@ impl EntityPlan {
             if key_only && !self.key_columns.contains(col) {
                 continue;
             }
-            let Some(id) = image.get(col).filter(|v| !v.is_null()) else { continue };
+            // NULL and the "no reference" values (0 by default) are written as they are.
+            let Some(id) = image.get(col).filter(|v| !target.is_none(v)) else { continue };
+            let target = &target.entity;
             let plan = plans.get(target).ok_or_else(|| {
                 ApplyError::Schema(format!("entities.{}.refs.{col}: entity `{target}` has no table at this site", self.name))
             })?;
@@ -320,6 +322,33 @@ impl EntityPlan {
         Ok(())
     }
 
+    /// Whether a row with this key is here.
+    async fn exists(&self, tx: &mut Transaction<'_, MySql>, key: &[(String, SqlValue)]) -> Result<bool, ApplyError> {
+        let sql = format!("SELECT 1 FROM {} WHERE {} LIMIT 1", self.target.qualified(), where_clause(key));
+        let q = sqlx::query_scalar_with::<_, i32, _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
+        Ok(q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?.is_some())
+    }
+
+    /// Records that the row with `key` was just created here from `origin`'s change: a
+    /// snapshot here leaves it to its origin (one-column primary keys).
+    async fn mark_received(&self, tx: &mut Transaction<'_, MySql>, origin: &str, key: &[(String, SqlValue)]) -> Result<(), ApplyError> {
+        let [pk] = self.target.primary_key.as_slice() else { return Ok(()) };
+        let sql = format!(
+            "INSERT INTO `{}`.`received_rows` (entity, local_key, origin)
+             SELECT ?, CAST(`{pk}` AS CHAR), ? FROM {} WHERE {} LIMIT 1
+             ON DUPLICATE KEY UPDATE origin = VALUES(origin)",
+            self.control_db,
+            self.target.qualified(),
+            where_clause(key)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.name).bind(origin);
+        for (_, v) in key {
+            q = bind(q, v.clone());
+        }
+        q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
+        Ok(())
+    }
+
     /// Applies `record` inside `tx`.
     pub async fn apply(
         &self,
@@ -389,7 +418,11 @@ impl EntityPlan {
                 }
                 let key_changed = where_key != after_key;
                 if self.upserts() && !key_changed {
+                    let created = matches!(record.op, Op::Create | Op::Read) && !self.exists(tx, &after_key).await?;
                     self.upsert(tx, &sets).await?;
+                    if created {
+                        self.mark_received(tx, origin, &after_key).await?;
+                    }
                     return Ok(Outcome::Applied);
                 }
                 if self.update(tx, &sets, where_key).await? == 0 {
@@ -400,6 +433,7 @@ impl EntityPlan {
                         // (a dead letter), not a row to overwrite.
                         self.insert(tx, &sets).await?;
                     }
+                    self.mark_received(tx, origin, &after_key).await?;
                 }
                 if !self.key_is_primary {
                     self.remember_identity(tx, origin, origin_after, &after_key).await?;
@@ -562,7 +596,7 @@ impl EntityPlan {
     fn same_ids_everywhere(&self, plans: &Plans) -> bool {
         self.key_is_primary
             && self.config.conflict.is_none()
-            && self.refs.iter().all(|(_, target)| plans.get(target).is_some_and(|p| p.key_is_primary))
+            && self.refs.iter().all(|(_, target)| plans.get(&target.entity).is_some_and(|p| p.key_is_primary))
     }
 
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {

@@ -21,8 +21,8 @@ pub(super) struct EntityTable {
     pub(super) pk_column: Option<(usize, String)>,
     /// Whether rows of this entity are remembered for references to them (natural key).
     pub(super) remembered: bool,
-    /// Reference columns whose target entity has its own natural key: (column index, entity).
-    pub(super) translated_refs: Vec<(usize, String)>,
+    /// Reference columns whose target entity has its own natural key: (column index, target).
+    pub(super) translated_refs: Vec<(usize, crate::config::RefTarget)>,
     /// The record's per-table parts, rendered once.
     pub(super) parts: TableParts,
     /// `sitesync_capture_events_total` of this entity per op, created at its first record.
@@ -173,7 +173,7 @@ impl Reader {
                     info.db, info.table
                 )));
             };
-            if self.refs.translates(target) {
+            if self.refs.translates(&target.entity) {
                 translated_refs.push((i, target.clone()));
             }
         }

@@ -508,16 +508,25 @@ impl Reader {
                         ),
                     });
                 }
-                if q.eq_ignore_ascii_case("BEGIN") {
-                } else if q.eq_ignore_ascii_case("COMMIT") {
-                    self.commit(publisher, end_pos, header.timestamp()).await?;
-                } else {
-                    // DDL: table ids are re-assigned after it; drop what we knew.
-                    self.tables.clear();
-                    // A DDL commits on its own (MariaDB flags its GTID standalone; MySQL sends
-                    // no XID after it): it never shares a transaction with row changes.
-                    if self.txn.as_ref().is_none_or(|t| t.standalone || (t.records == 0 && t.pending.is_none())) {
-                        self.commit(publisher, end_pos, header.timestamp()).await?;
+                match classify_statement(q) {
+                    Statement::Begin | Statement::InTransaction => {}
+                    Statement::End => self.commit(publisher, end_pos, header.timestamp()).await?,
+                    Statement::Ddl => {
+                        // DDL: table ids are re-assigned after it; drop what we knew.
+                        self.tables.clear();
+                        // A DDL commits on its own (MariaDB flags its GTID standalone; MySQL sends
+                        // no XID after it): it never shares a transaction with row changes.
+                        if self.txn.as_ref().is_none_or(|t| t.standalone || (t.records == 0 && t.pending.is_none())) {
+                            self.commit(publisher, end_pos, header.timestamp()).await?;
+                        }
+                    }
+                    Statement::Other => {
+                        // A statement of its own (MariaDB flags such a GTID standalone: there is
+                        // no COMMIT after it) ends its transaction; inside BEGIN ... COMMIT it
+                        // does not, and leaves the echo marker and the table maps alone.
+                        if self.txn.as_ref().is_some_and(|t| t.standalone) {
+                            self.commit(publisher, end_pos, header.timestamp()).await?;
+                        }
                     }
                 }
             }
@@ -561,6 +570,11 @@ impl Reader {
                     open.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default()
                 ),
             });
+        }
+        if let Some(ended) = self.txn.take().and_then(|t| t.gtid) {
+            // The previous transaction published nothing and ended with a statement that is no
+            // commit (MySQL logs FLUSH or GRANT without one): the new GTID proves it over.
+            self.gtid.advance(&ended);
         }
         self.txn = Some(Txn { gtid_text: Some(gtid.to_string()), gtid: Some(gtid), server_id, standalone, ..Txn::default() });
         Ok(())
@@ -629,15 +643,57 @@ fn binlog_file_name(raw: &str) -> String {
     raw.to_string()
 }
 
-/// Whether a logged statement changes rows (statement-based logging of DML).
-fn is_row_change_statement(query: &str) -> bool {
+/// What a Query event means for the transaction around it.
+#[derive(Debug, PartialEq, Eq)]
+enum Statement {
+    /// `BEGIN`, `XA START`: a transaction starts (its GTID event already opened it).
+    Begin,
+    /// `COMMIT`, `ROLLBACK` (of a transaction that changed non-transactional tables): it ends.
+    End,
+    /// A schema change: table ids are re-assigned after it.
+    Ddl,
+    /// A statement inside a transaction that neither ends it nor changes a schema:
+    /// `SAVEPOINT`, `ROLLBACK TO SAVEPOINT`, `RELEASE SAVEPOINT`, `XA END`, `XA PREPARE`.
+    /// An applied transaction writes a savepoint after its echo marker: ending the transaction
+    /// there would publish the rest of it as this site's own changes.
+    InTransaction,
+    /// Anything else (`FLUSH`, `SET`, ...).
+    Other,
+}
+
+/// Classifies a logged statement: DDL is recognised by its first word, never by elimination.
+fn classify_statement(query: &str) -> Statement {
+    let words: Vec<String> = statement_words(query, 2);
+    let first = words.first().map(String::as_str).unwrap_or("");
+    let second = words.get(1).map(String::as_str).unwrap_or("");
+    match (first, second) {
+        ("BEGIN", _) | ("XA", "START" | "BEGIN") => Statement::Begin,
+        ("COMMIT", _) => Statement::End,
+        ("ROLLBACK", "TO") => Statement::InTransaction,
+        ("ROLLBACK", "") | ("ROLLBACK", "WORK") => Statement::End,
+        ("SAVEPOINT", _) | ("RELEASE", "SAVEPOINT") | ("XA", _) => Statement::InTransaction,
+        ("CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE", _) => Statement::Ddl,
+        _ => Statement::Other,
+    }
+}
+
+/// The first `n` words of a statement, upper-cased, after any leading comments.
+fn statement_words(query: &str, n: usize) -> Vec<String> {
     let mut q = query.trim_start();
-    // Skip leading comments such as `/* app */`.
     while let Some(rest) = q.strip_prefix("/*") {
         q = rest.split_once("*/").map(|(_, r)| r.trim_start()).unwrap_or("");
     }
-    let word: String = q.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase();
-    matches!(word.as_str(), "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD")
+    q.split(|c: char| !c.is_ascii_alphabetic() && c != '_')
+        .filter(|w| !w.is_empty())
+        .take(n)
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// Whether a logged statement changes rows (statement-based logging of DML).
+fn is_row_change_statement(query: &str) -> bool {
+    let word = statement_words(query, 1);
+    matches!(word.first().map(String::as_str), Some("INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"))
 }
 
 
@@ -658,5 +714,33 @@ mod tests {
         assert!(is_row_change_statement("insert into t values (1)"));
         assert!(!is_row_change_statement("ALTER TABLE person ADD COLUMN x INT"));
         assert!(!is_row_change_statement("BEGIN"));
+    }
+
+    #[test]
+    fn only_commit_and_rollback_end_a_transaction_and_only_ddl_is_ddl() {
+        use Statement::*;
+        for (q, want) in [
+            ("BEGIN", Begin),
+            ("XA START X'01',X'',1", Begin),
+            ("COMMIT", End),
+            ("ROLLBACK", End),
+            ("SAVEPOINT source_txn", InTransaction),
+            ("SAVEPOINT `source_txn`", InTransaction),
+            ("ROLLBACK TO SAVEPOINT source_txn", InTransaction),
+            ("ROLLBACK TO source_txn", InTransaction),
+            ("RELEASE SAVEPOINT source_txn", InTransaction),
+            ("XA END X'01',X'',1", InTransaction),
+            ("XA PREPARE X'01',X'',1", InTransaction),
+            ("/* app */ ALTER TABLE person ADD COLUMN x INT", Ddl),
+            ("create table t (id int primary key)", Ddl),
+            ("DROP TABLE IF EXISTS `t` /* generated by server */", Ddl),
+            ("RENAME TABLE a TO b", Ddl),
+            ("TRUNCATE TABLE t", Ddl),
+            ("FLUSH PRIVILEGES", Other),
+            ("SET @x = 1", Other),
+            ("GRANT SELECT ON *.* TO x", Other),
+        ] {
+            assert_eq!(classify_statement(q), want, "{q}");
+        }
     }
 }

@@ -82,8 +82,17 @@ impl Reader {
             return Ok(());
         }
         if self.txn.is_none() {
-            // Only possible when resuming in the middle of a transaction; never on GTID resume.
-            self.txn = Some(Txn::default());
+            // Capture resumes at GTID boundaries and every transaction starts with its GTID
+            // event: a row change outside one means capture lost track of a transaction's
+            // end (a bug), and publishing it would attribute it to no transaction.
+            return Err(CaptureError::Binlog {
+                file: self.file.clone(),
+                pos: start_pos,
+                reason: format!(
+                    "table {}: a row change outside any GTID transaction; capture cannot place it and stops rather than publish it (please report this with the binlog around this position)",
+                    entity.info.table
+                ),
+            });
         }
         // A session with binlog_row_image=MINIMAL logs only some columns: never guess the rest.
         let columns = data.num_columns() as usize;
@@ -109,8 +118,6 @@ impl Reader {
         let now_ms = record::now_ms();
         let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
         let server_id = if server_id != 0 { server_id } else { header.server_id() };
-        // Without a GTID (resumed mid-transaction) the event's position names the transaction.
-        let position_id = self.txn.as_ref().is_some_and(|t| t.gtid_text.is_none()).then(|| format!("{}:{start_pos}", self.file));
         // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
         // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
         for (row_index, row) in decode::rows(&data, &entity.info).enumerate() {
@@ -136,7 +143,7 @@ impl Reader {
             let place = Place {
                 server_id,
                 gtid: txn.gtid_text.as_deref(),
-                txn_id: txn.gtid_text.as_deref().or(position_id.as_deref()).unwrap_or_default(),
+                txn_id: txn.gtid_text.as_deref().unwrap_or_default(),
                 file: &self.file,
                 pos: start_pos,
                 row: row_index as u32,
@@ -174,12 +181,13 @@ impl Reader {
         let mut refs: Vec<RefEntry> = Vec::new();
         for (col, target) in &entity.translated_refs {
             for image in [before.as_ref(), after.as_ref()].into_iter().flatten() {
-                let Some(id) = image.get(*col).filter(|v| !v.is_null()) else { continue };
-                if refs.iter().any(|r| &r.entity == target && &r.id == id) {
+                // NULL and the "no reference" values (0 by default) point to no row.
+                let Some(id) = image.get(*col).filter(|v| !target.is_none(v)) else { continue };
+                if refs.iter().any(|r| r.entity == target.entity && &r.id == id) {
                     continue;
                 }
-                if let Some(key) = self.refs.resolve(target, id).await? {
-                    refs.push(RefEntry { entity: target.clone(), id: id.clone(), key });
+                if let Some(key) = self.refs.resolve(&target.entity, id).await? {
+                    refs.push(RefEntry { entity: target.entity.clone(), id: id.clone(), key });
                 }
             }
         }

@@ -205,6 +205,7 @@ impl Reader {
         }
         let chunk_rows = self.ctx.config.capture.snapshot_chunk_rows.max(1);
         let watermarks = self.control_table("snapshot_watermarks");
+        let received = self.control_table("received_rows");
         let snap = self.snapshot.as_mut().expect("snapshot running");
         snap.chunk += 1;
         snap.window_open = false;
@@ -213,16 +214,27 @@ impl Reader {
         let (low, high) = (mark("low"), mark("high"));
         let columns: Vec<String> = entity.info.columns.iter().map(|c| format!("`{}`", c.name)).collect();
         let pk: Vec<String> = snap.pk_columns.iter().map(|c| format!("`{c}`")).collect();
-        let after = match &snap.last_key {
-            Some(_) => format!("WHERE ({}) > ({})", pk.join(", "), vec!["?"; pk.len()].join(", ")),
-            None => String::new(),
-        };
+        let mut conditions = Vec::new();
+        if snap.last_key.is_some() {
+            conditions.push(format!("({}) > ({})", pk.join(", "), vec!["?"; pk.len()].join(", ")));
+        }
+        // Rows this site's applier created from another site's change are that site's to
+        // publish: a snapshot publishes what this site owns (its application's rows and its
+        // history), so no row is re-attributed and the traffic does not grow with the sites.
+        if let [only] = pk.as_slice() {
+            conditions.push(format!(
+                "NOT EXISTS (SELECT 1 FROM {} r WHERE r.entity = '{}' AND r.local_key = CAST(t.{only} AS CHAR))",
+                received,
+                entity.name.replace('\\', "\\\\").replace('\'', "''")
+            ));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let select = format!(
-            "SELECT {} FROM `{}`.`{}` {after} ORDER BY {} LIMIT {chunk_rows}",
-            columns.join(", "),
+            "SELECT {} FROM `{}`.`{}` t {filter} ORDER BY {} LIMIT {chunk_rows}",
+            columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", "),
             entity.info.db,
             entity.info.table,
-            pk.join(", ")
+            pk.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
         );
         let params: Vec<mysql_async::Value> = snap.last_key.clone().unwrap_or_default();
         let site = self.ctx.site.clone();

@@ -216,6 +216,75 @@ impl<'de> Deserialize<'de> for OnDelete {
     }
 }
 
+/// A reference column's target: `creator_id = "user"`, or with the values that mean "no
+/// reference" spelled out: `parent_id = { entity = "tag", none = [0, -1] }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefTarget {
+    /// The entity the column points to.
+    pub entity: String,
+    /// Values that point to no row and travel as themselves. NULL always does; the default is
+    /// `[0]`, since LIMS2 and many schemas declare references `NOT NULL DEFAULT 0`.
+    pub none: Vec<serde_json::Value>,
+}
+
+impl RefTarget {
+    /// Whether `value` points to no row (NULL or a configured sentinel).
+    pub fn is_none(&self, value: &serde_json::Value) -> bool {
+        value.is_null() || self.none.iter().any(|n| same_scalar(n, value))
+    }
+}
+
+/// Whether two JSON scalars hold the same value (`0`, `0.0` and `"0"` are the same id).
+fn same_scalar(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.trim().to_string(),
+        other => other.to_string(),
+    };
+    let (a, b) = (text(a), text(b));
+    a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+}
+
+impl<'de> Deserialize<'de> for RefTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Entity(String),
+            Full(Full),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            entity: String,
+            #[serde(default)]
+            none: Option<Vec<toml::Value>>,
+        }
+        let expected = "an entity name (\"user\") or { entity = \"user\", none = [0] }";
+        let raw = Raw::deserialize(d).map_err(|_| serde::de::Error::custom(format!("expected {expected}")))?;
+        Ok(match raw {
+            Raw::Entity(entity) => RefTarget { entity, none: vec![serde_json::Value::from(0)] },
+            Raw::Full(Full { entity, none }) => {
+                let none = match none {
+                    None => vec![serde_json::Value::from(0)],
+                    Some(values) => values
+                        .into_iter()
+                        .map(|v| match v {
+                            toml::Value::Integer(_) | toml::Value::String(_) | toml::Value::Float(_) => {
+                                serde_json::to_value(&v).map_err(serde::de::Error::custom)
+                            }
+                            other => Err(serde::de::Error::custom(format!(
+                                "`none` holds numbers or strings (the values that mean \"no reference\"), not {}",
+                                other.type_str()
+                            ))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                };
+                RefTarget { entity, none }
+            }
+        })
+    }
+}
+
 /// Optional conflict resolution.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -242,9 +311,9 @@ pub struct EntityConfig {
     /// What a delete does elsewhere.
     #[serde(default)]
     pub on_delete: OnDelete,
-    /// Foreign-key columns and the entity each points to.
+    /// Foreign-key columns and the entity each points to (with its "no reference" values).
     #[serde(default)]
-    pub refs: BTreeMap<String, String>,
+    pub refs: BTreeMap<String, RefTarget>,
     /// Optional last-writer-wins.
     #[serde(default)]
     pub conflict: Option<ConflictConfig>,

@@ -111,3 +111,29 @@ fn expansion_handles_dollars_and_rejects_bad_names() {
     assert!(expand::expand_str("${X", &e).is_err());
     assert!(expand::expand_str("${A-B}", &e).is_err());
 }
+
+#[test]
+fn references_mean_no_row_at_null_and_zero_unless_told_otherwise() {
+    let c = Config::from_toml(GOOD, Path::new("fed.toml"), &env).unwrap();
+    let creator = &c.entities["user"].refs["creator_id"];
+    assert_eq!(creator.entity, "user");
+    for none in [serde_json::json!(null), serde_json::json!(0), serde_json::json!("0")] {
+        assert!(creator.is_none(&none), "{none} is no reference by default");
+    }
+    assert!(!creator.is_none(&serde_json::json!(7)));
+
+    let text = GOOD.replace(r#"refs = { creator_id = "user" }"#, r#"refs = { creator_id = { entity = "user", none = [0, -1] } }"#);
+    let c = Config::from_toml(&text, Path::new("fed.toml"), &env).unwrap();
+    let creator = &c.entities["user"].refs["creator_id"];
+    assert!(creator.is_none(&serde_json::json!(-1)) && creator.is_none(&serde_json::json!(0)));
+    assert!(!creator.is_none(&serde_json::json!(1)));
+
+    let text = GOOD.replace(r#"refs = { creator_id = "user" }"#, r#"refs = { creator_id = { entity = "user", none = [] } }"#);
+    let c = Config::from_toml(&text, Path::new("fed.toml"), &env).unwrap();
+    assert!(!c.entities["user"].refs["creator_id"].is_none(&serde_json::json!(0)), "none = [] makes 0 a real id");
+
+    for bad in [r#"refs = { creator_id = 5 }"#, r#"refs = { creator_id = { entity = "user", nothing = [0] } }"#, r#"refs = { creator_id = { entity = "user", none = [[0]] } }"#] {
+        let p = problems(&GOOD.replace(r#"refs = { creator_id = "user" }"#, bad));
+        assert!(p.iter().any(|p| p.key == "entities.user.refs.creator_id"), "{bad}: {p:?}");
+    }
+}

@@ -113,6 +113,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             }
         }
         for (col, target) in &entity.refs {
+            let target = &target.entity;
             if !is_safe_identifier(col) {
                 problem(format!("{}.{col}", at("refs")), format!("`{col}` is not a valid column name"));
             }
