@@ -22,6 +22,55 @@ use sqlx::{AssertSqlSafe, Executor, MySql, Row as _, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Columns added to control tables after their first release: (table, column, definition).
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("row_versions", "depth", "INT UNSIGNED NOT NULL DEFAULT 0"), ("row_versions", "row_version", "VARCHAR(128) NULL")];
+
+pub use crate::stamp::VersionEntry;
+
+/// The `row_versions` entries of `entity` for `row_keys` (row key, entry). Row keys compare
+/// exactly (the control database is utf8mb4_bin).
+pub async fn read_versions(
+    db: &str,
+    conn: &mut sqlx::MySqlConnection,
+    entity: &str,
+    row_keys: &[&str],
+) -> Result<Vec<(String, VersionEntry)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in statement_chunks(row_keys, MAX_STATEMENT_ROWS) {
+        let sql = format!(
+            "SELECT row_key, origin, version, depth, COALESCE(row_version, version), deleted FROM `{db}`.`row_versions` WHERE entity = ? AND row_key IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String, String, String, u32, String, i8)>(AssertSqlSafe(sql)).bind(entity);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(key, site, version, depth, row_version, deleted)| {
+            (key, VersionEntry { stamp: crate::stamp::Stamp { version, depth, site }, row_version, deleted: deleted == 1 })
+        }));
+    }
+    Ok(out)
+}
+
+/// Records, inside `tx`, the stamp of the version each row now has (entity, row key, entry),
+/// many per statement; a later entry for a row wins.
+pub async fn write_versions(db: &str, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {
+    for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
+        let mut sql = format!("INSERT INTO `{db}`.`row_versions` (entity, row_key, origin, version, depth, row_version, deleted) VALUES ");
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), depth = VALUES(depth), row_version = VALUES(row_version), deleted = VALUES(deleted)",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for (entity, row_key, e) in chunk {
+            q = q.bind(*entity).bind(*row_key).bind(&e.stamp.site).bind(&e.stamp.version).bind(e.stamp.depth).bind(&e.row_version).bind(e.deleted as i8);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// The table whose change marks a binlog transaction as written by sitesync's applier.
 pub const ECHO_MARKER_TABLE: &str = "apply_offsets";
 
@@ -296,6 +345,8 @@ impl Control {
                    origin VARCHAR(64) NOT NULL,
                    version VARCHAR(128) NOT NULL,
                    deleted TINYINT NOT NULL DEFAULT 0,
+                   depth INT UNSIGNED NOT NULL DEFAULT 0,
+                   row_version VARCHAR(128) NULL,
                    PRIMARY KEY (entity, row_key)
                  ) ENGINE=InnoDB"
             ),
@@ -358,10 +409,26 @@ impl Control {
         ]
     }
 
-    /// Creates every control table; idempotent.
+    /// Creates every control table; idempotent. Tables of an earlier sitesync get the columns
+    /// they lack.
     pub async fn init(&self) -> Result<(), ControlError> {
         for stmt in self.ddl() {
             sqlx::query(AssertSqlSafe(stmt.as_str())).execute(&self.pool).await.map_err(self.err("creating control tables"))?;
+        }
+        for (table, column, definition) in ADDED_COLUMNS {
+            let present: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            )
+            .bind(&self.db)
+            .bind(table)
+            .bind(column)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.err("reading control tables"))?;
+            if present.is_none() {
+                let sql = format!("ALTER TABLE `{}`.`{table}` ADD COLUMN `{column}` {definition}", self.db);
+                sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await.map_err(self.err("adding control table columns"))?;
+            }
         }
         Ok(())
     }
@@ -550,48 +617,20 @@ impl Control {
         Ok(())
     }
 
-    /// The `row_versions` entries of `entity` for `row_keys` inside `tx`: row key -> (origin,
-    /// version, deleted). Row keys compare exactly (the control database is utf8mb4_bin).
-    pub async fn read_versions(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        entity: &str,
-        row_keys: &[&str],
-    ) -> Result<Vec<(String, String, String, bool)>, sqlx::Error> {
-        let mut out = Vec::new();
-        for chunk in statement_chunks(row_keys, MAX_STATEMENT_ROWS) {
-            let sql = format!(
-                "SELECT row_key, origin, version, deleted FROM `{}`.`row_versions` WHERE entity = ? AND row_key IN ({})",
-                self.db,
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut q = sqlx::query_as::<_, (String, String, String, i8)>(AssertSqlSafe(sql)).bind(entity);
-            for k in chunk {
-                q = q.bind(*k);
-            }
-            out.extend(q.fetch_all(&mut **tx).await?.into_iter().map(|(k, o, v, d)| (k, o, v, d == 1)));
-        }
-        Ok(out)
+    /// The `row_versions` entries of `entity` for `row_keys` inside `tx`.
+    pub async fn read_versions(&self, tx: &mut Transaction<'_, MySql>, entity: &str, row_keys: &[&str]) -> Result<Vec<(String, VersionEntry)>, sqlx::Error> {
+        read_versions(&self.db, tx, entity, row_keys).await
     }
 
-    /// Records, inside `tx`, which site wrote the version each row now has (entity, row key,
-    /// origin, version, deleted), many per statement; a later entry for a row wins.
-    pub async fn write_versions(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        entries: &[(&str, &str, &str, &str, bool)],
-    ) -> Result<(), sqlx::Error> {
-        for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
-            let mut sql = format!("INSERT INTO `{}`.`row_versions` (entity, row_key, origin, version, deleted) VALUES ", self.db);
-            sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
-            sql.push_str(" ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), deleted = VALUES(deleted)");
-            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for (entity, row_key, origin, version, deleted) in chunk {
-                q = q.bind(*entity).bind(*row_key).bind(*origin).bind(*version).bind(*deleted as i8);
-            }
-            q.execute(&mut **tx).await?;
-        }
-        Ok(())
+    /// The `row_versions` entries of `entity` for `row_keys`, outside any transaction (capture).
+    pub async fn read_versions_now(&self, entity: &str, row_keys: &[&str]) -> Result<Vec<(String, VersionEntry)>, ControlError> {
+        let mut conn = self.pool.acquire().await.map_err(self.err("reading row versions"))?;
+        read_versions(&self.db, &mut conn, entity, row_keys).await.map_err(self.err("reading row versions"))
+    }
+
+    /// Records, inside `tx`, the stamp of the version each row now has, many per statement.
+    pub async fn write_versions(&self, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {
+        write_versions(&self.db, tx, entries).await
     }
 
     /// Stores a dead letter inside `tx`.

@@ -3,7 +3,7 @@
 //! Layout: [`config`] (the federation file), [`capture`] (binlog -> Kafka), [`apply`]
 //! (Kafka -> local database), [`record`] (the change record), [`position`] (GTIDs),
 //! [`control`] (sitesync's own tables), [`kafka`] (client configuration), [`telemetry`]
-//! (metrics and HTTP), [`preflight`] (server settings), [`verify`] (comparing sites),
+//! (metrics and HTTP), [`stamp`] (last-writer-wins order), [`preflight`] (server settings), [`verify`] (comparing sites),
 //! [`commands`] (one function per command).
 
 pub mod apply;
@@ -18,5 +18,6 @@ pub mod position;
 pub mod preflight;
 pub mod record;
 pub mod shutdown;
+pub mod stamp;
 pub mod telemetry;
 pub mod verify;

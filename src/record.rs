@@ -108,6 +108,11 @@ pub struct SitesyncMeta {
     /// so that each site can find its own id for them. Absent when no reference needs it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<RefKey>,
+    /// Last writer wins' stamp of the change (entities with `conflict`): its version, how many
+    /// changes of that version it was made on top of, and the site whose application made it.
+    /// Absent: the version column's value at depth 0, made at `origin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<crate::stamp::Stamp>,
 }
 
 /// A referenced row: the origin's id of it and its natural key.

@@ -22,8 +22,9 @@ pub(super) struct Pending {
 
 /// One row's part in a multi-row statement.
 enum RowOp {
-    /// Insert or update by primary key.
-    Upsert { columns: Vec<String>, values: Vec<SqlValue> },
+    /// Insert or update by primary key (`create`: from an insert or snapshot row, whose row,
+    /// if this creates it, is recorded as received).
+    Upsert { columns: Vec<String>, values: Vec<SqlValue>, create: Option<String> },
     /// Insert a new row (its id is read back after).
     Insert { columns: Vec<String>, values: Vec<SqlValue>, key: Vec<(String, SqlValue)> },
     /// Delete by primary key.
@@ -74,8 +75,9 @@ impl Applier {
             let outcome = if plan.needs_nothing_looked_up(r, &self.plans) {
                 match plan.batch_write(origin, r, &self.plans) {
                     Some(Ok(BatchWrite::Skip)) => "skipped",
-                    Some(Ok(BatchWrite::Upsert { columns, values })) => {
-                        self.push(tx, pending, entity, RowOp::Upsert { columns, values }).await?;
+                    Some(Ok(BatchWrite::Upsert { columns, values, create })) => {
+                        let create = create.then(|| origin.to_string());
+                        self.push(tx, pending, entity, RowOp::Upsert { columns, values, create }).await?;
                         "applied"
                     }
                     Some(Ok(BatchWrite::Delete(key))) => {
@@ -124,7 +126,8 @@ impl Applier {
                     "applied"
                 }
                 Decision::Upsert { columns, values } => {
-                    self.push(tx, pending, entity, RowOp::Upsert { columns, values }).await?;
+                    // Rows it creates are recorded by the decision (keyed.rs).
+                    self.push(tx, pending, entity, RowOp::Upsert { columns, values, create: None }).await?;
                     "applied"
                 }
                 Decision::Update { sets, key } => {
@@ -205,9 +208,15 @@ impl Applier {
                     let columns = columns.clone();
                     let insert = matches!(statement[0], RowOp::Insert { .. });
                     let mut rows = Vec::with_capacity(statement.len());
+                    let mut creating = Vec::new();
                     for op in statement {
                         match op {
-                            RowOp::Upsert { values, .. } => rows.push(values),
+                            RowOp::Upsert { values, create, .. } => {
+                                if let Some(origin) = create {
+                                    creating.push((rows.len(), origin));
+                                }
+                                rows.push(values)
+                            }
                             RowOp::Insert { values, key, .. } => {
                                 rows.push(values);
                                 inserted.push(key);
@@ -215,13 +224,52 @@ impl Applier {
                             RowOp::Delete(_) => unreachable!("one kind per statement"),
                         }
                     }
-                    if insert { plan.insert_rows(tx, &columns, &rows).await } else { plan.upsert_rows(tx, &columns, &rows).await }
+                    let created = self.absent_rows(tx, &plan, &columns, &rows, &creating).await.map_err(needs_care_on_schema)?;
+                    let written = if insert { plan.insert_rows(tx, &columns, &rows).await } else { plan.upsert_rows(tx, &columns, &rows).await };
+                    match written {
+                        Ok(()) if !created.is_empty() => {
+                            let entries: Vec<(&str, &str, &str)> =
+                                created.iter().map(|(id, origin)| (plan.name.as_str(), id.as_str(), origin.as_str())).collect();
+                            self.control.write_received(tx, &entries).await.map_err(ApplyError::classify)
+                        }
+                        other => other,
+                    }
                 }
             };
             result.map_err(needs_care_on_schema)?;
             tracing::trace!(entity = %pending.entity, kind, rows, ms = began.elapsed().as_secs_f64() * 1e3, "rows written");
         }
         self.read_inserted_ids(tx, &mut pending.known, &plan, &inserted).await
+    }
+}
+
+impl Applier {
+    /// Of the rows at `creating` (index into `rows`, origin), those absent here before they are
+    /// written: (this site's id as text, origin). One indexed read per statement, only where
+    /// inserts and snapshot rows go in by primary key (one-column keys).
+    async fn absent_rows(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        plan: &EntityPlan,
+        columns: &[String],
+        rows: &[Vec<SqlValue>],
+        creating: &[(usize, String)],
+    ) -> Result<Vec<(String, String)>, ApplyError> {
+        let [pk] = plan.target.primary_key.as_slice() else { return Ok(Vec::new()) };
+        let Some(at) = columns.iter().position(|c| c == pk) else { return Ok(Vec::new()) };
+        if creating.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Vec<(String, SqlValue)>> = creating.iter().map(|(i, _)| vec![(pk.clone(), rows[*i][at].clone())]).collect();
+        let found = plan.present_keys(tx, &keys).await?;
+        let mut out: Vec<(String, String)> = Vec::new();
+        for ((i, origin), present) in creating.iter().zip(found) {
+            let id = sql_text(&rows[*i][at]);
+            if !present && !out.iter().any(|(k, _)| *k == id) {
+                out.push((id, origin.clone()));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -254,7 +302,7 @@ fn in_rounds(plan: &EntityPlan, ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
     let key_of = |op: &RowOp| -> Option<String> {
         let values: Vec<&SqlValue> = match op {
             RowOp::Delete(k) => k.iter().collect(),
-            RowOp::Upsert { columns, values } | RowOp::Insert { columns, values, .. } => pk
+            RowOp::Upsert { columns, values, .. } | RowOp::Insert { columns, values, .. } => pk
                 .iter()
                 .map(|c| columns.iter().position(|x| x == c).map(|i| &values[i]))
                 .collect::<Option<Vec<_>>>()?,

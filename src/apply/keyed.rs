@@ -21,6 +21,8 @@ use super::writer::{incoming_loses, local_id_value, row_key_of_texts, row_key_te
 use super::{Applier, ApplyError, CompleteTxn};
 use crate::control::statement_chunks;
 use crate::config::OnDelete;
+use crate::control::VersionEntry;
+use crate::stamp::Stamp;
 use crate::record::{ChangeRecord, Op, RefKey};
 
 /// A row's key: columns and values.
@@ -41,13 +43,6 @@ enum LocalRow {
     Present { id: Option<String>, version: Option<String> },
 }
 
-/// Who wrote a row's version (`row_versions`).
-#[derive(Debug, Clone)]
-struct Written {
-    origin: String,
-    version: String,
-    deleted: bool,
-}
 
 /// An identity-map entry to write: the origin's row `origin_key` became the local row whose
 /// key is `row_key`.
@@ -65,8 +60,8 @@ pub(super) struct Known {
     /// (entity, row key) -> the local row.
     rows: HashMap<(String, String), LocalRow>,
     /// (entity, row key) -> `row_versions` (None: no entry).
-    versions: HashMap<(String, String), Option<Written>>,
-    pending_versions: Vec<((String, String), Written)>,
+    versions: HashMap<(String, String), Option<VersionEntry>>,
+    pending_versions: Vec<((String, String), VersionEntry)>,
     pending_identities: Vec<Identity>,
     /// Rows this batch creates from another site's change: (entity, row key, origin).
     pending_received: Vec<(String, String, String)>,
@@ -176,26 +171,26 @@ impl EntityPlan {
                     LocalRow::Present { version: None, .. } => return Ok(Decision::Unknown),
                 };
                 let Some(written) = known.versions.get(&row) else { return Ok(Decision::Unknown) };
-                let written = written.as_ref().map(|w| (w.origin.as_str(), w.version.as_str(), w.deleted));
-                if incoming_loses(&incoming, local_version, written, origin, &self.local_site, false) {
+                let stamp = record.sitesync.stamp.clone().unwrap_or_else(|| Stamp::new(incoming.clone(), origin));
+                if incoming_loses(&stamp, local_version, written.as_ref(), &self.local_site) {
                     if !self.key_is_primary {
                         known.remember_identity(self, origin, after, &row.1);
                     }
                     return Ok(Decision::Lost);
                 }
-                new_version = Some(incoming);
+                new_version = Some((incoming, stamp));
             }
         }
 
         // Decided: from here on the batch's knowledge follows the write.
-        if let Some(version) = &new_version {
-            let written = Written { origin: origin.to_string(), version: version.clone(), deleted: false };
+        if let Some((version, stamp)) = &new_version {
+            let written = VersionEntry { stamp: stamp.clone(), row_version: version.clone(), deleted: false };
             known.versions.insert(row.clone(), Some(written.clone()));
             known.pending_versions.push((row.clone(), written));
         }
         // The database may write a version differently from the record (a DATETIME's
         // fraction): only an integer's text is known to read back the same.
-        let version_after = new_version.filter(|v| v.parse::<i64>().is_ok());
+        let version_after = new_version.map(|(v, _)| v).filter(|v| v.parse::<i64>().is_ok());
         if matches!(local, LocalRow::Absent) {
             known.pending_received.push((self.name.clone(), row.1.clone(), origin.to_string()));
         }
@@ -260,6 +255,11 @@ impl EntityPlan {
             }
         }
         Ok(out)
+    }
+
+    /// Whether a row of each key is here (keys of the entity's own key columns).
+    pub(super) async fn present_keys(&self, tx: &mut Transaction<'_, MySql>, keys: &[Key]) -> Result<Vec<bool>, ApplyError> {
+        Ok(self.lookup(tx, keys, false).await?.into_iter().map(|found| found.is_some()).collect())
     }
 
     /// The version as the per-record path reads it (NULL as empty), where it was asked for.
@@ -412,8 +412,8 @@ impl Applier {
                 for row_key in &row_keys {
                     known.versions.insert((plan.name.clone(), row_key.clone()), None);
                 }
-                for (row_key, origin, version, deleted) in written {
-                    known.versions.insert((plan.name.clone(), row_key), Some(Written { origin, version, deleted }));
+                for (row_key, entry) in written {
+                    known.versions.insert((plan.name.clone(), row_key), Some(entry));
                 }
             }
         }
@@ -467,10 +467,7 @@ impl Applier {
         }
         self.control.write_received(tx, &entries).await.map_err(ApplyError::classify)?;
         let versions = std::mem::take(&mut known.pending_versions);
-        let entries: Vec<_> = versions
-            .iter()
-            .map(|((entity, row_key), w)| (entity.as_str(), row_key.as_str(), w.origin.as_str(), w.version.as_str(), w.deleted))
-            .collect();
+        let entries: Vec<_> = versions.iter().map(|((entity, row_key), w)| (entity.as_str(), row_key.as_str(), w)).collect();
         self.control.write_versions(tx, &entries).await.map_err(ApplyError::classify)?;
         Ok(())
     }

@@ -458,13 +458,11 @@ impl Applier {
             tracing::info!(site = %self.ctx.site, topic = %topic, discarded = partial.records.len(), "dropping the incomplete copy of a transaction republished after a capture restart");
             partial.records.clear();
         }
-        if incoming.head.is_ok() && partial.records.is_empty() && order != 1 {
-            // The start of this copy is missing: a complete copy follows (capture republishes
-            // from a transaction boundary), so this one must not be applied in part.
+        if let (Ok(h), true) = (&incoming.head, partial.records.is_empty() && order != 1) {
+            // The start of this transaction never arrived, so it must not be applied in part.
             // Never expected: offsets are stored at transaction boundaries, and capture publishes
             // every transaction from its first record. A record that claims to start in the
             // middle is a capture bug (or a foreign producer): say what is dropped, and count it.
-            let h = incoming.head.as_ref().expect("checked");
             tracing::error!(
                 site = %self.ctx.site, topic = %topic, offset = incoming.offset, origin = %h.origin, entity = %h.entity,
                 transaction = %h.transaction_id, total_order = order,

@@ -9,6 +9,8 @@ use sqlx::{AssertSqlSafe, MySql, Transaction};
 use super::target::{arguments, bind, needs_lenient_mode, to_sql, SqlValue, TargetTable};
 use super::ApplyError;
 use crate::config::{EntityConfig, OnDelete, RefTarget};
+use crate::control::{self, VersionEntry};
+use crate::stamp::Stamp;
 use crate::record::{ChangeRecord, Op, RefKey};
 
 /// A statement prefix that writes ENUM's error value, which strict mode refuses.
@@ -50,6 +52,8 @@ pub enum BatchWrite {
         columns: Vec<String>,
         /// Their values.
         values: Vec<SqlValue>,
+        /// An insert or snapshot row: if it creates the row here, the row is the origin's.
+        create: bool,
     },
     /// Delete the row with this primary key.
     Delete(Vec<SqlValue>),
@@ -229,13 +233,15 @@ impl EntityPlan {
         Ok(out)
     }
 
-    /// Last writer wins: whether the incoming image beats the local row, by (version, site id);
-    /// the same comparison at every site makes them all keep the same version. Records the
-    /// winner's origin, so a later tie is broken by who really wrote the local version.
+    /// Last writer wins: whether the incoming change beats the local row, by stamp (see
+    /// [`crate::stamp`]); the same comparison at every site makes them all keep the same
+    /// version. Records the winner's stamp, so later changes compare with who really wrote it.
+    #[allow(clippy::too_many_arguments)]
     async fn incoming_wins(
         &self,
         tx: &mut Transaction<'_, MySql>,
         origin: &str,
+        stamp: Option<&Stamp>,
         image: &Map<String, Value>,
         key: &[(String, SqlValue)],
         version_column: &str,
@@ -243,7 +249,8 @@ impl EntityPlan {
     ) -> Result<bool, ApplyError> {
         let col = self.target.column(version_column)?;
         let Some(incoming) = image.get(version_column) else { return Ok(true) };
-        let incoming = sql_text(&to_sql(col, incoming)?);
+        let row_version = sql_text(&to_sql(col, incoming)?);
+        let stamp = stamp.cloned().unwrap_or_else(|| Stamp::new(row_version.clone(), origin));
         let sql = format!(
             "SELECT CAST(`{}` AS CHAR) FROM {} WHERE {} LIMIT 1 FOR UPDATE",
             col.name,
@@ -253,47 +260,14 @@ impl EntityPlan {
         let q = sqlx::query_scalar_with::<_, Option<String>, _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
         let row_key = row_key_text(key);
         let local = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?.map(Option::unwrap_or_default);
-        let written: Option<(String, String, i8)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT origin, version, deleted FROM `{}`.`row_versions` WHERE entity = ? AND row_key = ?",
-            self.control_db
-        )))
-        .bind(&self.name)
-        .bind(&row_key)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(ApplyError::classify)?;
-        let written = written.as_ref().map(|(o, v, d)| (o.as_str(), v.as_str(), *d == 1));
-        let loses = incoming_loses(&incoming, local.as_deref(), written, origin, &self.local_site, deleting);
-        if loses {
+        let written = control::read_versions(&self.control_db, tx, &self.name, &[row_key.as_str()]).await.map_err(ApplyError::classify)?;
+        let written = written.into_iter().next().map(|(_, e)| e);
+        if incoming_loses(&stamp, local.as_deref(), written.as_ref(), &self.local_site) {
             return Ok(false);
         }
-        self.record_version(tx, &row_key, origin, &incoming, deleting).await?;
+        let entry = VersionEntry { stamp, row_version, deleted: deleting };
+        control::write_versions(&self.control_db, tx, &[(&self.name, &row_key, &entry)]).await.map_err(ApplyError::classify)?;
         Ok(true)
-    }
-
-    /// Remembers which site wrote the version a row now has (or had when deleted).
-    async fn record_version(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        row_key: &str,
-        origin: &str,
-        version: &str,
-        deleted: bool,
-    ) -> Result<(), ApplyError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO `{}`.`row_versions` (entity, row_key, origin, version, deleted) VALUES (?, ?, ?, ?, ?)
-             ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), deleted = VALUES(deleted)",
-            self.control_db
-        )))
-        .bind(&self.name)
-        .bind(row_key)
-        .bind(origin)
-        .bind(version)
-        .bind(deleted as i8)
-        .execute(&mut **tx)
-        .await
-        .map_err(ApplyError::classify)?;
-        Ok(())
     }
 
     /// Records which local row the origin's row became (natural-key entities).
@@ -369,7 +343,7 @@ impl EntityPlan {
                 // Last writer wins for deletes too: a row updated here after the version the
                 // deleting site saw is kept (the update reaches that site and recreates it).
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, &before, &key, &conflict.version_column, true).await? {
+                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &before, &key, &conflict.version_column, true).await? {
                         return Ok(Outcome::ConflictLost);
                     }
                 }
@@ -408,7 +382,7 @@ impl EntityPlan {
                     _ => after_key.clone(),
                 };
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, &after, &where_key, &conflict.version_column, false).await? {
+                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &after, &where_key, &conflict.version_column, false).await? {
                         // The rows are still the same entity: link them.
                         if !self.key_is_primary {
                             self.remember_identity(tx, origin, origin_after, &where_key).await?;
@@ -565,7 +539,7 @@ impl EntityPlan {
                 }
                 self.assignments(after, origin).map(|sets| {
                     let (columns, values) = sets.into_iter().unzip();
-                    BatchWrite::Upsert { columns, values }
+                    BatchWrite::Upsert { columns, values, create: matches!(record.op, Op::Create | Op::Read) }
                 })
             }
         })
@@ -628,30 +602,13 @@ impl EntityPlan {
     }
 }
 
-/// Last writer wins, decided: whether a change carrying version `incoming` from `origin` loses
-/// to the local row (`local`: its version, if the row exists) given what `row_versions` says
-/// wrote it (`written`: origin, version, deleted).
-pub(super) fn incoming_loses(
-    incoming: &str,
-    local: Option<&str>,
-    written: Option<(&str, &str, bool)>,
-    origin: &str,
-    local_site: &str,
-    deleting: bool,
-) -> bool {
+/// Last writer wins, decided: whether a change stamped `incoming` loses to the local row
+/// (`local`: its version column, if the row exists) given what `row_versions` knows of it.
+pub(super) fn incoming_loses(incoming: &Stamp, local: Option<&str>, written: Option<&VersionEntry>, local_site: &str) -> bool {
     match (local, written) {
-        // A delete was decided on the version it saw: only a strictly newer row survives it.
-        (Some(local), _) if deleting => compare_versions(incoming, local).is_lt(),
-        (Some(local), written) => {
-            // A version this site's applier did not write was written here, by the application.
-            let local_origin = match written {
-                Some((o, v, _)) if v == local => o,
-                _ => local_site,
-            };
-            compare_versions(incoming, local).then_with(|| origin.cmp(local_origin)).is_lt()
-        }
-        // No row, but a delete won here: changes not newer than what it deleted lose to it.
-        (None, Some((_, v, true))) => compare_versions(incoming, v).is_le(),
+        (Some(local), written) => incoming.loses_to(&crate::stamp::of_row(local, written, local_site)),
+        // No row, but a delete won here: only a change made after it recreates the row.
+        (None, Some(e)) if e.deleted => incoming.order(&e.stamp) != std::cmp::Ordering::Greater,
         (None, _) => false,
     }
 }
@@ -666,10 +623,7 @@ pub(super) fn row_key_text(key: &[(String, SqlValue)]) -> String {
     row_key_of_texts(key.iter().map(|(_, v)| sql_text(v)))
 }
 
-/// [`row_key_text`] from the key values' texts (as `sql_text`, or `CAST(column AS CHAR)` gives them).
-pub(super) fn row_key_of_texts(texts: impl IntoIterator<Item = String>) -> String {
-    Value::Array(texts.into_iter().map(Value::String).collect()).to_string()
-}
+pub(super) use crate::stamp::row_key_of_texts;
 
 /// The wait for a referenced row that is not here yet.
 pub(super) fn not_arrived(col: &str, target: &EntityPlan, rk: &RefKey) -> ApplyError {
@@ -696,29 +650,3 @@ pub(super) fn sql_text(v: &SqlValue) -> String {
     }
 }
 
-/// Orders two versions: numerically when both are numbers, else as text (dates compare
-/// correctly as `YYYY-MM-DD HH:MM:SS` text).
-fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    // Exact first: BIGINT versions beyond 2^53 would compare equal as floats.
-    if let (Ok(x), Ok(y)) = (a.parse::<i128>(), b.parse::<i128>()) {
-        return x.cmp(&y);
-    }
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
-        _ => a.cmp(b),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_compare_as_numbers_or_text() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("10", "9"), Greater);
-        assert_eq!(compare_versions("2024-01-02 00:00:00", "2024-01-01 23:59:59"), Greater);
-        assert_eq!(compare_versions("5", "5.0"), Equal);
-        assert_eq!(compare_versions("9007199254740993", "9007199254740992"), Greater);
-    }
-}

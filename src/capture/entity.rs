@@ -25,6 +25,10 @@ pub(super) struct EntityTable {
     pub(super) translated_refs: Vec<(usize, crate::config::RefTarget)>,
     /// The record's per-table parts, rendered once.
     pub(super) parts: TableParts,
+    /// Last writer wins: the version column's index (entities with `conflict`).
+    pub(super) version_column: Option<usize>,
+    /// Indexes of the key columns, in configured order (a row's identity in `row_versions`).
+    pub(super) key_columns: Vec<usize>,
     /// `sitesync_capture_events_total` of this entity per op, created at its first record.
     events: [OnceLock<IntCounter>; 4],
 }
@@ -100,6 +104,7 @@ impl Reader {
                 ECHO_MARKER_TABLE => TableRole::EchoMarker,
                 "snapshot_requests" => TableRole::SnapshotRequest(info()?),
                 "snapshot_watermarks" => TableRole::Watermark(info()?),
+                "row_versions" => TableRole::RowVersions(info()?),
                 _ => TableRole::Other,
             });
         }
@@ -178,10 +183,21 @@ impl Reader {
             }
         }
         let filter_columns = filter.as_ref().map_or_else(Vec::new, |f| f.columns().iter().filter_map(|c| info.index_of(c)).collect());
-        let key_indexes = key_columns.iter().filter_map(|c| info.index_of(c)).collect();
+        let key_indexes: Vec<usize> = key_columns.iter().filter_map(|c| info.index_of(c)).collect();
+        let version_column = match &entity.conflict {
+            Some(c) => Some(info.index_of(&c.version_column).ok_or_else(|| {
+                CaptureError::Config(format!(
+                    "entities.{name}.conflict.version_column: table {}.{} has no column `{}`",
+                    info.db, info.table, c.version_column
+                ))
+            })?),
+            None => None,
+        };
         Ok(EntityTable {
             name: name.to_string(),
-            parts: TableParts::new(name, &info, key_indexes),
+            parts: TableParts::new(name, &info, key_indexes.clone()),
+            version_column,
+            key_columns: key_indexes,
             info,
             encodings,
             filter,

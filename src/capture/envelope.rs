@@ -188,6 +188,8 @@ pub(super) struct Change {
     /// The natural key object, JSON.
     pub(super) key: String,
     pub(super) refs: Vec<RefEntry>,
+    /// Last writer wins' stamp (entities with `conflict`).
+    pub(super) stamp: Option<crate::stamp::Stamp>,
 }
 
 /// Where a change stands: its position and transaction.
@@ -297,6 +299,10 @@ impl Encoded {
             }
             v.push(b']');
         }
+        if let Some(stamp) = &change.stamp {
+            v.extend_from_slice(b",\"stamp\":");
+            serde_json::to_writer(&mut *v, stamp).expect("a stamp serializes");
+        }
         v.extend_from_slice(b"}}");
     }
 }
@@ -325,6 +331,11 @@ mod tests {
         image.to_map(info, &(0..info.columns.len()).collect::<Vec<_>>())
     }
 
+    /// A stamp on updates (with a depth and a quote in the site), none otherwise.
+    fn stamp_of(op: Op) -> Option<crate::stamp::Stamp> {
+        (op == Op::Update).then(|| crate::stamp::Stamp { version: "2024-01-01 00:00:00".into(), depth: 3, site: "s\"1".into() })
+    }
+
     /// The bytes must be serde_json's for the same record, whatever the values.
     #[test]
     fn bytes_are_serde_jsons() {
@@ -346,7 +357,7 @@ mod tests {
             (Op::Delete, Some(before.clone()), None, refs.clone(), Some("x"), "true"),
         ] {
             let key_image = after.as_ref().or(before.as_ref()).unwrap();
-            let change = Change { op, before: before.clone(), after: after.clone(), key: table.key_json(key_image), refs: refs.clone() };
+            let change = Change { op, before: before.clone(), after: after.clone(), key: table.key_json(key_image), refs: refs.clone(), stamp: stamp_of(op) };
             let place = Place {
                 server_id: 4_294_967_295,
                 gtid,
@@ -390,6 +401,7 @@ mod tests {
                     entity: "us\u{e9}r".into(),
                     key: key.clone(),
                     last_in_transaction: false,
+                    stamp: stamp_of(op),
                     refs: refs
                         .iter()
                         .map(|r| RefKey { entity: r.entity.clone(), id: r.id.clone(), key: serde_json::from_str(&r.key).unwrap() })

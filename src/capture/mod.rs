@@ -14,6 +14,7 @@ mod publisher;
 mod refs;
 mod rows;
 mod snapshot;
+mod stamps;
 mod table;
 
 pub use decode::{encode_value, latin1_to_string, TextEncoding};
@@ -138,6 +139,8 @@ enum TableRole {
     SnapshotRequest(Arc<TableInfo>),
     /// A snapshot watermark.
     Watermark(Arc<TableInfo>),
+    /// `row_versions`: the stamps this site's applier records (see [`crate::stamp`]).
+    RowVersions(Arc<TableInfo>),
     /// Anything else.
     Other,
 }
@@ -189,6 +192,8 @@ struct Reader {
     site_parts: SiteParts,
     /// Buffers of the last published record, for the next.
     spare: Encoded,
+    /// Last writer wins: the latest stamp of each row, in binlog order (see [`stamps`]).
+    stamps: stamps::Stamps,
 }
 
 /// Record buffers up to this size are reused for the next record.
@@ -244,6 +249,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         last_heartbeat: None,
         site_parts: SiteParts::new(&ctx.config.federation.name, &ctx.site),
         spare: Encoded::default(),
+        stamps: stamps::Stamps::new(ctl.clone(), ctx.site.clone()),
         ctx: ctx.clone(),
     };
     let mut first = true;

@@ -35,6 +35,21 @@ impl Reader {
             }
             Some(TableRole::Entity(e)) => e.clone(),
             Some(TableRole::Other) => return Ok(()),
+            Some(TableRole::RowVersions(info)) => {
+                // The applier's stamps, in binlog order: what later changes here are made on.
+                if matches!(data, RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_)) {
+                    return Ok(());
+                }
+                let info = info.clone();
+                for row in decode::rows(&data, &info) {
+                    let (_, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
+                    if let Some(after) = after {
+                        let image = self.control_image(&info, &after, start_pos)?;
+                        self.stamps.recorded(&image);
+                    }
+                }
+                return Ok(());
+            }
             Some(TableRole::SnapshotRequest(info)) | Some(TableRole::Watermark(info)) => {
                 let is_request = matches!(self.tables.get(&table_id), Some(TableRole::SnapshotRequest(_)));
                 if !matches!(data, RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_)) {
@@ -177,6 +192,7 @@ impl Reader {
                 }
             }
         }
+        let stamp = self.stamps.change(entity, op, before.as_ref(), after.as_ref()).await?;
         let Some((op, before, after)) = apply_filter(entity, op, before, after) else { return Ok(None) };
         let mut refs: Vec<RefEntry> = Vec::new();
         for (col, target) in &entity.translated_refs {
@@ -192,7 +208,7 @@ impl Reader {
             }
         }
         let key = entity.parts.key_json(after.as_ref().or(before.as_ref()).expect("an image exists"));
-        Ok(Some(Change { op, before, after, key, refs }))
+        Ok(Some(Change { op, before, after, key, refs, stamp }))
     }
 
     /// A row of one of sitesync's own control tables.
