@@ -135,7 +135,8 @@ impl Reader {
         let server_id = if server_id != 0 { server_id } else { header.server_id() };
         // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
         // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
-        for (row_index, row) in decode::rows(&data, &entity.info).enumerate() {
+        let mut images = Vec::new();
+        for row in decode::rows(&data, &entity.info) {
             let (before, after) = row.map_err(|e| CaptureError::Binlog {
                 file: self.file.clone(),
                 pos: start_pos,
@@ -143,6 +144,12 @@ impl Reader {
             })?;
             let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
             let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
+            images.push((before, after));
+        }
+        // Last writer wins: the recorded stamps of the rows changed, in one read, not one per
+        // row (a new row needs none).
+        self.stamps.preload(&entity, images.iter().filter_map(|(before, _)| before.as_ref())).await?;
+        for (row_index, (before, after)) in images.into_iter().enumerate() {
             if let Some(snapshot) = self.snapshot.as_mut() {
                 snapshot.superseded(&entity, before.as_ref(), after.as_ref());
             }

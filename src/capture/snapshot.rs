@@ -296,6 +296,7 @@ impl Reader {
         let rows = std::mem::take(&mut snap.rows);
         let (request_id, run, exhausted) = (snap.request_id, snap.run, snap.exhausted);
         let last_of_all = exhausted && snap.remaining.is_empty();
+        self.stamps.preload(&entity, rows.iter().map(|(_, image)| image)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for (_, image) in rows {
             if let Some(change) = self.prepare(&entity, Op::Read, None, Some(image)).await? {

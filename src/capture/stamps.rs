@@ -23,10 +23,20 @@ use crate::stamp::{self, Stamp};
 /// Rows remembered at most; past it, memory starts afresh from `row_versions`.
 const REMEMBERED_ROWS: usize = 200_000;
 
+/// What is known of a row, and from where.
+#[derive(Clone)]
+enum Known {
+    /// Read in the binlog, in order: what the row held at the point capture is at.
+    InOrder(VersionEntry),
+    /// Read from `row_versions` now, which may be ahead of capture (catching up): usable only
+    /// for the row version it names.
+    Current(Option<VersionEntry>),
+}
+
 /// The latest stamp of each row, in binlog order.
 pub(super) struct Stamps {
     /// (entity, row key) -> what is known of the row.
-    rows: HashMap<(String, String), VersionEntry>,
+    rows: HashMap<(String, String), Known>,
     control: Control,
     site: String,
 }
@@ -65,20 +75,24 @@ impl Stamps {
             // A snapshot reads the row as it is: the stamp it holds.
             (Op::Read, _, Some(row)) => {
                 let version = version_of(Some(row));
-                let known = self.known(&entity.name, &key_of(row), true).await?;
+                let known = self.known(&entity.name, &key_of(row), &version).await?;
                 return Ok(Some(stamp::of_row(&version, known.as_ref(), &self.site)));
             }
             // Made on the row `before` held.
             (_, Some(old), _) => {
-                let known = self.known(&entity.name, &key_of(old), true).await?;
-                let base = stamp::of_row(&version_of(Some(old)), known.as_ref(), &self.site);
+                let old_version = version_of(Some(old));
+                let known = self.known(&entity.name, &key_of(old), &old_version).await?;
+                let base = stamp::of_row(&old_version, known.as_ref(), &self.site);
                 let version = if op == Op::Delete { version_of(Some(old)) } else { version_of(after) };
                 (Stamp::after(Some(&base), &version, &self.site), version)
             }
             // A new row: after a delete of the same key, it is made after the delete.
             (_, None, Some(new)) => {
                 let version = version_of(Some(new));
-                let known = self.known(&entity.name, &key_of(new), false).await?;
+                let known = match self.rows.get(&(entity.name.clone(), key_of(new))) {
+                    Some(Known::InOrder(known)) => Some(known.clone()),
+                    _ => None,
+                };
                 let base = known.filter(|k| k.deleted).map(|k| k.stamp);
                 (Stamp::after(base.as_ref(), &version, &self.site), version)
             }
@@ -89,22 +103,57 @@ impl Stamps {
         Ok(Some(stamp))
     }
 
-    /// What is known of a row: remembered, else (`ask`) what `row_versions` holds.
-    async fn known(&mut self, entity: &str, row_key: &str, ask: bool) -> Result<Option<VersionEntry>, CaptureError> {
-        if let Some(known) = self.rows.get(&(entity.to_string(), row_key.to_string())) {
-            return Ok(Some(known.clone()));
+    /// Reads from `row_versions`, in one statement, the rows of `images` not remembered (a
+    /// snapshot chunk, a rows event of many rows).
+    pub(super) async fn preload<'i>(&mut self, entity: &EntityTable, images: impl Iterator<Item = &'i Image>) -> Result<(), CaptureError> {
+        if entity.version_column.is_none() {
+            return Ok(());
         }
-        if !ask {
-            return Ok(None);
+        let mut keys: Vec<String> = images
+            .map(|image| stamp::row_key_of_texts(entity.key_columns.iter().map(|&i| image.get(i).map(stamp::version_text).unwrap_or_default())))
+            .filter(|key| !self.rows.contains_key(&(entity.name.clone(), key.clone())))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() < 2 {
+            return Ok(());
         }
-        let found = self.control.read_versions_now(entity, &[row_key]).await?;
-        Ok(found.into_iter().next().map(|(_, entry)| entry))
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut found: HashMap<String, VersionEntry> = self.control.read_versions_now(&entity.name, &refs).await?.into_iter().collect();
+        for key in keys {
+            let entry = found.remove(&key);
+            self.insert(entity.name.clone(), key, Known::Current(entry));
+        }
+        Ok(())
+    }
+
+    /// What is known of a row whose version column holds `version`: remembered in binlog
+    /// order, else what `row_versions` holds if it is about that version.
+    async fn known(&mut self, entity: &str, row_key: &str, version: &str) -> Result<Option<VersionEntry>, CaptureError> {
+        let slot = (entity.to_string(), row_key.to_string());
+        let known = match self.rows.get(&slot) {
+            Some(known) => known.clone(),
+            None => {
+                let found = self.control.read_versions_now(entity, &[row_key]).await?.into_iter().next().map(|(_, e)| e);
+                self.insert(slot.0, slot.1, Known::Current(found.clone()));
+                Known::Current(found)
+            }
+        };
+        Ok(match known {
+            Known::InOrder(entry) => Some(entry),
+            // An entry written after this point of the binlog is not what the row held here.
+            Known::Current(entry) => entry.filter(|e| !e.deleted && e.row_version == version),
+        })
     }
 
     fn remember(&mut self, entity: String, row_key: String, entry: VersionEntry) {
+        self.insert(entity, row_key, Known::InOrder(entry));
+    }
+
+    fn insert(&mut self, entity: String, row_key: String, known: Known) {
         if self.rows.len() >= REMEMBERED_ROWS {
             self.rows.clear();
         }
-        self.rows.insert((entity, row_key), entry);
+        self.rows.insert((entity, row_key), known);
     }
 }
