@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use sqlx::mysql::MySqlArguments;
+use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, MySql, Transaction};
 
 use super::target::{arguments, bind, needs_lenient_mode, to_sql, SqlValue, TargetTable};
@@ -417,16 +419,6 @@ impl EntityPlan {
         }
     }
 
-    /// `SET STATEMENT sql_mode = ... FOR ` before a statement that writes ENUM's error value
-    /// (index 0), which strict mode refuses; empty otherwise.
-    fn lenient(&self, sets: &[(String, SqlValue)]) -> &'static str {
-        if sets.iter().any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v))) {
-            LENIENT
-        } else {
-            ""
-        }
-    }
-
     async fn upsert(&self, tx: &mut Transaction<'_, MySql>, sets: &[(String, SqlValue)]) -> Result<(), ApplyError> {
         let (columns, values): (Vec<String>, Vec<SqlValue>) = sets.iter().cloned().unzip();
         self.upsert_rows(tx, &columns, &[values]).await
@@ -471,18 +463,52 @@ impl EntityPlan {
             let lenient = chunk.iter().any(|values| {
                 columns.iter().zip(values).any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)))
             });
-            let prefix = if lenient { LENIENT } else { "" };
             let values = vec![row.as_str(); chunk.len()].join(", ");
-            let sql = format!("{prefix}INSERT INTO {} ({}) VALUES {values}{on_duplicate}", self.target.qualified(), cols.join(", "));
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for values in chunk {
-                for v in values {
-                    q = bind(q, v.clone());
+            let sql = format!("INSERT INTO {} ({}) VALUES {values}{on_duplicate}", self.target.qualified(), cols.join(", "));
+            self.execute_write(tx, &sql, lenient, |mut q| {
+                for values in chunk {
+                    for v in values {
+                        q = bind(q, v.clone());
+                    }
                 }
-            }
-            q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
+                q
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// Runs a write (`lenient`: outside strict mode from the start). If strict mode refuses
+    /// a value of one of the table's generated columns, runs it again outside strict mode: the
+    /// origin's session stored the row without strict mode, and row-based replication stores
+    /// what the origin stored (the target computes its own generated values). A refused value
+    /// of a column that is written stays an error: the target cannot hold it.
+    async fn execute_write<'q>(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        sql: &'q str,
+        lenient: bool,
+        binds: impl Fn(Query<'q, MySql, MySqlArguments>) -> Query<'q, MySql, MySqlArguments>,
+    ) -> Result<u64, ApplyError> {
+        if !lenient {
+            match binds(sqlx::query(AssertSqlSafe(sql))).execute(&mut **tx).await {
+                Ok(done) => return Ok(done.rows_affected()),
+                Err(e) if !self.refuses_a_generated_value(&e) => return Err(ApplyError::classify(e)),
+                Err(e) => tracing::debug!(table = %self.target.qualified(), error = %e, "a generated column's value is refused in strict mode; writing as the origin did"),
+            }
+        }
+        let relaxed = format!("{LENIENT}{sql}");
+        let q = binds(sqlx::query(AssertSqlSafe(relaxed.as_str())));
+        Ok(q.execute(&mut **tx).await.map_err(ApplyError::classify)?.rows_affected())
+    }
+
+    /// Whether `e` is strict mode refusing a value of one of the table's generated columns.
+    fn refuses_a_generated_value(&self, e: &sqlx::Error) -> bool {
+        let sqlx::Error::Database(db) = e else { return false };
+        let Some(code) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number()) else { return false };
+        // Out of range, data too long, data truncated, incorrect value, incorrect datetime.
+        matches!(code, 1264 | 1406 | 1265 | 1366 | 1292 | 1690)
+            && self.target.columns.values().any(|c| c.generated && db.message().contains(&format!("'{}'", c.name)))
     }
 
     /// Deletes rows by primary key, many per statement.
@@ -589,16 +615,19 @@ impl EntityPlan {
             return Ok(1);
         }
         let assignments: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}` = ?")).collect();
-        let sql = format!("{}UPDATE {} SET {} WHERE {}", self.lenient(sets), self.target.qualified(), assignments.join(", "), where_clause(&key));
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (_, v) in sets {
-            q = bind(q, v.clone());
-        }
-        for (_, v) in key {
-            q = bind(q, v);
-        }
+        let sql = format!("UPDATE {} SET {} WHERE {}", self.target.qualified(), assignments.join(", "), where_clause(&key));
+        let lenient = sets.iter().any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)));
         // The connection reports rows matched (CLIENT_FOUND_ROWS), not rows changed.
-        Ok(q.execute(&mut **tx).await.map_err(ApplyError::classify)?.rows_affected())
+        self.execute_write(tx, &sql, lenient, |mut q| {
+            for (_, v) in sets {
+                q = bind(q, v.clone());
+            }
+            for (_, v) in &key {
+                q = bind(q, v.clone());
+            }
+            q
+        })
+        .await
     }
 }
 
