@@ -171,6 +171,17 @@ pub async fn connect(site: &str, url: &str, max: u32) -> Result<MySqlPool, Contr
         .map_err(|source| ControlError::Connect { site: site.to_string(), source })
 }
 
+impl ControlError {
+    /// Whether the server could not be reached (down, restarting, network): waiting may mend
+    /// it, unlike a refused login or a bad URL.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ControlError::Connect { source: sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed, .. }
+        )
+    }
+}
+
 /// Handle on one site's control database.
 #[derive(Clone)]
 pub struct Control {

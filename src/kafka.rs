@@ -51,6 +51,21 @@ pub enum TransportError {
     },
 }
 
+impl TransportError {
+    /// Whether the brokers could not be reached (down, restarting, network): waiting may mend
+    /// it, unlike a contradicting property or a refused login.
+    pub fn is_unreachable(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self {
+            TransportError::Kafka { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(Code::BrokerTransportFailure | Code::AllBrokersDown | Code::OperationTimedOut | Code::RequestTimedOut | Code::Resolve | Code::NetworkException)
+            ),
+            TransportError::Conflict { .. } => false,
+        }
+    }
+}
+
 fn base(kafka: &KafkaConfig, guarantees: &[(&str, &str)]) -> Result<ClientConfig, TransportError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers);

@@ -38,3 +38,40 @@ impl Default for Shutdown {
         Self::new()
     }
 }
+
+/// Runs `attempt` until it succeeds, fails in a way waiting cannot mend (`transient` says
+/// which), or shutdown is asked for (`None`). Between attempts it says what it waits for and
+/// backs off from 1 s to 10 s: a process started while its database or Kafka is down waits for
+/// them, not ready, instead of exiting.
+pub async fn retry_while_unreachable<T, E, F, Fut>(
+    shutdown: &Shutdown,
+    what: &str,
+    site: &str,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.wait() => return None,
+            result = attempt() => result,
+        };
+        match result {
+            Err(e) if transient(&e) => {
+                tracing::warn!(site, error = %e, retry_in_s = backoff.as_secs(), "waiting for {what}");
+                tokio::select! {
+                    _ = shutdown.wait() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return Some(other),
+        }
+    }
+}

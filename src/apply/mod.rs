@@ -69,6 +69,9 @@ pub enum ApplyError {
     /// The configuration is unusable here.
     #[error("{0}")]
     Config(String),
+    /// Kafka failed at start-up (metadata).
+    #[error(transparent)]
+    Transport(#[from] crate::kafka::TransportError),
 }
 
 impl ApplyError {
@@ -177,7 +180,12 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let ctx = Arc::new(ctx);
     let config = ctx.config.clone();
     let site_cfg = config.site(&ctx.site).map_err(|e| ApplyError::Config(e.to_string()))?;
-    let pool = control::connect(&ctx.site, site_cfg.mysql.expose(), 4).await?;
+    let url = site_cfg.mysql.expose();
+    let connect = || control::connect(&ctx.site, url, 4);
+    let Some(pool) = crate::shutdown::retry_while_unreachable(&ctx.shutdown, "the database", &ctx.site, ControlError::is_unreachable, connect).await else {
+        return Ok(());
+    };
+    let pool = pool?;
     let control = Control::new(pool.clone(), &config.federation.control_database);
     let missing = control.missing_tables().await?;
     if !missing.is_empty() {
@@ -204,16 +212,11 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let topics: Vec<String> = origins.iter().map(|o| config.topic_of(o)).collect();
     // A topic created a moment ago (init, a broker still loading) may not be in the metadata
     // yet: look again for a while before calling it missing.
+    // Kafka down at start: wait for it, not ready, as apply does when it goes down later.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let partitions = loop {
-        let kafka_cfg = config.kafka.clone();
-        let topics_for_md = topics.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            crate::kafka::topic_partitions(&kafka_cfg, &topics_for_md, Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| ApplyError::Config(e.to_string()))?
-        .map_err(|e| ApplyError::Config(e.to_string()))?;
+        let Some(found) = metadata(&ctx, &topics).await else { return Ok(()) };
+        let found = found?;
         if found.iter().all(|(_, n)| n.is_some()) || std::time::Instant::now() > deadline || ctx.shutdown.is_triggered() {
             break found;
         }
@@ -234,11 +237,8 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     }
     // Heartbeats of the origins' captures: only new ones matter.
     let heartbeat_topics: Vec<String> = origins.iter().map(|o| config.heartbeat_topic_of(o)).collect();
-    let kafka_cfg = config.kafka.clone();
-    let hb = tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka_cfg, &heartbeat_topics, Duration::from_secs(10)))
-        .await
-        .map_err(|e| ApplyError::Config(e.to_string()))?
-        .map_err(|e| ApplyError::Config(e.to_string()))?;
+    let Some(hb) = metadata(&ctx, &heartbeat_topics).await else { return Ok(()) };
+    let hb = hb?;
     for (topic, count) in hb {
         match count {
             Some(n) => {
@@ -280,6 +280,22 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let result = applier.consume(&consumer).await;
     applier.set_running(false);
     result
+}
+
+/// The partition counts of `topics` (None: no such topic), waiting while Kafka cannot be
+/// reached; None once shutdown is asked for.
+async fn metadata(ctx: &ApplyContext, topics: &[String]) -> Option<Result<Vec<(String, Option<usize>)>, ApplyError>> {
+    let attempt = || {
+        let (kafka, topics) = (ctx.config.kafka.clone(), topics.to_vec());
+        async move {
+            tokio::task::spawn_blocking(move || crate::kafka::topic_partitions(&kafka, &topics, Duration::from_secs(10)))
+                .await
+                .map_err(|e| ApplyError::Config(e.to_string()))?
+                .map_err(ApplyError::Transport)
+        }
+    };
+    let kafka = format!("Kafka at {}", ctx.config.kafka.bootstrap_servers);
+    crate::shutdown::retry_while_unreachable(&ctx.shutdown, &kafka, &ctx.site, |e| matches!(e, ApplyError::Transport(t) if t.is_unreachable()), attempt).await
 }
 
 /// The entities applied at `site` from `origins`, and the ones they reference (to find this

@@ -203,7 +203,12 @@ const KEEP_RECORD_BUFFER: usize = 64 * 1024;
 pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     let ctx = Arc::new(ctx);
     let site_cfg = ctx.config.site(&ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.clone();
-    let pool = control::connect(&ctx.site, site_cfg.mysql.expose(), 2).await?;
+    let url = site_cfg.mysql.expose();
+    let connect = || control::connect(&ctx.site, url, 2);
+    let Some(pool) = crate::shutdown::retry_while_unreachable(&ctx.shutdown, "the database", &ctx.site, ControlError::is_unreachable, connect).await else {
+        return Ok(());
+    };
+    let pool = pool?;
     check_tables(&ctx, &pool).await?;
     let ctl = Control::new(pool, &ctx.config.federation.control_database);
 
