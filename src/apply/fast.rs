@@ -64,6 +64,7 @@ impl Applier {
         let mut outcomes = Vec::with_capacity(records.len());
         for inc in records {
             let r = &inc.record().map_err(super::unreadable_record)?;
+            self.note_columns(origin, r, false);
             let entity = &r.sitesync.entity;
             let plan = match self.plans.get(entity) {
                 Some(plan) if r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) => plan,
@@ -84,7 +85,7 @@ impl Applier {
                         self.push(tx, pending, entity, RowOp::Delete(key)).await?;
                         "applied"
                     }
-                    Some(Err(ApplyError::MissingColumn(_))) => return Err(ApplyError::NeedsCare),
+                    Some(Err(ApplyError::MissingColumn { .. })) => return Err(self.needs_care_for_schema()),
                     Some(Err(e)) => return Err(e),
                     None => self.apply_alone(tx, pending, origin, r, plan).await?,
                 }
@@ -109,7 +110,7 @@ impl Applier {
         let mut flushed = false;
         loop {
             let decision = match plan.decide(origin, r, &self.plans, &mut pending.known) {
-                Err(ApplyError::MissingColumn(_)) => return Err(ApplyError::NeedsCare),
+                Err(ApplyError::MissingColumn { .. }) => return Err(self.needs_care_for_schema()),
                 other => other?,
             };
             return Ok(match decision {
@@ -162,7 +163,8 @@ impl Applier {
             Ok(Outcome::Applied) => Ok("applied"),
             Ok(Outcome::Skipped) => Ok("skipped"),
             Ok(Outcome::ConflictLost) => Ok("conflict_lost"),
-            Err(ApplyError::Wait(_) | ApplyError::MissingColumn(_)) => Err(ApplyError::NeedsCare),
+            Err(ApplyError::MissingColumn { .. }) => Err(self.needs_care_for_schema()),
+            Err(ApplyError::Wait(_)) => Err(ApplyError::NeedsCare),
             Err(e) => Err(e),
         }
     }
@@ -244,6 +246,12 @@ impl Applier {
 }
 
 impl Applier {
+    /// The fast path met a column a table lacks: the careful path reads the tables again.
+    fn needs_care_for_schema(&self) -> ApplyError {
+        self.schema_changed.store(true, Ordering::Relaxed);
+        ApplyError::NeedsCare
+    }
+
     /// Of the rows at `creating` (index into `rows`, origin), those absent here before they are
     /// written: (this site's id as text, origin). One indexed read per statement, only where
     /// inserts and snapshot rows go in by primary key (one-column keys).
@@ -276,7 +284,11 @@ impl Applier {
 /// A local table that lacks a column the records have: the careful path waits for it.
 fn needs_care_on_schema(e: ApplyError) -> ApplyError {
     match e {
-        ApplyError::MissingColumn(_) => ApplyError::NeedsCare,
+        // The careful path reads the table again first (`Applier::apply_batch`).
+        ApplyError::MissingColumn { column, message } => {
+            tracing::debug!(?column, %message, "a statement met a column the table lacks");
+            ApplyError::NeedsCare
+        }
         other => other,
     }
 }

@@ -51,9 +51,15 @@ pub enum ApplyError {
     /// The record references rows that have not arrived here yet.
     #[error("waiting: {0}")]
     Wait(String),
-    /// The record has a column the local table lacks (a schema change not applied here yet).
-    #[error("{0}")]
-    MissingColumn(String),
+    /// The record has a column the local table lacks (a schema change not applied here yet,
+    /// or one the origin has since undone).
+    #[error("{message}")]
+    MissingColumn {
+        /// The column, where known.
+        column: Option<String>,
+        /// What is missing where.
+        message: String,
+    },
     /// The fast path met something that needs the careful one (a wait, a schema change).
     #[error("needs the careful path")]
     NeedsCare,
@@ -83,7 +89,9 @@ impl ApplyError {
                 // Deadlock, lock wait timeout, server shutting down, read-only: retry.
                 Some(1213 | 1205 | 1053 | 1290 | 1836) => return ApplyError::Database(e),
                 // Unknown column: the table changed since it was read; read it again and wait.
-                Some(1054) => return ApplyError::MissingColumn(format!("local table changed: {}", db.message())),
+                Some(1054) => {
+                    return ApplyError::MissingColumn { column: None, message: format!("local table changed: {}", db.message()) }
+                }
                 Some(_) => return ApplyError::Definite(format!("local database refused the change: {}", db.message())),
                 None => {}
             }
@@ -173,6 +181,18 @@ struct Applier {
     partials: HashMap<(String, i32), Partial>,
     /// (origin, stream) -> last applied sequence.
     progress: HashMap<(String, String), u64>,
+    /// Columns of the latest record seen per (origin, entity), while some change of that
+    /// entity waits for a column this site lacks: the origin may have dropped it since.
+    columns_seen: std::sync::Mutex<ColumnsSeen>,
+}
+
+/// What the latest records of an origin's entity carried (see [`Applier::dropped_at_origin`]).
+#[derive(Default)]
+struct ColumnsSeen {
+    /// (origin, entity) pairs whose records are watched.
+    watched: HashSet<(String, String)>,
+    /// (origin, entity) -> the latest watched record's transaction and its columns.
+    latest: HashMap<(String, String), (TxnId, HashSet<String>)>,
 }
 
 /// Runs apply until shutdown or a definite error.
@@ -273,6 +293,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
             lag
         },
         schema_changed: std::sync::atomic::AtomicBool::new(false),
+        columns_seen: Default::default(),
     };
     applier.set_running(true);
     applier.refresh_dead_letter_gauge().await;
@@ -523,7 +544,14 @@ impl Applier {
         loop {
             match self.try_apply(&batch, None, careful).await {
                 Ok(()) => return Ok(()),
-                Err(ApplyError::NeedsCare) => careful = true,
+                Err(ApplyError::NeedsCare) => {
+                    careful = true;
+                    // A column the tables lacked when read: read them again first, so a column
+                    // added here since is found, not waited for.
+                    if self.schema_changed.swap(false, Ordering::Relaxed) {
+                        self.reload_tables().await?;
+                    }
+                }
                 Err(e) if e.is_definite() => break,
                 Err(e) => {
                     self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "database"]).inc();
@@ -822,7 +850,7 @@ impl Applier {
                     progressed = true;
                     continue;
                 };
-                match plan.apply(tx, origin, r, &self.plans).await {
+                match self.apply_one(tx, origin, plan, r).await {
                     Ok(Outcome::Applied) => {
                         outcomes[i] = "applied";
                         progressed = true;
@@ -839,9 +867,9 @@ impl Applier {
                     }
                     // The origin's schema changed before this site's: wait for the operator to
                     // apply the same change here (the table is read again before each retry).
-                    Err(ApplyError::MissingColumn(why)) => {
+                    Err(ApplyError::MissingColumn { message, .. }) => {
                         self.schema_changed.store(true, Ordering::Relaxed);
-                        return Err(ApplyError::Wait(format!("{why} (yet): apply the origin's schema change here")));
+                        return Err(ApplyError::Wait(format!("{message} (yet): apply the origin's schema change here")));
                     }
                     Err(e) => return Err(e),
                 }
@@ -854,6 +882,64 @@ impl Applier {
             }
             pending = deferred;
         }
+    }
+
+    /// Applies one record; a value for a column that neither this site nor, by now, the
+    /// origin has (both dropped it) is obsolete, and the rest of the record is applied.
+    async fn apply_one(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        origin: &str,
+        plan: &EntityPlan,
+        record: &ChangeRecord,
+    ) -> Result<Outcome, ApplyError> {
+        self.note_columns(origin, record, false);
+        let mut stripped: Option<ChangeRecord> = None;
+        loop {
+            let r = stripped.as_ref().unwrap_or(record);
+            match plan.apply(tx, origin, r, &self.plans).await {
+                Err(ApplyError::MissingColumn { column: Some(column), message }) => {
+                    if !self.dropped_at_origin(origin, record, &column) {
+                        return Err(ApplyError::MissingColumn { column: Some(column), message });
+                    }
+                    tracing::info!(site = %self.ctx.site, origin, entity = %plan.name, column = %column, "the origin has dropped this column since the change: its value is obsolete, the rest is applied");
+                    let mut r = r.clone();
+                    for image in [r.before.as_mut(), r.after.as_mut()].into_iter().flatten() {
+                        image.remove(&column);
+                    }
+                    stripped = Some(r);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Remembers the columns of `record` if its entity is watched (`force`: watch it).
+    fn note_columns(&self, origin: &str, record: &ChangeRecord, force: bool) {
+        let mut seen = self.columns_seen.lock().expect("not poisoned");
+        if !force && seen.watched.is_empty() {
+            return;
+        }
+        let slot = (origin.to_string(), record.sitesync.entity.clone());
+        if !force && !seen.watched.contains(&slot) {
+            return;
+        }
+        let Ok(txn) = TxnId::parse(&record.transaction.id) else { return };
+        let Some(image) = record.after.as_ref().or(record.before.as_ref()) else { return };
+        let newer = seen.latest.get(&slot).is_none_or(|(t, _)| t.stream != txn.stream || t.seq <= txn.seq);
+        if newer {
+            seen.latest.insert(slot, (txn, image.keys().cloned().collect()));
+        }
+    }
+
+    /// Whether a later record of `record`'s entity from `origin` no longer has `column`: the
+    /// origin dropped it after the change. Starts watching the entity otherwise.
+    fn dropped_at_origin(&self, origin: &str, record: &ChangeRecord, column: &str) -> bool {
+        let mut seen = self.columns_seen.lock().expect("not poisoned");
+        let slot = (origin.to_string(), record.sitesync.entity.clone());
+        seen.watched.insert(slot.clone());
+        let Ok(txn) = TxnId::parse(&record.transaction.id) else { return false };
+        seen.latest.get(&slot).is_some_and(|(t, columns)| t.stream == txn.stream && t.seq > txn.seq && !columns.contains(column))
     }
 
     async fn dead_letter(

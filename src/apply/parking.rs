@@ -12,6 +12,15 @@ impl Applier {
     pub(super) async fn retry_parked(&mut self) -> Result<(), ApplyError> {
         let parked = self.control.list_parked().await?;
         let limit = self.ctx.config.apply.ref_wait_seconds as i64;
+        // The changes waiting behind one are evidence too: a later one without a column the
+        // first needs shows that the origin dropped it.
+        for p in &parked {
+            if let Ok(records) = serde_json::from_slice::<Vec<ChangeRecord>>(&p.records) {
+                for r in &records {
+                    self.note_columns(&p.origin, r, true);
+                }
+            }
+        }
         let mut still: HashSet<String> = HashSet::new();
         for p in parked {
             let keys: Vec<String> = p.row_keys.lines().map(str::to_string).collect();

@@ -124,7 +124,10 @@ impl TargetTable {
     /// The column `name`, or a definite error naming it.
     pub fn column(&self, name: &str) -> Result<&TargetColumn, ApplyError> {
         self.columns.get(name).ok_or_else(|| {
-            ApplyError::MissingColumn(format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table))
+            ApplyError::MissingColumn {
+                column: Some(name.to_string()),
+                message: format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table),
+            }
         })
     }
 
