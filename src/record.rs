@@ -39,6 +39,14 @@ impl Op {
     }
 }
 
+/// The `transaction.id` prefix of a snapshot chunk (`snapshot-<request>-<run>-<entity>-<chunk>`).
+pub const SNAPSHOT_TRANSACTION_PREFIX: &str = "snapshot-";
+
+/// Whether `transaction.id` names a snapshot chunk rather than a source transaction.
+pub fn is_snapshot_transaction(id: &str) -> bool {
+    id.starts_with(SNAPSHOT_TRANSACTION_PREFIX)
+}
+
 /// The message key: which entity and which natural key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

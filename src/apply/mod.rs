@@ -154,6 +154,11 @@ impl CompleteTxn {
     fn next_offset(&self) -> i64 {
         self.records.last().map(|r| r.offset + 1).unwrap_or(0)
     }
+
+    /// Whether this is a chunk of a snapshot (rows as they were, not changes).
+    fn is_snapshot(&self) -> bool {
+        self.records.first().and_then(|r| r.head.as_ref().ok()).is_some_and(|h| record::is_snapshot_transaction(&h.transaction_id))
+    }
 }
 
 /// Records of a transaction still arriving, per topic partition.
@@ -170,6 +175,9 @@ struct Applier {
     plans: Plans,
     /// Rows written by parked transactions: later changes to them wait behind.
     parked_keys: HashSet<String>,
+    /// Rows that parked changes rename to (a natural-key change): a snapshot row of that key
+    /// waits behind them, or it would be a second row once the rename applies.
+    rename_targets: HashSet<String>,
     /// Heartbeat topic -> origin site.
     heartbeat_origins: HashMap<String, String>,
     /// How far behind each origin this site is (reported by a task of its own).
@@ -277,12 +285,15 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         .into_iter()
         .map(|(origin, stream, seq, _)| ((origin, stream), seq))
         .collect();
-    let parked_keys = control.list_parked().await?.iter().flat_map(|p| p.row_keys.lines().map(str::to_string).collect::<Vec<_>>()).collect();
+    let parked = control.list_parked().await?;
+    let parked_keys = parked.iter().flat_map(|p| p.row_keys.lines().map(str::to_string).collect::<Vec<_>>()).collect();
+    let rename_targets = parked.iter().flat_map(|p| parking::rename_targets_of(&p.records)).collect();
     let mut applier = Applier {
         ctx: ctx.clone(),
         control,
         plans,
         parked_keys,
+        rename_targets,
         origins: origins.iter().map(|o| (config.topic_of(o), o.clone())).collect(),
         partials: HashMap::new(),
         progress,
@@ -648,6 +659,7 @@ impl Applier {
         let mut applied_txns: Vec<usize> = Vec::new();
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
         let mut newly_parked: HashSet<String> = HashSet::new();
+        let mut newly_renamed: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
         let mut pending = fast::Pending::default();
         if !careful && dead_reason.is_none() {
@@ -689,8 +701,7 @@ impl Applier {
                 }
                 continue;
             }
-            let mut parked = Vec::new();
-            let outcome = if !careful {
+            if !careful {
                 // Record by record: a large transaction is never held parsed whole here.
                 if !self.parked_keys.is_empty() || !newly_parked.is_empty() {
                     for inc in &t.records {
@@ -700,62 +711,40 @@ impl Applier {
                         }
                     }
                 }
-                self.write_fast(&mut tx, &mut pending, &t.origin, &t.records).await
-            } else {
-                let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
-                let records: Vec<&ChangeRecord> = records.iter().collect();
-                let keys = row_keys(&t.origin, &records);
-                let result = if keys.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k)) {
-                    Err(ApplyError::Wait("an earlier transaction changing the same rows is waiting".into()))
-                } else {
-                    sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-                    let result = self.apply_records(&mut tx, &t.origin, &records).await;
-                    if matches!(result, Err(ApplyError::Wait(_))) {
-                        sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-                    }
-                    result
-                };
-                if result.is_err() {
-                    parked = keys;
+                let outcomes = self.write_fast(&mut tx, &mut pending, &t.origin, &t.records).await?;
+                applied_txns.push(t_index);
+                for (inc, o) in t.records.iter().zip(outcomes) {
+                    *counts.entry((t.origin.clone(), inc.entity(), o)).or_default() += 1;
                 }
-                result
+                continue;
+            }
+            let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
+            let snapshot = t.is_snapshot();
+            let waits = |r: &ChangeRecord| {
+                let rows = touched_rows(r);
+                rows.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k))
+                    && (!snapshot || self.rename_targets.contains(&rows[0]) || newly_renamed.contains(&rows[0]))
             };
-            match outcome {
+            let (now, behind) = waiting_behind_parked(snapshot, &records, waits);
+            if !behind.is_empty() {
+                let reason = "an earlier transaction changing the same rows is waiting";
+                newly_parked.extend(self.park(&mut tx, t, &records, &behind, reason, &mut newly_renamed).await?);
+            }
+            if now.is_empty() {
+                continue;
+            }
+            let ready: Vec<&ChangeRecord> = now.iter().map(|&i| &records[i]).collect();
+            sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+            match self.apply_records(&mut tx, &t.origin, &ready).await {
                 Ok(outcomes) => {
                     applied_txns.push(t_index);
-                    for (inc, o) in t.records.iter().zip(outcomes) {
-                        *counts.entry((t.origin.clone(), inc.entity(), o)).or_default() += 1;
+                    for (&i, o) in now.iter().zip(outcomes) {
+                        *counts.entry((t.origin.clone(), t.records[i].entity(), o)).or_default() += 1;
                     }
                 }
                 Err(ApplyError::Wait(reason)) => {
-                    // The records as a JSON array, straight from the messages.
-                    let mut json = b"[".to_vec();
-                    for (i, inc) in t.records.iter().enumerate() {
-                        if i > 0 {
-                            json.push(b',');
-                        }
-                        json.extend_from_slice(inc.value.as_deref().unwrap_or(b"null"));
-                    }
-                    json.push(b']');
-                    let keys = parked;
-                    let joined = keys.join("\n");
-                    self.control
-                        .insert_parked(
-                            &mut tx,
-                            &NewParked {
-                                origin: &t.origin,
-                                topic: &t.topic,
-                                partition: t.partition,
-                                offset: t.records[0].offset,
-                                row_keys: &joined,
-                                records: &json,
-                                reason: &reason,
-                            },
-                        )
-                        .await
-                        .map_err(ApplyError::Database)?;
-                    tracing::info!(site = %self.ctx.site, origin = %t.origin, offset = t.records[0].offset, reason = %reason, "transaction waits for the rows it references");
-                    newly_parked.extend(keys);
+                    sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                    newly_parked.extend(self.park(&mut tx, t, &records, &now, &reason, &mut newly_renamed).await?);
                 }
                 Err(e) => return Err(e),
             }
@@ -781,6 +770,7 @@ impl Applier {
             self.progress.insert((o, s), seq);
         }
         self.parked_keys.extend(newly_parked);
+        self.rename_targets.extend(newly_renamed);
         self.count(counts);
         if dead > 0 {
             self.refresh_dead_letter_gauge().await;
@@ -884,6 +874,37 @@ impl Applier {
         }
     }
 
+    /// Parks the records of `t` at `which` (indexes into `records`, its parsed records) with
+    /// `reason`; returns the rows they touch, which later changes wait behind, and adds the
+    /// rows they rename to to `renamed`.
+    async fn park(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        t: &CompleteTxn,
+        records: &[ChangeRecord],
+        which: &[usize],
+        reason: &str,
+        renamed: &mut HashSet<String>,
+    ) -> Result<Vec<String>, ApplyError> {
+        // The records as a JSON array, straight from the messages.
+        let mut json = b"[".to_vec();
+        for (n, &i) in which.iter().enumerate() {
+            if n > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(t.records[i].value.as_deref().unwrap_or(b"null"));
+        }
+        json.push(b']');
+        let chosen: Vec<&ChangeRecord> = which.iter().map(|&i| &records[i]).collect();
+        renamed.extend(chosen.iter().filter_map(|r| rename_target(r)));
+        let keys = row_keys(&t.origin, &chosen);
+        let offset = t.records[which[0]].offset;
+        let parked = NewParked { origin: &t.origin, topic: &t.topic, partition: t.partition, offset, row_keys: &keys.join("\n"), records: &json, reason };
+        self.control.insert_parked(tx, &parked).await.map_err(ApplyError::Database)?;
+        tracing::info!(site = %self.ctx.site, origin = %t.origin, offset, records = which.len(), reason = %reason, "transaction waits for the rows it references");
+        Ok(keys)
+    }
+
     /// Applies one record; a value for a column that neither this site nor, by now, the
     /// origin has (both dropped it) is obsolete, and the rest of the record is applied.
     async fn apply_one(
@@ -969,6 +990,23 @@ impl Applier {
     }
 }
 
+/// Which records of a transaction go now and which wait behind parked changes of their rows
+/// (`waits` says which must), as indexes. A source transaction is atomic: all wait if one
+/// must. A snapshot chunk is rows as they were, each on its own: only the rows `waits` names
+/// wait (a row a parked change renames to), the others go now even where parked changes of
+/// theirs wait, since those may be waiting for exactly these rows (history that only a
+/// snapshot brings); the parked changes still apply after them, in their order.
+fn waiting_behind_parked<R>(snapshot: bool, records: &[R], waits: impl Fn(&R) -> bool) -> (Vec<usize>, Vec<usize>) {
+    let all = 0..records.len();
+    if snapshot {
+        all.partition(|&i| !waits(&records[i]))
+    } else if records.iter().any(waits) {
+        (Vec::new(), all.collect())
+    } else {
+        (all.collect(), Vec::new())
+    }
+}
+
 /// A record whose head was readable but not the whole of it: its transaction becomes dead
 /// letters (via the one-at-a-time retry).
 fn unreadable_record(reason: String) -> ApplyError {
@@ -993,6 +1031,12 @@ fn touched_rows(r: &ChangeRecord) -> Vec<String> {
     out
 }
 
+/// The row a natural-key change renames to (`entity|key` after it), if the record is one.
+fn rename_target(r: &ChangeRecord) -> Option<String> {
+    let mut rows = touched_rows(r);
+    (rows.len() == 2).then(|| rows.swap_remove(0))
+}
+
 /// The first row a record touches (ordering of changes to one row within a transaction).
 fn row_key(_origin: &str, r: &ChangeRecord) -> String {
     touched_rows(r).swap_remove(0)
@@ -1003,4 +1047,20 @@ fn row_keys(_origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_transaction_waits_whole_and_a_snapshot_chunk_only_with_its_parked_rows() {
+        let rows = ["x", "parked", "y", "parked"];
+        let waits = |r: &&str| *r == "parked";
+        assert_eq!(waiting_behind_parked(false, &rows, waits), (vec![], vec![0, 1, 2, 3]));
+        assert_eq!(waiting_behind_parked(true, &rows, waits), (vec![0, 2], vec![1, 3]));
+        let free = ["x", "y"];
+        assert_eq!(waiting_behind_parked(false, &free, waits), (vec![0, 1], vec![]));
+        assert_eq!(waiting_behind_parked(true, &free, waits), (vec![0, 1], vec![]));
+    }
 }

@@ -401,7 +401,11 @@ impl EntityPlan {
                     }
                     return Ok(Outcome::Applied);
                 }
-                if self.update(tx, &sets, where_key).await? == 0 {
+                // A key change whose row is already under its new key (a snapshot brought it, or
+                // the change is applied again) updates that row.
+                let missing = self.update(tx, &sets, where_key).await? == 0
+                    && !(key_changed && self.update(tx, &sets, after_key.clone()).await? > 0);
+                if missing {
                     if self.upserts() {
                         self.upsert(tx, &sets).await?;
                     } else {

@@ -304,7 +304,7 @@ impl Reader {
             }
         }
         let n = out.len();
-        let txn_id = format!("snapshot-{request_id}-{run}-{}-{chunk}", entity.name);
+        let txn_id = format!("{}{request_id}-{run}-{}-{chunk}", record::SNAPSHOT_TRANSACTION_PREFIX, entity.name);
         let now_ms = record::now_ms();
         let mut records = Vec::with_capacity(n);
         for (i, change) in out.into_iter().enumerate() {
