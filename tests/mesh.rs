@@ -2251,15 +2251,16 @@ fn watermarks(fed: &Federation) -> Vec<i64> {
 async fn mesh(test: &str, kill: bool) {
     let k = knobs();
     eprintln!("mesh seed = {}", k.seed);
+    eprintln!("{test}: replay with SITESYNC_MESH_SEED={}", k.seed);
     eprintln!(
-        "mesh: {} transactions per site{}{}{}",
+        "{test}: {} transactions per site{}{}{}",
         k.txns,
         if kill { ", one site's sitesync killed -9 mid-workload" } else { "" },
         if k.null_refs { ", NULL for no reference" } else { ", 0 for no reference (LIMS2)" },
         if k.snapshot_before { ", snapshots before the workload" } else { ", snapshots during the workload" }
     );
     if k.writers != [true; 3] {
-        eprintln!("mesh: only {:?} write", (0..3).filter(|i| k.writers[*i]).map(|i| SITES[i]).collect::<Vec<_>>());
+        eprintln!("{test}: only {:?} write", (0..3).filter(|i| k.writers[*i]).map(|i| SITES[i]).collect::<Vec<_>>());
     }
     let started = Instant::now();
     let schema = schema(k.null_refs);
@@ -2301,7 +2302,7 @@ async fn mesh(test: &str, kill: bool) {
         while shared.progress[victim].load(SeqCst) < k.txns / 2 && shared.done.load(SeqCst) < 3 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!("mesh: kill -9 of `sitesync run` at {} after {} of its transactions", SITES[victim], shared.progress[victim].load(SeqCst));
+        eprintln!("{test}: kill -9 of `sitesync run` at {} after {} of its transactions", SITES[victim], shared.progress[victim].load(SeqCst));
         fed.kill9(runs[victim]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         runs[victim] = fed.start(SITES[victim], &["run"]);
@@ -2314,7 +2315,7 @@ async fn mesh(test: &str, kill: bool) {
     let oracle = Arc::try_unwrap(shared).ok().expect("tasks are done").oracle.into_inner().unwrap();
     for (i, st) in stats.iter().enumerate() {
         eprintln!(
-            "mesh: {} committed {} transactions ({} failed{}), snapshot {}, handed over {} rows, took {} ({} in the same second), lost {}",
+            "{test}: {} committed {} transactions ({} failed{}), snapshot {}, handed over {} rows, took {} ({} in the same second), lost {}",
             SITES[i],
             st.committed,
             st.failed,
@@ -2325,12 +2326,12 @@ async fn mesh(test: &str, kill: bool) {
             st.causal_ties,
             st.handoffs_lost.len()
         );
-        eprintln!("mesh: {} changes: {:?}", SITES[i], st.ops);
+        eprintln!("{test}: {} changes: {:?}", SITES[i], st.ops);
         for lost in st.handoffs_lost.iter().take(3) {
-            eprintln!("mesh: {} hand-over not taken: {lost}", SITES[i]);
+            eprintln!("{test}: {} hand-over not taken: {lost}", SITES[i]);
         }
     }
-    eprintln!("mesh: workload done after {:.1} s", workload.as_secs_f64());
+    eprintln!("{test}: workload done after {:.1} s", workload.as_secs_f64());
 
     // Convergence: until every row is as the oracle says and nothing waits, or nothing has
     // moved for 20 s (the rows, the topics, parked and dead letters), or 120 s.
@@ -2355,12 +2356,12 @@ async fn mesh(test: &str, kill: bool) {
             still_since = Instant::now();
         }
         if still_since.elapsed() > Duration::from_secs(20) || wait_started.elapsed() > Duration::from_secs(120) {
-            eprintln!("mesh: not converged: {problems} row problem(s), {waiting} parked or dead");
+            eprintln!("{test}: not converged: {problems} row problem(s), {waiting} parked or dead");
             break false;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    eprintln!("mesh: {} after {:.1} s", if converged { "converged" } else { "gave up waiting" }, wait_started.elapsed().as_secs_f64());
+    eprintln!("{test}: {} after {:.1} s", if converged { "converged" } else { "gave up waiting" }, wait_started.elapsed().as_secs_f64());
 
     // Quiet: once converged, nothing more is published.
     let mut quiet = Check::new("quiet");
@@ -2399,7 +2400,7 @@ async fn mesh(test: &str, kill: bool) {
         sanity,
     ];
     let rows: usize = (0..3).map(|s| states[s].values().map(BTreeMap::len).sum::<usize>()).sum();
-    eprintln!("mesh: {rows} rows at the three sites\n{topic_info}");
+    eprintln!("{test}: {rows} rows at the three sites\n{topic_info}");
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.failures.is_empty()).collect();
     for c in &failed {
         eprintln!("{}", c.report());
@@ -2408,9 +2409,9 @@ async fn mesh(test: &str, kill: bool) {
     let all = fed.dir.join("mesh-failures.tsv");
     std::fs::write(&all, failed.iter().map(|c| c.full()).collect::<String>()).unwrap();
     if !failed.is_empty() {
-        eprintln!("mesh: every failure, one a line: {}; every write of every row: {}", all.display(), fed.dir.join("mesh-oracle.txt").display());
+        eprintln!("{test}: every failure, one a line: {}; every write of every row: {}", all.display(), fed.dir.join("mesh-oracle.txt").display());
     }
-    eprintln!("mesh: seed {} took {:.1} s", k.seed, started.elapsed().as_secs_f64());
+    eprintln!("{test}: seed {} took {:.1} s", k.seed, started.elapsed().as_secs_f64());
     if !failed.is_empty() {
         fed.dump_logs();
     }
