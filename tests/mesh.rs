@@ -1871,7 +1871,10 @@ impl Check {
     fn fail(&mut self, category: impl Into<String>, message: impl Into<String>) {
         self.failures.push((category.into(), message.into()));
     }
+    /// Counts by category; every failure when there are at most 200, else 3 of each category
+    /// (the full list goes to a file).
     fn report(&self) -> String {
+        let all = self.failures.len() <= 200;
         let mut out = format!("==== {} failure(s) in check `{}`\n", self.failures.len(), self.name);
         let mut by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (c, m) in &self.failures {
@@ -1879,7 +1882,7 @@ impl Check {
         }
         for (c, messages) in by {
             out.push_str(&format!("  {:>5}  {c}\n", messages.len()));
-            for m in messages.iter().take(3) {
+            for m in messages.iter().take(if all { usize::MAX } else { 3 }) {
                 out.push_str(&format!("           - {m}\n"));
             }
         }
