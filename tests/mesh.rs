@@ -21,6 +21,14 @@
 //!   records only of rows it owns, a GTID on every streamed record;
 //! - `quiet`: nothing is published once converged.
 //!
+//! The workload also hands rows over on purpose (the causal tie): a site renames one of its
+//! people or labs at the start of a second, another site waits until the rename has arrived and
+//! activates the row within that second (same mtime); the later change must win everywhere.
+//! After the workload the test waits until the sites match the oracle, or nothing has moved
+//! for 20 s (rows, topics, parked), or 120 s; a failing run prints each check's failures by
+//! category and leaves every failure (`mesh-failures.tsv`) and every write the oracle knows
+//! (`mesh-oracle.txt`) in its directory under `target/tmp`.
+//!
 //! `SITESYNC_MESH_SEED` replays a seed (the workload's choices; how the sites interleave is the
 //! machine's), `SITESYNC_MESH_TXNS` sets the transactions per site (default 150) and
 //! `SITESYNC_MESH_LONG=1` multiplies them by ten. `SITESYNC_MESH_NO_REF=null` writes NULL where
