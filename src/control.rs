@@ -53,6 +53,16 @@ pub async fn read_versions(
     Ok(out)
 }
 
+/// Forgets, inside `tx`, what `row_versions` knew under a row key the row no longer has.
+pub async fn forget_versions(db: &str, tx: &mut Transaction<'_, MySql>, entity: &str, row_key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!("DELETE FROM `{db}`.`row_versions` WHERE entity = ? AND row_key = ?")))
+        .bind(entity)
+        .bind(row_key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Records, inside `tx`, the stamp of the version each row now has (entity, row key, entry),
 /// many per statement; a later entry for a row wins.
 pub async fn write_versions(db: &str, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {

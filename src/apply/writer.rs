@@ -235,9 +235,10 @@ impl EntityPlan {
         Ok(out)
     }
 
-    /// Last writer wins: whether the incoming change beats the local row, by stamp (see
-    /// [`crate::stamp`]); the same comparison at every site makes them all keep the same
-    /// version. Records the winner's stamp, so later changes compare with who really wrote it.
+    /// Last writer wins: whether the incoming change beats the local row (found by `key`), by
+    /// stamp (see [`crate::stamp`]); the same comparison at every site makes them all keep the
+    /// same version. Records the winner's stamp under `new_key`, the row's key after the change
+    /// (a natural-key change moves it), so later changes compare with who really wrote it.
     #[allow(clippy::too_many_arguments)]
     async fn incoming_wins(
         &self,
@@ -246,6 +247,7 @@ impl EntityPlan {
         stamp: Option<&Stamp>,
         image: &Map<String, Value>,
         key: &[(String, SqlValue)],
+        new_key: &[(String, SqlValue)],
         version_column: &str,
         deleting: bool,
     ) -> Result<bool, ApplyError> {
@@ -268,7 +270,11 @@ impl EntityPlan {
             return Ok(false);
         }
         let entry = VersionEntry { stamp, row_version, deleted: deleting };
-        control::write_versions(&self.control_db, tx, &[(&self.name, &row_key, &entry)]).await.map_err(ApplyError::classify)?;
+        let new_row_key = row_key_text(new_key);
+        if new_row_key != row_key {
+            control::forget_versions(&self.control_db, tx, &self.name, &row_key).await.map_err(ApplyError::classify)?;
+        }
+        control::write_versions(&self.control_db, tx, &[(&self.name, &new_row_key, &entry)]).await.map_err(ApplyError::classify)?;
         Ok(true)
     }
 
@@ -345,7 +351,7 @@ impl EntityPlan {
                 // Last writer wins for deletes too: a row updated here after the version the
                 // deleting site saw is kept (the update reaches that site and recreates it).
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &before, &key, &conflict.version_column, true).await? {
+                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &before, &key, &key, &conflict.version_column, true).await? {
                         return Ok(Outcome::ConflictLost);
                     }
                 }
@@ -384,7 +390,7 @@ impl EntityPlan {
                     _ => after_key.clone(),
                 };
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &after, &where_key, &conflict.version_column, false).await? {
+                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &after, &where_key, &after_key, &conflict.version_column, false).await? {
                         // The rows are still the same entity: link them.
                         if !self.key_is_primary {
                             self.remember_identity(tx, origin, origin_after, &where_key).await?;
