@@ -99,6 +99,7 @@ impl Known {
         let Ok(references) = plan.references(image, refs, plans, key_only) else { return Translated::Unknown };
         let mut out = image.clone();
         for (col, target, rk) in references {
+            let Ok(rk) = rk else { return Translated::Unknown };
             let Ok(key) = target.key_values(&rk.key) else { return Translated::Unknown };
             match self.rows.get(&(target.name.clone(), row_key_text(&key))) {
                 Some(LocalRow::Present { id: Some(id), .. }) => {
@@ -369,7 +370,7 @@ impl Applier {
         for (plan, r) in &records {
             let after = r.after.as_ref().expect("filtered");
             for (_, target, rk) in plan.references(after, &r.sitesync.refs, &self.plans, false).unwrap_or_default() {
-                if let Ok(key) = target.key_values(&rk.key) {
+                if let Ok(key) = rk.and_then(|rk| target.key_values(&rk.key).map_err(|_| Value::Null)) {
                     referenced.add(target, key);
                 }
             }

@@ -177,7 +177,8 @@ impl EntityPlan {
     }
 
     /// The reference columns of `image` whose ids differ per site, each with the plan of the
-    /// entity it points to and the natural key the origin sent for the row.
+    /// entity it points to and the natural key the origin sent for the row (`Err`: the origin's
+    /// id, where it sent none: the row was gone there when captured).
     ///
     /// With `key_only`, only reference columns that are part of the key (a relationship row's
     /// identity): a before image serves to find the row, and the rows its other references
@@ -188,7 +189,7 @@ impl EntityPlan {
         refs: &'a [RefKey],
         plans: &'a Plans,
         key_only: bool,
-    ) -> Result<Vec<(&'s str, &'a EntityPlan, &'a RefKey)>, ApplyError> {
+    ) -> Result<Vec<(&'s str, &'a EntityPlan, Result<&'a RefKey, Value>)>, ApplyError> {
         let mut out = Vec::new();
         for (col, target) in &self.refs {
             if key_only && !self.key_columns.contains(col) {
@@ -203,21 +204,20 @@ impl EntityPlan {
             if plan.key_is_primary {
                 continue;
             }
-            let rk = refs.iter().find(|r| &r.entity == target && &r.id == id).ok_or_else(|| {
-                ApplyError::Wait(format!(
-                    "`{col}` = {id} refers to a {target} whose natural key the origin did not send (the row no longer existed there when captured)"
-                ))
-            })?;
+            let rk = refs.iter().find(|r| &r.entity == target && &r.id == id).ok_or_else(|| id.clone());
             out.push((col.as_str(), plan.as_ref(), rk));
         }
         Ok(out)
     }
 
     /// Replaces the origin's ids in reference columns by this site's ids of the same rows
-    /// (see [`Self::references`] for `key_only`).
+    /// (see [`Self::references`] for `key_only`): found by the natural key the origin sent,
+    /// else by the identity map, which knows the row by the origin's id even when its natural
+    /// key has changed since (a snapshot brought the row under its later key).
     async fn translate(
         &self,
         tx: &mut Transaction<'_, MySql>,
+        origin: &str,
         image: &Map<String, Value>,
         refs: &[RefKey],
         plans: &Plans,
@@ -225,14 +225,49 @@ impl EntityPlan {
     ) -> Result<Map<String, Value>, ApplyError> {
         let mut out = image.clone();
         for (col, plan, rk) in self.references(image, refs, plans, key_only)? {
-            match plan.local_id(tx, &rk.key).await? {
-                Some(local) => {
+            let local = match &rk {
+                Ok(rk) => match plan.local_id(tx, &rk.key).await? {
+                    Some(local) => Some(local),
+                    None => plan.mapped_id(tx, origin, &rk.id).await?,
+                },
+                // Capture read the reference after the row was deleted at the origin (it was
+                // catching up): this site may still have the row, known by the origin's id.
+                Err(id) => plan.mapped_id(tx, origin, id).await?,
+            };
+            match (local, rk) {
+                (Some(local), _) => {
                     out.insert(col.to_string(), local);
                 }
-                None => return Err(not_arrived(col, plan, rk)),
+                (None, Ok(rk)) => return Err(not_arrived(col, plan, rk)),
+                (None, Err(id)) => {
+                    return Err(ApplyError::Wait(format!(
+                        "`{col}` = {id} refers to a {} whose natural key the origin did not send (the row no longer existed there when captured)",
+                        plan.name
+                    )))
+                }
             }
         }
         Ok(out)
+    }
+
+    /// This site's id of the `self` row that `origin` knows as `origin_id`, by the identity
+    /// map, if that row is still here.
+    async fn mapped_id(&self, tx: &mut Transaction<'_, MySql>, origin: &str, origin_id: &Value) -> Result<Option<Value>, ApplyError> {
+        let [pk] = self.target.primary_key.as_slice() else { return Ok(None) };
+        let mapped = format!("SELECT local_key FROM `{}`.`identity_map` WHERE entity = ? AND origin = ? AND origin_key = ?", self.control_db);
+        let Some(local_key) = sqlx::query_scalar::<_, String>(AssertSqlSafe(mapped))
+            .bind(&self.name)
+            .bind(origin)
+            .bind(origin_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(ApplyError::classify)?
+        else {
+            return Ok(None);
+        };
+        let present = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE `{pk}` = ?", self.target.qualified());
+        let id = sqlx::query_scalar::<_, String>(AssertSqlSafe(present)).bind(local_key).fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
+        Ok(id.map(local_id_value))
     }
 
     /// Last writer wins: whether the incoming change beats the local row (found by `key`), by
@@ -346,7 +381,7 @@ impl EntityPlan {
                 if self.config.on_delete == OnDelete::Ignore {
                     return Ok(Outcome::Skipped);
                 }
-                let before = self.translate(tx, before, refs, plans, true).await?;
+                let before = self.translate(tx, origin, before, refs, plans, true).await?;
                 let key = self.key_values(&before)?;
                 // Last writer wins for deletes too: a row updated here after the version the
                 // deleting site saw is kept (the update reaches that site and recreates it).
@@ -379,12 +414,12 @@ impl EntityPlan {
             }
             Op::Create | Op::Read | Op::Update => {
                 let origin_after = record.after.as_ref().expect("checked when parsed");
-                let after = self.translate(tx, origin_after, refs, plans, false).await?;
+                let after = self.translate(tx, origin, origin_after, refs, plans, false).await?;
                 let sets = self.assignments(&after, origin)?;
                 let after_key = self.key_values(&after)?;
                 let where_key = match (&record.op, &record.before) {
                     (Op::Update, Some(before)) => {
-                        let before = self.translate(tx, before, refs, plans, true).await?;
+                        let before = self.translate(tx, origin, before, refs, plans, true).await?;
                         self.key_values(&before)?
                     }
                     _ => after_key.clone(),
