@@ -24,7 +24,11 @@ use std::time::Duration;
 
 /// Columns added to control tables after their first release: (table, column, definition).
 const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("row_versions", "depth", "INT UNSIGNED NOT NULL DEFAULT 0"), ("row_versions", "row_version", "VARCHAR(128) NULL")];
+    &[
+        ("row_versions", "depth", "INT UNSIGNED NOT NULL DEFAULT 0"),
+        ("row_versions", "row_version", "VARCHAR(128) NULL"),
+        ("row_versions", "content", "CHAR(32) NULL"),
+    ];
 
 pub use crate::stamp::VersionEntry;
 
@@ -39,15 +43,15 @@ pub async fn read_versions(
     let mut out = Vec::new();
     for chunk in statement_chunks(row_keys, MAX_STATEMENT_ROWS) {
         let sql = format!(
-            "SELECT row_key, origin, version, depth, COALESCE(row_version, version), deleted FROM `{db}`.`row_versions` WHERE entity = ? AND row_key IN ({})",
+            "SELECT row_key, origin, version, depth, COALESCE(row_version, version), deleted, content FROM `{db}`.`row_versions` WHERE entity = ? AND row_key IN ({})",
             vec!["?"; chunk.len()].join(", ")
         );
-        let mut q = sqlx::query_as::<_, (String, String, String, u32, String, i8)>(AssertSqlSafe(sql)).bind(entity);
+        let mut q = sqlx::query_as::<_, (String, String, String, u32, String, i8, Option<String>)>(AssertSqlSafe(sql)).bind(entity);
         for k in chunk {
             q = q.bind(*k);
         }
-        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(key, site, version, depth, row_version, deleted)| {
-            (key, VersionEntry { stamp: crate::stamp::Stamp { version, depth, site }, row_version, deleted: deleted == 1 })
+        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(key, site, version, depth, row_version, deleted, content)| {
+            (key, VersionEntry { stamp: crate::stamp::Stamp { version, depth, site }, row_version, deleted: deleted == 1, content })
         }));
     }
     Ok(out)
@@ -67,14 +71,14 @@ pub async fn forget_versions(db: &str, tx: &mut Transaction<'_, MySql>, entity: 
 /// many per statement; a later entry for a row wins.
 pub async fn write_versions(db: &str, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {
     for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
-        let mut sql = format!("INSERT INTO `{db}`.`row_versions` (entity, row_key, origin, version, depth, row_version, deleted) VALUES ");
-        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        let mut sql = format!("INSERT INTO `{db}`.`row_versions` (entity, row_key, origin, version, depth, row_version, deleted, content) VALUES ");
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
         sql.push_str(
-            " ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), depth = VALUES(depth), row_version = VALUES(row_version), deleted = VALUES(deleted)",
+            " ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), depth = VALUES(depth), row_version = VALUES(row_version), deleted = VALUES(deleted), content = VALUES(content)",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (entity, row_key, e) in chunk {
-            q = q.bind(*entity).bind(*row_key).bind(&e.stamp.site).bind(&e.stamp.version).bind(e.stamp.depth).bind(&e.row_version).bind(e.deleted as i8);
+            q = q.bind(*entity).bind(*row_key).bind(&e.stamp.site).bind(&e.stamp.version).bind(e.stamp.depth).bind(&e.row_version).bind(e.deleted as i8).bind(&e.content);
         }
         q.execute(&mut **tx).await?;
     }
@@ -368,6 +372,7 @@ impl Control {
                    deleted TINYINT NOT NULL DEFAULT 0,
                    depth INT UNSIGNED NOT NULL DEFAULT 0,
                    row_version VARCHAR(128) NULL,
+                   content CHAR(32) NULL,
                    PRIMARY KEY (entity, row_key)
                  ) ENGINE=InnoDB"
             ),

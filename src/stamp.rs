@@ -83,16 +83,22 @@ pub struct VersionEntry {
     pub row_version: String,
     /// The row was deleted (a tombstone).
     pub deleted: bool,
+    /// A digest of the whole row as the applier wrote it (None: not known): a row that differs
+    /// from it was written since by this site's application, even with the same version.
+    pub content: Option<String>,
 }
 
-/// The stamp of a row at `site` whose version column holds `version`, given what is recorded
-/// of it: the recorded stamp while the row still holds that version; otherwise `site`'s
-/// application wrote it, on top of what was recorded. Capture (stamping a change by the row
-/// it was made on) and apply (comparing with the local row) use this one rule, so both see
-/// the same stamp for the same row.
-pub fn of_row(version: &str, recorded: Option<&VersionEntry>, site: &str) -> Stamp {
+/// The stamp of a row at `site` whose version column holds `version` (and, where known,
+/// whose digest is `content`), given what is recorded of it: the recorded stamp while the row
+/// is still as recorded; otherwise `site`'s application wrote it, on top of what was
+/// recorded. Capture stamps each change of its application by this rule applied to the row
+/// the change leaves, and apply compares incoming changes with the local row by it, so both
+/// see the same stamp for the same row.
+pub fn of_row(version: &str, content: Option<&str>, recorded: Option<&VersionEntry>, site: &str) -> Stamp {
     match recorded {
-        Some(e) if !e.deleted && e.row_version == version => e.stamp.clone(),
+        Some(e) if !e.deleted && e.row_version == version && (content.is_none() || e.content.is_none() || e.content.as_deref() == content) => {
+            e.stamp.clone()
+        }
         Some(e) => Stamp::after(Some(&e.stamp), version, site),
         None => Stamp::new(version, site),
     }

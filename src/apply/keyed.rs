@@ -40,7 +40,8 @@ enum LocalRow {
     Absent,
     /// `id`: this site's primary key as text (None: inserted by this batch, not read back yet,
     /// or a composite key). `version`: the version column as text (None: not read).
-    Present { id: Option<String>, version: Option<String> },
+    /// `content`: the row's digest (last writer wins; None: not read, or written by this batch).
+    Present { id: Option<String>, version: Option<String>, content: Option<String> },
 }
 
 
@@ -61,7 +62,9 @@ pub(super) struct Known {
     rows: HashMap<(String, String), LocalRow>,
     /// (entity, row key) -> `row_versions` (None: no entry).
     versions: HashMap<(String, String), Option<VersionEntry>>,
-    pending_versions: Vec<((String, String), VersionEntry)>,
+    /// Versions to record: (entity, row key), the entry, and the row's key (to read its digest
+    /// once written).
+    pending_versions: Vec<((String, String), VersionEntry, Key)>,
     pending_identities: Vec<Identity>,
     /// Rows this batch creates from another site's change: (entity, row key, origin).
     pending_received: Vec<(String, String, String)>,
@@ -166,14 +169,14 @@ impl EntityPlan {
             let col = self.target.column(&conflict.version_column)?;
             if let Some(incoming) = image.get(&conflict.version_column) {
                 let incoming = sql_text(&to_sql(col, incoming)?);
-                let local_version = match &local {
+                let local_row = match &local {
                     LocalRow::Absent => None,
-                    LocalRow::Present { version: Some(v), .. } => Some(v.as_str()),
+                    LocalRow::Present { version: Some(v), content, .. } => Some((v.as_str(), content.as_deref())),
                     LocalRow::Present { version: None, .. } => return Ok(Decision::Unknown),
                 };
                 let Some(written) = known.versions.get(&row) else { return Ok(Decision::Unknown) };
                 let stamp = record.sitesync.stamp.clone().unwrap_or_else(|| Stamp::new(incoming.clone(), origin));
-                if incoming_loses(&stamp, local_version, written.as_ref(), &self.local_site) {
+                if incoming_loses(&stamp, record.op == Op::Read, local_row, written.as_ref(), &self.local_site) {
                     if !self.key_is_primary {
                         known.remember_identity(self, origin, after, &row.1);
                     }
@@ -185,9 +188,9 @@ impl EntityPlan {
 
         // Decided: from here on the batch's knowledge follows the write.
         if let Some((version, stamp)) = &new_version {
-            let written = VersionEntry { stamp: stamp.clone(), row_version: version.clone(), deleted: false };
+            let written = VersionEntry { stamp: stamp.clone(), row_version: version.clone(), deleted: false, content: None };
             known.versions.insert(row.clone(), Some(written.clone()));
-            known.pending_versions.push((row.clone(), written));
+            known.pending_versions.push((row.clone(), written, key.clone()));
         }
         // The database may write a version differently from the record (a DATETIME's
         // fraction): only an integer's text is known to read back the same.
@@ -211,7 +214,9 @@ impl EntityPlan {
             }
             (LocalRow::Present { id, .. }, false) => (Decision::Update { sets, key }, id.clone()),
         };
-        known.rows.insert(row.clone(), LocalRow::Present { id, version: version_after });
+        // The row as written is this batch's: its digest is recorded with its version, and a
+        // later record of the batch compares with that version alone.
+        known.rows.insert(row.clone(), LocalRow::Present { id, version: version_after, content: None });
         if !self.key_is_primary {
             known.remember_identity(self, origin, after, &row.1);
         }
@@ -274,8 +279,9 @@ impl EntityPlan {
             [pk] => format!("CAST(`{pk}` AS CHAR)"),
             _ => "NULL".to_string(),
         };
+        // The version and, after a newline, the row's digest (see `split_version`).
         let version = match (&self.config.conflict, for_update) {
-            (Some(c), true) => format!("CAST(`{}` AS CHAR)", c.version_column),
+            (Some(c), true) => format!("CONCAT(IFNULL(CAST(`{}` AS CHAR), ''), '\\n', {})", c.version_column, self.content_expr()),
             _ => "NULL".to_string(),
         };
         (id, version, if for_update { " FOR UPDATE" } else { "" })
@@ -379,7 +385,7 @@ impl Applier {
             let found = plan.lookup(tx, &keys, false).await?;
             for (key, row) in keys.iter().zip(found) {
                 let local = match row {
-                    Some((id, _)) => LocalRow::Present { id, version: None },
+                    Some((id, _)) => LocalRow::Present { id, version: None, content: None },
                     None => LocalRow::Absent,
                 };
                 known.rows.insert((plan.name.clone(), row_key_text(key)), local);
@@ -402,7 +408,10 @@ impl Applier {
             let row_keys: Vec<String> = keys.iter().map(|k| row_key_text(k)).collect();
             for (row_key, row) in row_keys.iter().zip(found) {
                 let local = match row {
-                    Some((id, version)) => LocalRow::Present { id, version },
+                    Some((id, version)) => {
+                        let (version, content) = split_version(version);
+                        LocalRow::Present { id, version, content }
+                    }
                     None => LocalRow::Absent,
                 };
                 known.rows.insert((plan.name.clone(), row_key.clone()), local);
@@ -467,10 +476,38 @@ impl Applier {
             }
         }
         self.control.write_received(tx, &entries).await.map_err(ApplyError::classify)?;
-        let versions = std::mem::take(&mut known.pending_versions);
-        let entries: Vec<_> = versions.iter().map(|((entity, row_key), w)| (entity.as_str(), row_key.as_str(), w)).collect();
+        let mut versions = std::mem::take(&mut known.pending_versions);
+        // Each row's digest as written, many per statement.
+        let mut by_entity: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, ((entity, _), _, _)) in versions.iter().enumerate() {
+            by_entity.entry(entity.as_str()).or_default().push(i);
+        }
+        let mut contents: Vec<(usize, Option<String>)> = Vec::new();
+        for (entity, at) in by_entity {
+            let Some(plan) = self.plans.get(entity) else { continue };
+            let keys: Vec<Key> = at.iter().map(|&i| versions[i].2.clone()).collect();
+            for (i, found) in at.iter().zip(plan.lookup(tx, &keys, true).await?) {
+                contents.push((*i, found.and_then(|(_, version)| split_version(version).1)));
+            }
+        }
+        for (i, content) in contents {
+            versions[i].1.content = content;
+        }
+        let entries: Vec<_> = versions.iter().map(|((entity, row_key), w, _)| (entity.as_str(), row_key.as_str(), w)).collect();
         self.control.write_versions(tx, &entries).await.map_err(ApplyError::classify)?;
         Ok(())
+    }
+}
+
+/// A looked-up version as `lookup` reads it with `for_update`: the version column's text and,
+/// after a newline, the row's digest.
+fn split_version(read: Option<String>) -> (Option<String>, Option<String>) {
+    match read {
+        Some(text) => match text.rsplit_once('\n') {
+            Some((version, content)) => (Some(version.to_string()), Some(content.to_string())),
+            None => (Some(text), None),
+        },
+        None => (None, None),
     }
 }
 

@@ -44,6 +44,10 @@ pub struct EntityPlan {
     pub local_site: String,
 }
 
+/// A reference column of an image: the column, the plan of the entity it points to, and the
+/// natural key the origin sent for the row (`Err`: the origin's id, where it sent no key).
+pub type Reference<'s, 'a> = (&'s str, &'a EntityPlan, Result<&'a RefKey, Value>);
+
 /// One record's part in a multi-row statement.
 pub enum BatchWrite {
     /// Nothing to write (on_delete = "ignore").
@@ -189,7 +193,7 @@ impl EntityPlan {
         refs: &'a [RefKey],
         plans: &'a Plans,
         key_only: bool,
-    ) -> Result<Vec<(&'s str, &'a EntityPlan, Result<&'a RefKey, Value>)>, ApplyError> {
+    ) -> Result<Vec<Reference<'s, 'a>>, ApplyError> {
         let mut out = Vec::new();
         for (col, target) in &self.refs {
             if key_only && !self.key_columns.contains(col) {
@@ -285,32 +289,67 @@ impl EntityPlan {
         new_key: &[(String, SqlValue)],
         version_column: &str,
         deleting: bool,
+        snapshot: bool,
     ) -> Result<bool, ApplyError> {
         let col = self.target.column(version_column)?;
         let Some(incoming) = image.get(version_column) else { return Ok(true) };
         let row_version = sql_text(&to_sql(col, incoming)?);
         let stamp = stamp.cloned().unwrap_or_else(|| Stamp::new(row_version.clone(), origin));
         let sql = format!(
-            "SELECT CAST(`{}` AS CHAR) FROM {} WHERE {} LIMIT 1 FOR UPDATE",
+            "SELECT CAST(`{}` AS CHAR), {} FROM {} WHERE {} LIMIT 1 FOR UPDATE",
             col.name,
+            self.content_expr(),
             self.target.qualified(),
             where_clause(key)
         );
-        let q = sqlx::query_scalar_with::<_, Option<String>, _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
+        let q = sqlx::query_as_with::<_, (Option<String>, Option<String>), _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
         let row_key = row_key_text(key);
-        let local = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?.map(Option::unwrap_or_default);
+        let found = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
+        let (local, content) = match found {
+            Some((version, content)) => (Some(version.unwrap_or_default()), content),
+            None => (None, None),
+        };
         let written = control::read_versions(&self.control_db, tx, &self.name, &[row_key.as_str()]).await.map_err(ApplyError::classify)?;
         let written = written.into_iter().next().map(|(_, e)| e);
-        if incoming_loses(&stamp, local.as_deref(), written.as_ref(), &self.local_site) {
+        let local_row = local.as_deref().map(|v| (v, content.as_deref()));
+        if incoming_loses(&stamp, snapshot, local_row, written.as_ref(), &self.local_site) {
             return Ok(false);
         }
-        let entry = VersionEntry { stamp, row_version, deleted: deleting };
+        // The row's digest is recorded once it is written (`record_content`).
+        let entry = VersionEntry { stamp, row_version, deleted: deleting, content: None };
         let new_row_key = row_key_text(new_key);
         if new_row_key != row_key {
             control::forget_versions(&self.control_db, tx, &self.name, &row_key).await.map_err(ApplyError::classify)?;
         }
         control::write_versions(&self.control_db, tx, &[(&self.name, &new_row_key, &entry)]).await.map_err(ApplyError::classify)?;
         Ok(true)
+    }
+
+    /// `MD5(...)` of a whole row of the table (generated columns aside), the same expression
+    /// wherever it is read: a row that differs from the digest recorded when the applier wrote
+    /// it was written since by this site's application (see [`crate::stamp::of_row`]).
+    pub(super) fn content_expr(&self) -> String {
+        let mut columns: Vec<&str> = self.target.columns.values().filter(|c| !c.generated).map(|c| c.name.as_str()).collect();
+        columns.sort_unstable();
+        let parts: Vec<String> = columns.iter().map(|c| format!("IFNULL(HEX(`{c}`), 'N')")).collect();
+        format!("MD5(CONCAT_WS(',', {}))", parts.join(", "))
+    }
+
+    /// Records in `row_versions` the digest of the row at `key` as just written.
+    async fn record_content(&self, tx: &mut Transaction<'_, MySql>, key: &[(String, SqlValue)]) -> Result<(), ApplyError> {
+        let sql = format!(
+            "UPDATE `{}`.`row_versions` SET content = (SELECT {} FROM {} WHERE {} LIMIT 1) WHERE entity = ? AND row_key = ?",
+            self.control_db,
+            self.content_expr(),
+            self.target.qualified(),
+            where_clause(key)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (_, v) in key {
+            q = bind(q, v.clone());
+        }
+        q.bind(&self.name).bind(row_key_text(key)).execute(&mut **tx).await.map_err(ApplyError::classify)?;
+        Ok(())
     }
 
     /// Records which local row the origin's row became (natural-key entities).
@@ -386,7 +425,7 @@ impl EntityPlan {
                 // Last writer wins for deletes too: a row updated here after the version the
                 // deleting site saw is kept (the update reaches that site and recreates it).
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &before, &key, &key, &conflict.version_column, true).await? {
+                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &before, &key, &key, &conflict.version_column, true, false).await? {
                         return Ok(Outcome::ConflictLost);
                     }
                 }
@@ -425,7 +464,8 @@ impl EntityPlan {
                     _ => after_key.clone(),
                 };
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &after, &where_key, &after_key, &conflict.version_column, false).await? {
+                    let snapshot = record.op == Op::Read;
+                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &after, &where_key, &after_key, &conflict.version_column, false, snapshot).await? {
                         // The rows are still the same entity: link them.
                         if !self.key_is_primary {
                             self.remember_identity(tx, origin, origin_after, &where_key).await?;
@@ -439,6 +479,9 @@ impl EntityPlan {
                     self.upsert(tx, &sets).await?;
                     if created {
                         self.mark_received(tx, origin, &after_key).await?;
+                    }
+                    if self.config.conflict.is_some() {
+                        self.record_content(tx, &after_key).await?;
                     }
                     return Ok(Outcome::Applied);
                 }
@@ -458,6 +501,9 @@ impl EntityPlan {
                 }
                 if !self.key_is_primary {
                     self.remember_identity(tx, origin, origin_after, &after_key).await?;
+                }
+                if self.config.conflict.is_some() {
+                    self.record_content(tx, &after_key).await?;
                 }
                 Ok(Outcome::Applied)
             }
@@ -677,10 +723,21 @@ impl EntityPlan {
 }
 
 /// Last writer wins, decided: whether a change stamped `incoming` loses to the local row
-/// (`local`: its version column, if the row exists) given what `row_versions` knows of it.
-pub(super) fn incoming_loses(incoming: &Stamp, local: Option<&str>, written: Option<&VersionEntry>, local_site: &str) -> bool {
+/// (`local`: its version column and digest, if the row exists) given what `row_versions`
+/// knows of it. A snapshot row is a version as it was: it does not replace an equal one (which
+/// the local application may have changed since without changing the version).
+pub(super) fn incoming_loses(
+    incoming: &Stamp,
+    snapshot: bool,
+    local: Option<(&str, Option<&str>)>,
+    written: Option<&VersionEntry>,
+    local_site: &str,
+) -> bool {
     match (local, written) {
-        (Some(local), written) => incoming.loses_to(&crate::stamp::of_row(local, written, local_site)),
+        (Some((version, content)), written) => {
+            let local = crate::stamp::of_row(version, content, written, local_site);
+            incoming.loses_to(&local) || (snapshot && incoming == &local)
+        }
         // No row, but a delete won here: only a change made after it recreates the row.
         (None, Some(e)) if e.deleted => incoming.order(&e.stamp) != std::cmp::Ordering::Greater,
         (None, _) => false,

@@ -1,13 +1,14 @@
 //! Capture's half of last writer wins: each change of an entity with `conflict` is stamped by
 //! the row version it was made on ([`crate::stamp`]).
 //!
-//! What capture must know is the stamp of the row as its application saw it. That is either a
-//! version this site's applier wrote (recorded in `row_versions`, whose rows capture reads in
-//! the applier's own transactions, in binlog order) or one this site's application wrote
-//! (stamped by capture itself before). Both are remembered here per row, in binlog order, so a
-//! change is stamped by what its row held at that point of the binlog, not by what the control
-//! table holds by the time capture reads it. A row not remembered (after a restart, or past the
-//! memory bound) is looked up in `row_versions`.
+//! A change is stamped as the applier here will see the row it leaves ([`stamp::of_row`]):
+//! made by this site on top of the last version this site's applier wrote (recorded in
+//! `row_versions`, whose rows capture reads in the applier's own transactions, in binlog order,
+//! so a change is stamped by what its row held at that point of the binlog, not by what the
+//! control table holds by the time capture reads it). The application's own earlier writes do
+//! not stack up: the applier cannot tell them apart, and both must see the same stamp. Its
+//! deletes are remembered, so that a row created again orders after its delete. A row not
+//! remembered (after a restart, or past the memory bound) is looked up in `row_versions`.
 
 use std::collections::HashMap;
 
@@ -55,7 +56,8 @@ impl Stamps {
         let depth = image.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
         let row_version = image.get("row_version").filter(|v| !v.is_null()).map(stamp::version_text).unwrap_or_else(|| version.clone());
         let deleted = image.get("deleted").and_then(Value::as_u64).unwrap_or(0) == 1;
-        self.remember(entity, row_key, VersionEntry { stamp: Stamp { version, depth, site }, row_version, deleted });
+        let content = image.get("content").filter(|v| !v.is_null()).map(stamp::version_text);
+        self.remember(entity, row_key, VersionEntry { stamp: Stamp { version, depth, site }, row_version, deleted, content });
     }
 
     /// The stamp of a change that this site's application made (before the entity's filter
@@ -71,20 +73,19 @@ impl Stamps {
         let Some(column) = entity.version_column else { return Ok(None) };
         let version_of = |image: Option<&Image>| image.and_then(|i| i.get(column)).map(stamp::version_text).unwrap_or_default();
         let key_of = |image: &Image| stamp::row_key_of_texts(entity.key_columns.iter().map(|&i| image.get(i).map(stamp::version_text).unwrap_or_default()));
-        let (stamp, row_version) = match (op, before, after) {
+        let stamp = match (op, before, after) {
             // A snapshot reads the row as it is: the stamp it holds.
             (Op::Read, _, Some(row)) => {
                 let version = version_of(Some(row));
                 let known = self.known(&entity.name, &key_of(row), &version).await?;
-                return Ok(Some(stamp::of_row(&version, known.as_ref(), &self.site)));
+                return Ok(Some(stamp::of_row(&version, None, known.as_ref(), &self.site)));
             }
-            // Made on the row `before` held.
+            // Made on the row `before` held: on top of the applier's last version of it.
             (_, Some(old), _) => {
                 let old_version = version_of(Some(old));
                 let known = self.known(&entity.name, &key_of(old), &old_version).await?;
-                let base = stamp::of_row(&old_version, known.as_ref(), &self.site);
-                let version = if op == Op::Delete { version_of(Some(old)) } else { version_of(after) };
-                (Stamp::after(Some(&base), &version, &self.site), version)
+                let version = if op == Op::Delete { old_version } else { version_of(after) };
+                Stamp::after(known.as_ref().map(|k| &k.stamp), &version, &self.site)
             }
             // A new row: after a delete of the same key, it is made after the delete.
             (_, None, Some(new)) => {
@@ -94,12 +95,15 @@ impl Stamps {
                     _ => None,
                 };
                 let base = known.filter(|k| k.deleted).map(|k| k.stamp);
-                (Stamp::after(base.as_ref(), &version, &self.site), version)
+                Stamp::after(base.as_ref(), &version, &self.site)
             }
             (_, None, None) => return Ok(None),
         };
-        let row = after.or(before).expect("an image exists");
-        self.remember(entity.name.clone(), key_of(row), VersionEntry { stamp: stamp.clone(), row_version, deleted: op == Op::Delete });
+        if op == Op::Delete {
+            let row = before.expect("a delete has its row");
+            let tombstone = VersionEntry { stamp: stamp.clone(), row_version: version_of(Some(row)), deleted: true, content: None };
+            self.remember(entity.name.clone(), key_of(row), tombstone);
+        }
         Ok(Some(stamp))
     }
 
