@@ -627,6 +627,30 @@ impl Control {
         Ok(())
     }
 
+    /// Which of `origin_keys` (the origin's ids of rows of `entity`) the identity map knows.
+    pub async fn mapped_origin_keys(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        entity: &str,
+        origin: &str,
+        origin_keys: &[&str],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in statement_chunks(origin_keys, MAX_STATEMENT_ROWS) {
+            let sql = format!(
+                "SELECT origin_key FROM `{}`.`identity_map` WHERE entity = ? AND origin = ? AND origin_key IN ({})",
+                self.db,
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).bind(entity).bind(origin);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            out.extend(q.fetch_all(&mut **tx).await?);
+        }
+        Ok(out)
+    }
+
     /// Records that the applier created these local rows (entity, local primary key as text)
     /// from a change of `origin`: they are the origin's to publish in a snapshot.
     pub async fn write_received(&self, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &str)]) -> Result<(), sqlx::Error> {
@@ -764,17 +788,6 @@ impl Control {
     /// Removes a parked transaction inside `tx`.
     pub async fn delete_parked(&self, tx: &mut Transaction<'_, MySql>, id: u64) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`parked` WHERE id = ?", self.db)))
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Keeps only part of a parked transaction: these records (a JSON array) touching these rows.
-    pub async fn shrink_parked(&self, tx: &mut Transaction<'_, MySql>, id: u64, row_keys: &str, records: &[u8]) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!("UPDATE `{}`.`parked` SET row_keys = ?, records = ? WHERE id = ?", self.db)))
-            .bind(row_keys)
-            .bind(records)
             .bind(id)
             .execute(&mut **tx)
             .await?;

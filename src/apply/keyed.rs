@@ -395,10 +395,19 @@ impl Applier {
         // 2. The records' own rows, found by their keys (translated where references are part
         // of the key), locked as the per-record path locks them, with versions.
         let mut own: Wanted = Wanted::default();
+        // (entity, origin) -> (origin's id as the identity map has it, row key): to tell a row
+        // that is new here from one known here under another key.
+        let mut origin_ids: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
         for (plan, r) in &records {
             let after = r.after.as_ref().expect("filtered");
             if let Translated::Image(image) = known.translate(plan, after, &r.sitesync.refs, &self.plans, true) {
                 if let Ok(key) = plan.key_values(&image) {
+                    if let (false, [pk]) = (plan.key_is_primary, plan.target.primary_key.as_slice()) {
+                        if let Some(id) = after.get(pk) {
+                            let slot = origin_ids.entry((plan.name.clone(), r.sitesync.origin.clone())).or_default();
+                            slot.push((id.to_string(), row_key_text(&key)));
+                        }
+                    }
                     own.add(plan, key);
                 }
             }
@@ -415,6 +424,22 @@ impl Applier {
                     None => LocalRow::Absent,
                 };
                 known.rows.insert((plan.name.clone(), row_key.clone()), local);
+            }
+            // A row absent under its key but known to the identity map is here under another
+            // key (renamed at the origin since): the per-record path finds it.
+            for ((entity, origin), ids) in origin_ids.iter().filter(|((e, _), _)| *e == plan.name) {
+                let absent: Vec<&(String, String)> =
+                    ids.iter().filter(|(_, row_key)| matches!(known.rows.get(&(entity.clone(), row_key.clone())), Some(LocalRow::Absent))).collect();
+                if absent.is_empty() {
+                    continue;
+                }
+                let keys: Vec<&str> = absent.iter().map(|(id, _)| id.as_str()).collect();
+                let mapped = self.control.mapped_origin_keys(tx, entity, origin, &keys).await.map_err(ApplyError::classify)?;
+                for (id, row_key) in absent {
+                    if mapped.contains(id) {
+                        known.rows.remove(&(entity.clone(), row_key.clone()));
+                    }
+                }
             }
             if plan.config.conflict.is_some() {
                 let refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();

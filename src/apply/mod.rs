@@ -175,9 +175,6 @@ struct Applier {
     plans: Plans,
     /// Rows written by parked transactions: later changes to them wait behind.
     parked_keys: HashSet<String>,
-    /// Rows that parked changes rename to (a natural-key change): a snapshot row of that key
-    /// waits behind them, or it would be a second row once the rename applies.
-    rename_targets: HashSet<String>,
     /// Heartbeat topic -> origin site.
     heartbeat_origins: HashMap<String, String>,
     /// How far behind each origin this site is (reported by a task of its own).
@@ -287,13 +284,11 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         .collect();
     let parked = control.list_parked().await?;
     let parked_keys = parked.iter().flat_map(|p| p.row_keys.lines().map(str::to_string).collect::<Vec<_>>()).collect();
-    let rename_targets = parked.iter().flat_map(|p| parking::rename_targets_of(&p.records)).collect();
     let mut applier = Applier {
         ctx: ctx.clone(),
         control,
         plans,
         parked_keys,
-        rename_targets,
         origins: origins.iter().map(|o| (config.topic_of(o), o.clone())).collect(),
         partials: HashMap::new(),
         progress,
@@ -659,7 +654,6 @@ impl Applier {
         let mut applied_txns: Vec<usize> = Vec::new();
         let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
         let mut newly_parked: HashSet<String> = HashSet::new();
-        let mut newly_renamed: HashSet<String> = HashSet::new();
         let mut dead = 0i64;
         let mut pending = fast::Pending::default();
         if !careful && dead_reason.is_none() {
@@ -719,20 +713,19 @@ impl Applier {
                 continue;
             }
             let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
-            let snapshot = t.is_snapshot();
-            let waits = |r: &ChangeRecord| {
-                let rows = touched_rows(r);
-                rows.iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k))
-                    && (!snapshot || self.rename_targets.contains(&rows[0]) || newly_renamed.contains(&rows[0]))
-            };
-            let (now, behind) = waiting_behind_parked(snapshot, &records, waits);
-            if !behind.is_empty() {
+            // A snapshot chunk does not wait behind parked changes of its rows: it is the state
+            // of those rows at a later point, the parked changes still apply after it in their
+            // order, and the rows they wait for are often in it (history that only a snapshot
+            // brings): waiting would never end.
+            let waits = !t.is_snapshot()
+                && records.iter().any(|r| touched_rows(r).iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k)));
+            if waits {
+                let all: Vec<usize> = (0..records.len()).collect();
                 let reason = "an earlier transaction changing the same rows is waiting";
-                newly_parked.extend(self.park(&mut tx, t, &records, &behind, reason, &mut newly_renamed).await?);
-            }
-            if now.is_empty() {
+                newly_parked.extend(self.park(&mut tx, t, &records, &all, reason).await?);
                 continue;
             }
+            let now: Vec<usize> = (0..records.len()).collect();
             let ready: Vec<&ChangeRecord> = now.iter().map(|&i| &records[i]).collect();
             sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
             match self.apply_records(&mut tx, &t.origin, &ready).await {
@@ -744,7 +737,7 @@ impl Applier {
                 }
                 Err(ApplyError::Wait(reason)) => {
                     sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-                    newly_parked.extend(self.park(&mut tx, t, &records, &now, &reason, &mut newly_renamed).await?);
+                    newly_parked.extend(self.park(&mut tx, t, &records, &now, &reason).await?);
                 }
                 Err(e) => return Err(e),
             }
@@ -770,7 +763,6 @@ impl Applier {
             self.progress.insert((o, s), seq);
         }
         self.parked_keys.extend(newly_parked);
-        self.rename_targets.extend(newly_renamed);
         self.count(counts);
         if dead > 0 {
             self.refresh_dead_letter_gauge().await;
@@ -875,8 +867,7 @@ impl Applier {
     }
 
     /// Parks the records of `t` at `which` (indexes into `records`, its parsed records) with
-    /// `reason`; returns the rows they touch, which later changes wait behind, and adds the
-    /// rows they rename to to `renamed`.
+    /// `reason`; returns the rows they touch, which later changes wait behind.
     async fn park(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
@@ -884,7 +875,6 @@ impl Applier {
         records: &[ChangeRecord],
         which: &[usize],
         reason: &str,
-        renamed: &mut HashSet<String>,
     ) -> Result<Vec<String>, ApplyError> {
         // The records as a JSON array, straight from the messages.
         let mut json = b"[".to_vec();
@@ -896,7 +886,6 @@ impl Applier {
         }
         json.push(b']');
         let chosen: Vec<&ChangeRecord> = which.iter().map(|&i| &records[i]).collect();
-        renamed.extend(chosen.iter().filter_map(|r| rename_target(r)));
         let keys = row_keys(&t.origin, &chosen);
         let offset = t.records[which[0]].offset;
         let parked = NewParked { origin: &t.origin, topic: &t.topic, partition: t.partition, offset, row_keys: &keys.join("\n"), records: &json, reason };
@@ -990,23 +979,6 @@ impl Applier {
     }
 }
 
-/// Which records of a transaction go now and which wait behind parked changes of their rows
-/// (`waits` says which must), as indexes. A source transaction is atomic: all wait if one
-/// must. A snapshot chunk is rows as they were, each on its own: only the rows `waits` names
-/// wait (a row a parked change renames to), the others go now even where parked changes of
-/// theirs wait, since those may be waiting for exactly these rows (history that only a
-/// snapshot brings); the parked changes still apply after them, in their order.
-fn waiting_behind_parked<R>(snapshot: bool, records: &[R], waits: impl Fn(&R) -> bool) -> (Vec<usize>, Vec<usize>) {
-    let all = 0..records.len();
-    if snapshot {
-        all.partition(|&i| !waits(&records[i]))
-    } else if records.iter().any(waits) {
-        (Vec::new(), all.collect())
-    } else {
-        (all.collect(), Vec::new())
-    }
-}
-
 /// A record whose head was readable but not the whole of it: its transaction becomes dead
 /// letters (via the one-at-a-time retry).
 fn unreadable_record(reason: String) -> ApplyError {
@@ -1031,12 +1003,6 @@ fn touched_rows(r: &ChangeRecord) -> Vec<String> {
     out
 }
 
-/// The row a natural-key change renames to (`entity|key` after it), if the record is one.
-fn rename_target(r: &ChangeRecord) -> Option<String> {
-    let mut rows = touched_rows(r);
-    (rows.len() == 2).then(|| rows.swap_remove(0))
-}
-
 /// The first row a record touches (ordering of changes to one row within a transaction).
 fn row_key(_origin: &str, r: &ChangeRecord) -> String {
     touched_rows(r).swap_remove(0)
@@ -1047,20 +1013,4 @@ fn row_keys(_origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_transaction_waits_whole_and_a_snapshot_chunk_only_with_its_parked_rows() {
-        let rows = ["x", "parked", "y", "parked"];
-        let waits = |r: &&str| *r == "parked";
-        assert_eq!(waiting_behind_parked(false, &rows, waits), (vec![], vec![0, 1, 2, 3]));
-        assert_eq!(waiting_behind_parked(true, &rows, waits), (vec![0, 2], vec![1, 3]));
-        let free = ["x", "y"];
-        assert_eq!(waiting_behind_parked(false, &free, waits), (vec![0, 1], vec![]));
-        assert_eq!(waiting_behind_parked(true, &free, waits), (vec![0, 1], vec![]));
-    }
 }

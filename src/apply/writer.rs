@@ -274,6 +274,25 @@ impl EntityPlan {
         Ok(id.map(local_id_value))
     }
 
+    /// Updates the local row that the identity map says `origin`'s row is; whether there was one.
+    async fn update_mapped(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        origin: &str,
+        origin_image: &Map<String, Value>,
+        sets: &[(String, SqlValue)],
+    ) -> Result<bool, ApplyError> {
+        let [pk] = self.target.primary_key.as_slice() else { return Ok(false) };
+        if self.key_is_primary {
+            return Ok(false);
+        }
+        let Some(origin_id) = origin_image.get(pk) else { return Ok(false) };
+        let Some(local) = self.mapped_id(tx, origin, origin_id).await? else { return Ok(false) };
+        let col = self.target.column(pk)?;
+        let key = vec![(col.name.clone(), to_sql(col, &local)?)];
+        Ok(self.update(tx, sets, key).await? > 0)
+    }
+
     /// Last writer wins: whether the incoming change beats the local row (found by `key`), by
     /// stamp (see [`crate::stamp`]); the same comparison at every site makes them all keep the
     /// same version. Records the winner's stamp under `new_key`, the row's key after the change
@@ -486,9 +505,12 @@ impl EntityPlan {
                     return Ok(Outcome::Applied);
                 }
                 // A key change whose row is already under its new key (a snapshot brought it, or
-                // the change is applied again) updates that row.
+                // the change is applied again) updates that row; a row not found under its key
+                // that the identity map knows under another (renamed at the origin since, and
+                // not renamed here yet) is that row.
                 let missing = self.update(tx, &sets, where_key).await? == 0
-                    && !(key_changed && self.update(tx, &sets, after_key.clone()).await? > 0);
+                    && !(key_changed && self.update(tx, &sets, after_key.clone()).await? > 0)
+                    && !self.update_mapped(tx, origin, origin_after, &sets).await?;
                 if missing {
                     if self.upserts() {
                         self.upsert(tx, &sets).await?;
