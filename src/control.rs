@@ -467,11 +467,24 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        Ok(["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "received_rows", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters"]
+        let mut missing: Vec<String> = ["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "received_rows", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters"]
             .iter()
             .filter(|t| !present.iter().any(|p| p == *t))
             .map(|t| t.to_string())
-            .collect())
+            .collect();
+        // Tables of an earlier sitesync lack the columns added since (`init` adds them).
+        let columns = sqlx::query("SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ?")
+            .bind(&self.db)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("listing control table columns"))?;
+        let columns: Vec<(String, String)> = columns.iter().map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))).collect();
+        for (table, column, _) in ADDED_COLUMNS {
+            if present.iter().any(|p| p == table) && !columns.iter().any(|(t, c)| t == table && c == column) {
+                missing.push(format!("{table}.{column}"));
+            }
+        }
+        Ok(missing)
     }
 
     /// The stored capture checkpoint of `site`: (gtid state, file, pos).

@@ -105,3 +105,31 @@ async fn a_column_dropped_at_both_sites_leaves_the_rest_of_an_earlier_change_to_
     wait_rows(&mut fed, "b", "SELECT id, v, y FROM t WHERE id = 2", &[&["2", "11", "new"]]).await;
     assert!(!logs_contain(&fed, "`y` does not exist"), "no wait for a column the table has");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_tables_of_an_earlier_sitesync_get_their_new_columns_from_init() {
+    let fed = Federation::new(
+        "upgrade",
+        Spec {
+            sites: &["a", "b"],
+            schema: "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB",
+            entities_and_routes: "[entities.t]\ntable = \"t\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"t\"]\n",
+            ..Spec::default()
+        },
+    )
+    .await;
+    let ctl = fed.control_db.clone();
+    // row_versions as the release before last-writer-wins stamps created it.
+    fed.exec("b", &format!("ALTER TABLE `{ctl}`.row_versions DROP COLUMN depth, DROP COLUMN row_version, DROP COLUMN content")).await;
+    let out = fed.command("b", &["apply"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "apply must not start on tables it cannot use");
+    assert!(err.contains("row_versions.depth") && err.contains("sitesync init"), "names the column and the fix: {err}");
+
+    let out = fed.command("b", &["init"]).output().unwrap();
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let columns = fed
+        .rows("b", &format!("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{ctl}' AND TABLE_NAME = 'row_versions' AND COLUMN_NAME IN ('depth', 'row_version', 'content') ORDER BY 1"))
+        .await;
+    assert_eq!(columns, vec![vec!["content"], vec!["depth"], vec!["row_version"]]);
+}
