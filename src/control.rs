@@ -807,6 +807,17 @@ impl Control {
         Ok(())
     }
 
+    /// Keeps only part of a parked entry: these records (a JSON array) touching these rows.
+    pub async fn shrink_parked(&self, tx: &mut Transaction<'_, MySql>, id: u64, row_keys: &str, records: &[u8]) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!("UPDATE `{}`.`parked` SET row_keys = ?, records = ? WHERE id = ?", self.db)))
+            .bind(row_keys)
+            .bind(records)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Number of dead letters waiting.
     pub async fn count_dead_letters(&self) -> Result<i64, ControlError> {
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM `{}`.`dead_letters`", self.db)))

@@ -2227,11 +2227,14 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
                     );
                 }
             } else {
-                if !wrote.contains(&(e, key.clone())) {
+                let gtid = &value["source"]["gtid"];
+                // A copy published again after a crash is judged by its first copy: read again
+                // later, a reference to a row deleted since has no natural key in it.
+                let first = gtid.is_null() || seen.insert((json_text(gtid), json_text(&value["transaction"]["total_order"])));
+                if first && !wrote.contains(&(e, key.clone())) {
                     check.fail(format!("echo on {site}: {} op {op}", e.name()), format!("{site}@{offset}: op {op} {} {key}: {}", e.name(), describe(e, &key)));
                 }
-                let gtid = &value["source"]["gtid"];
-                if gtid.is_null() || seen.insert((json_text(gtid), json_text(&value["transaction"]["total_order"]))) {
+                if first {
                     streamed.entry((e, key.clone())).or_default().push(*offset);
                 }
                 if value["source"]["gtid"].is_null() {

@@ -728,6 +728,28 @@ impl Applier {
             let now: Vec<usize> = (0..records.len()).collect();
             let ready: Vec<&ChangeRecord> = now.iter().map(|&i| &records[i]).collect();
             sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+            if t.is_snapshot() {
+                // The rows that can go, go; those whose referenced rows are not here wait alone.
+                let (outcomes, waiting, why) = match self.apply_what_can(&mut tx, &t.origin, &ready).await {
+                    Ok(done) => done,
+                    Err(ApplyError::Wait(reason)) => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
+                        newly_parked.extend(self.park(&mut tx, t, &records, &now, &reason).await?);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                applied_txns.push(t_index);
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    if !waiting.contains(&i) {
+                        *counts.entry((t.origin.clone(), t.records[i].entity(), o)).or_default() += 1;
+                    }
+                }
+                if !waiting.is_empty() {
+                    newly_parked.extend(self.park(&mut tx, t, &records, &waiting, &why).await?);
+                }
+                continue;
+            }
             match self.apply_records(&mut tx, &t.origin, &ready).await {
                 Ok(outcomes) => {
                     applied_txns.push(t_index);
@@ -809,6 +831,23 @@ impl Applier {
         origin: &str,
         records: &[&ChangeRecord],
     ) -> Result<Vec<&'static str>, ApplyError> {
+        match self.apply_what_can(tx, origin, records).await? {
+            (outcomes, waiting, _) if waiting.is_empty() => Ok(outcomes),
+            (_, _, why) => Err(ApplyError::Wait(why)),
+        }
+    }
+
+    /// Applies what it can of `records`, in their order where they change one row: the
+    /// outcomes, the records that wait for rows not here (none written) and why. The caller
+    /// decides whether the rest may go without them: a source transaction may not (it is
+    /// rolled back to its savepoint and waits whole), a snapshot chunk may (each row is the
+    /// state of that row alone).
+    async fn apply_what_can(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        origin: &str,
+        records: &[&ChangeRecord],
+    ) -> Result<(Vec<&'static str>, Vec<usize>, String), ApplyError> {
         let mut outcomes: Vec<&'static str> = vec!["skipped"; records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
         loop {
@@ -856,11 +895,8 @@ impl Applier {
                     Err(e) => return Err(e),
                 }
             }
-            if deferred.is_empty() {
-                return Ok(outcomes);
-            }
-            if !progressed {
-                return Err(ApplyError::Wait(last_wait.unwrap_or_default()));
+            if deferred.is_empty() || !progressed {
+                return Ok((outcomes, deferred, last_wait.unwrap_or_default()));
             }
             pending = deferred;
         }

@@ -36,6 +36,38 @@ impl Applier {
             // The echo marker first, as in every apply transaction.
             self.control.write_marker(&mut tx).await.map_err(ApplyError::Database)?;
             let outcome = match &records {
+                Ok(records) if snapshot => {
+                    // A snapshot chunk's rows go as they can; the rest stays parked.
+                    let refs: Vec<&ChangeRecord> = records.iter().collect();
+                    let (outcomes, waiting, why) = match self.apply_what_can(&mut tx, &p.origin, &refs).await {
+                        Ok(done) => done,
+                        Err(ApplyError::Wait(why)) => (Vec::new(), (0..records.len()).collect(), why),
+                        Err(e) => return Err(e),
+                    };
+                    if waiting.len() == records.len() {
+                        Err(ApplyError::Wait(why))
+                    } else {
+                        if !waiting.is_empty() {
+                            let rest: Vec<&ChangeRecord> = waiting.iter().map(|&i| &records[i]).collect();
+                            let rest_keys = row_keys(&p.origin, &rest);
+                            let json = serde_json::to_vec(&rest).map_err(|e| ApplyError::Definite(e.to_string()))?;
+                            self.control.shrink_parked(&mut tx, p.id, &rest_keys.join("\n"), &json).await.map_err(ApplyError::Database)?;
+                            still.extend(rest_keys);
+                        }
+                        let applied = outcomes.into_iter().enumerate().filter(|(i, _)| !waiting.contains(i)).map(|(_, o)| o).collect::<Vec<_>>();
+                        let mut counts = HashMap::new();
+                        for (i, o) in (0..records.len()).filter(|i| !waiting.contains(i)).zip(applied) {
+                            *counts.entry((p.origin.clone(), records[i].sitesync.entity.clone(), o)).or_default() += 1;
+                        }
+                        if waiting.is_empty() {
+                            self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
+                        }
+                        tx.commit().await.map_err(ApplyError::Database)?;
+                        self.count(counts);
+                        tracing::info!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, waiting = waiting.len(), "parked snapshot rows applied");
+                        continue;
+                    }
+                }
                 Ok(records) => {
                     let refs: Vec<&ChangeRecord> = records.iter().collect();
                     self.apply_records(&mut tx, &p.origin, &refs).await
