@@ -2183,6 +2183,7 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
                 .join(", "),
         }
     };
+    let mut unnamed_refs: HashMap<&str, usize> = HashMap::new();
     for (s, &site) in SITES.iter().enumerate() {
         let wrote = oracle.keys_of(oracle.wrote[s].keys().chain(oracle.owned[s].iter()));
         // How many changes its application made under each key: more records than that are
@@ -2231,7 +2232,14 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
                 // A copy published again after a crash is judged by its first copy: read again
                 // later, a reference to a row deleted since has no natural key in it.
                 let first = gtid.is_null() || seen.insert((json_text(gtid), json_text(&value["transaction"]["total_order"])));
-                if first && !wrote.contains(&(e, key.clone())) {
+                // A membership whose tag or person capture could only name by id (it read the
+                // reference after the row was deleted, catching up after a kill) cannot be told
+                // apart here; appliers find it by the identity map.
+                let unnamed = key.contains('#');
+                if unnamed {
+                    *unnamed_refs.entry(site).or_default() += 1;
+                }
+                if first && !unnamed && !wrote.contains(&(e, key.clone())) {
                     check.fail(format!("echo on {site}: {} op {op}", e.name()), format!("{site}@{offset}: op {op} {} {key}: {}", e.name(), describe(e, &key)));
                 }
                 if first {
@@ -2251,7 +2259,11 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
                 );
             }
         }
-        info.push_str(&format!("  topic {site}: {} records {ops:?}\n", records.len()));
+        info.push_str(&format!(
+            "  topic {site}: {} records {ops:?}, {} with a reference named by id only\n",
+            records.len(),
+            unnamed_refs.get(site).copied().unwrap_or(0)
+        ));
     }
     (check, info)
 }

@@ -58,18 +58,44 @@ impl Snapshot {
         self.window_open && self.entity.as_ref().is_some_and(|e| e.name == entity)
     }
 
-    /// A binlog change to `entity` supersedes the chunk's copy of the same row.
+    /// A binlog change to `entity` supersedes the chunk's copy of the same row: the chunk
+    /// carries the row as the change left it (its primary key unchanged), or not at all (a
+    /// delete, a changed primary key).
+    ///
+    /// DBLog drops such rows, since the change itself is published; but a target may have to
+    /// hold that change back (it waits behind an earlier one that refers to this very row,
+    /// which only this snapshot brings), and a snapshot row never waits: with the row's latest
+    /// state in the chunk, the target is never left without it.
     pub(super) fn superseded(&mut self, entity: &EntityTable, before: Option<&Image>, after: Option<&Image>) {
         if !self.watches(&entity.name) {
             return;
         }
         // The binlog's table map may number the columns otherwise than the snapshot's table.
         let pk = pk_indexes(&self.pk_columns, &entity.info);
-        for image in [before, after].into_iter().flatten() {
-            let key = image.values_json(&pk);
-            self.rows.retain(|(k, _)| *k != key);
+        let old = before.map(|image| image.values_json(&pk));
+        let new = after.map(|image| image.values_json(&pk));
+        let latest = match (after, &self.entity) {
+            (Some(after), Some(chunk)) if old.is_none() || old == new => reordered(after, &entity.info, &chunk.info),
+            _ => None,
+        };
+        for key in [old.as_ref(), new.as_ref()].into_iter().flatten() {
+            match (&latest, self.rows.iter_mut().find(|(k, _)| k == key)) {
+                (Some(latest), Some((_, image))) => *image = latest.clone(),
+                (None, Some(_)) => self.rows.retain(|(k, _)| k != key),
+                _ => {}
+            }
         }
     }
+}
+
+/// `image` (in the columns of `from`) in the columns of `to`, by name; None if `from` lacks one
+/// of them (the table changed between the snapshot's read and the binlog event).
+fn reordered(image: &Image, from: &TableInfo, to: &TableInfo) -> Option<Image> {
+    let mut out = Vec::with_capacity(to.columns.len());
+    for col in &to.columns {
+        out.push(image.0.get(from.index_of(&col.name)?)?.clone());
+    }
+    Some(Image(out))
 }
 
 /// Indexes of the `pk` columns in `info` (a missing one reads as `null`).
