@@ -76,16 +76,6 @@ fn topic_values(fed: &Federation, site: &str) -> Vec<serde_json::Value> {
     out
 }
 
-async fn wait_rows(fed: &mut Federation, site: &str, sql: &str, expected: &[&[&str]]) {
-    let pool = fed.pool(site).clone();
-    let expected: Vec<Vec<String>> = expected.iter().map(|r| r.iter().map(|s| s.to_string()).collect()).collect();
-    let what = format!("{site}: {sql} = {expected:?}");
-    fed.wait_for(WAIT, &what, || {
-        let (pool, expected) = (pool.clone(), expected.clone());
-        async move { common::rows(&pool, sql).await == expected }
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_savepoint_inside_an_applied_transaction_does_not_end_it() {
@@ -106,7 +96,7 @@ async fn a_savepoint_inside_an_applied_transaction_does_not_end_it() {
     )
     .await;
     fed.exec("a", "INSERT INTO user (token, name) VALUES ('own', 'Own')").await;
-    wait_rows(&mut fed, "b", "SELECT token FROM user ORDER BY token", &[&["own"]]).await;
+    fed.wait_rows("b", "SELECT token FROM user ORDER BY token", &[&["own"]]).await;
     let published: Vec<String> = topic_values(&fed, "a").iter().map(|r| r["sitesync"]["key"].to_string()).collect();
     assert_eq!(published, vec![r#"{"token":"own"}"#], "only the application's own change leaves the site");
     assert_eq!(fed.scalar("b", "SELECT COUNT(*) FROM tag").await, 0);
@@ -125,15 +115,13 @@ async fn zero_is_no_reference_and_a_real_dangling_one_still_waits() {
     fed.exec("a", "INSERT INTO user (token, name, group_id, creator_id, mtime) VALUES ('admin', 'Admin', 0, 0, 1)").await;
     fed.exec("a", "INSERT INTO user (token, name, group_id, creator_id, mtime) SELECT 'alice', 'Alice', t.id, u.id, 1 FROM tag t, user u WHERE t.uuid = 'child' AND u.token = 'admin'").await;
     // 0 and -1 arrive as themselves; the child's parent is B's own id of the root.
-    wait_rows(
-        &mut fed,
+    fed.wait_rows(
         "b",
         "SELECT t.uuid, IF(t.parent_id > 0, p.uuid, t.parent_id) FROM tag t LEFT JOIN tag p ON p.id = t.parent_id ORDER BY t.uuid",
         &[&["child", "root"], &["other-root", "-1"], &["root", "0"]],
     )
     .await;
-    wait_rows(
-        &mut fed,
+    fed.wait_rows(
         "b",
         "SELECT u.token, IF(u.group_id > 0, g.uuid, u.group_id), IF(u.creator_id > 0, c.token, u.creator_id) FROM user u LEFT JOIN tag g ON g.id = u.group_id LEFT JOIN user c ON c.id = u.creator_id ORDER BY u.token",
         &[&["admin", "0", "0"], &["alice", "child", "admin"]],
@@ -142,7 +130,7 @@ async fn zero_is_no_reference_and_a_real_dangling_one_still_waits() {
     // Later changes to those rows are not held behind anything.
     fed.exec("a", "UPDATE user SET name = 'Administrator', mtime = 2 WHERE token = 'admin'").await;
     fed.exec("a", "UPDATE tag SET name = 'The root' WHERE uuid = 'root'").await;
-    wait_rows(&mut fed, "b", "SELECT name FROM user WHERE token = 'admin' UNION ALL SELECT name FROM tag WHERE uuid = 'root'", &[&["Administrator"], &["The root"]]).await;
+    fed.wait_rows("b", "SELECT name FROM user WHERE token = 'admin' UNION ALL SELECT name FROM tag WHERE uuid = 'root'", &[&["Administrator"], &["The root"]]).await;
     let ctl = fed.control_db.clone();
     assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{ctl}`.parked")).await, 0, "nothing waits for a row 0");
 
@@ -187,7 +175,7 @@ async fn a_snapshot_publishes_only_the_rows_its_site_owns() {
     // Rows that reach b from a and from c, one of them changed at b afterwards (still a's).
     fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('from-a', 'A', 5)").await;
     fed.exec("c", "INSERT INTO tag (uuid, name) VALUES ('from-c', 'C')").await;
-    wait_rows(&mut fed, "b", "SELECT token FROM user WHERE token = 'from-a' UNION ALL SELECT uuid FROM tag WHERE uuid = 'from-c'", &[&["from-a"], &["from-c"]]).await;
+    fed.wait_rows("b", "SELECT token FROM user WHERE token = 'from-a' UNION ALL SELECT uuid FROM tag WHERE uuid = 'from-c'", &[&["from-a"], &["from-c"]]).await;
     fed.exec("b", "UPDATE user SET name = 'A, renamed at b', mtime = 6 WHERE token = 'from-a'").await;
 
     let out = fed.command("b", &["snapshot"]).output().unwrap();
@@ -205,8 +193,8 @@ async fn a_snapshot_publishes_only_the_rows_its_site_owns() {
         "b publishes its history and nothing it received from a or c"
     );
     for site in ["a", "c"] {
-        wait_rows(&mut fed, site, "SELECT name FROM user WHERE token IN ('b-old', 'from-a') ORDER BY token", &[&["From before"], &["A, renamed at b"]]).await;
-        wait_rows(&mut fed, site, "SELECT COUNT(*) FROM tag WHERE uuid = 'b-root'", &[&["1"]]).await;
+        fed.wait_rows(site, "SELECT name FROM user WHERE token IN ('b-old', 'from-a') ORDER BY token", &[&["From before"], &["A, renamed at b"]]).await;
+        fed.wait_rows(site, "SELECT COUNT(*) FROM tag WHERE uuid = 'b-root'", &[&["1"]]).await;
     }
 }
 
@@ -237,12 +225,12 @@ async fn a_change_made_on_top_of_a_received_one_wins_whatever_order_others_see_t
     // create and a's rename tie on mtime, and a site id must not decide between them: a's was
     // made knowing c's. The same for an activation right after a rename arrived.
     fed.exec("c", "INSERT INTO user (token, name, mtime) VALUES ('p354', 'Created at c', 1000), ('q7', 'Q', 1000)").await;
-    wait_rows(&mut fed, "a", "SELECT name FROM user WHERE token IN ('p354', 'q7') ORDER BY token", &[&["Created at c"], &["Q"]]).await;
+    fed.wait_rows("a", "SELECT name FROM user WHERE token IN ('p354', 'q7') ORDER BY token", &[&["Created at c"], &["Q"]]).await;
     fed.exec("a", "UPDATE user SET name = 'Renamed at a', mtime = 1000 WHERE token = 'p354'").await;
     fed.exec("c", "UPDATE user SET name = 'Q renamed at c', mtime = 1001 WHERE token = 'q7'").await;
-    wait_rows(&mut fed, "a", "SELECT name FROM user WHERE token = 'q7'", &[&["Q renamed at c"]]).await;
+    fed.wait_rows("a", "SELECT name FROM user WHERE token = 'q7'", &[&["Q renamed at c"]]).await;
     fed.exec("a", "UPDATE user SET group_id = 0, name = 'Q renamed at c, activated at a', mtime = 1001 WHERE token = 'q7'").await;
-    wait_rows(&mut fed, "b", "SELECT name FROM user WHERE token IN ('p354', 'q7') ORDER BY token", &[&["Renamed at a"], &["Q renamed at c, activated at a"]]).await;
+    fed.wait_rows("b", "SELECT name FROM user WHERE token IN ('p354', 'q7') ORDER BY token", &[&["Renamed at a"], &["Q renamed at c, activated at a"]]).await;
 
     // Now b hears from c too: c's older changes arrive after a's, and lose to them.
     let mut b_partial = b_partial;
@@ -250,8 +238,7 @@ async fn a_change_made_on_top_of_a_received_one_wins_whatever_order_others_see_t
     b_partial.wait().unwrap();
     fed.start("b", &["apply"]);
     for site in ["a", "b", "c"] {
-        wait_rows(
-            &mut fed,
+        fed.wait_rows(
             site,
             "SELECT token, name, mtime FROM user ORDER BY token",
             &[&["p354", "Renamed at a", "1000"], &["q7", "Q renamed at c, activated at a", "1001"]],

@@ -23,13 +23,6 @@ async fn wait_person(fed: &mut Federation, site: &str, expected: &str) {
     .await;
 }
 
-fn log_of(fed: &Federation, needle: &str) -> bool {
-    std::fs::read_dir(&fed.dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains(needle))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_started_while_kafka_is_down_waits_not_ready_and_replicates_once_it_is_back() {
@@ -44,7 +37,7 @@ async fn run_started_while_kafka_is_down_waits_not_ready_and_replicates_once_it_
     fed.assert_running();
     let ready = common::http_get(listen, "/readyz").unwrap_or_default();
     assert!(ready.contains("not ready"), "b must not be ready without Kafka: {ready}");
-    assert!(log_of(&fed, "waiting for Kafka at"), "the log says what it waits for");
+    assert!(fed.logs_contain("waiting for Kafka at"), "the log says what it waits for");
 
     kafka.thaw();
     fed.exec("a", "INSERT INTO person VALUES (1, 'after the outage')").await;
@@ -68,7 +61,7 @@ async fn run_started_while_its_database_is_down_waits_and_replicates_once_it_is_
     fed.assert_running();
     let ready = common::http_get(listen, "/readyz").unwrap_or_default();
     assert!(ready.contains("not ready"), "b must not be ready without its database: {ready}");
-    assert!(log_of(&fed, "waiting for the database"), "the log says what it waits for");
+    assert!(fed.logs_contain("waiting for the database"), "the log says what it waits for");
 
     fed.exec("a", "INSERT INTO person VALUES (1, 'written while b was down')").await;
     server.restart();

@@ -47,24 +47,7 @@ async fn a_generated_value_the_origin_stored_outside_strict_mode_is_stored_and_a
     assert_eq!(fed.scalar("b", "SELECT COUNT(*) FROM t WHERE id = 3").await, 0);
 }
 
-fn logs_contain(fed: &Federation, needle: &str) -> bool {
-    std::fs::read_dir(&fed.dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains(needle))
-}
 
-async fn wait_rows(fed: &mut Federation, site: &str, sql: &str, expected: &[&[&str]]) {
-    let pool = fed.pool(site).clone();
-    let expected: Vec<Vec<String>> = expected.iter().map(|r| r.iter().map(|s| s.to_string()).collect()).collect();
-    let what = format!("{site}: {sql} = {expected:?}");
-    fed.wait_for(WAIT, &what, || {
-        let (pool, expected) = (pool.clone(), expected.clone());
-        async move { common::rows(&pool, sql).await == expected }
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_dropped_at_both_sites_leaves_the_rest_of_an_earlier_change_to_apply() {
@@ -82,7 +65,7 @@ async fn a_column_dropped_at_both_sites_leaves_the_rest_of_an_earlier_change_to_
     let b = fed.start("b", &["run"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     fed.exec("a", "INSERT INTO t VALUES (1, 1, 1), (2, 2, 2)").await;
-    wait_rows(&mut fed, "b", "SELECT id, x, v FROM t ORDER BY id", &[&["1", "1", "1"], &["2", "2", "2"]]).await;
+    fed.wait_rows("b", "SELECT id, x, v FROM t ORDER BY id", &[&["1", "1", "1"], &["2", "2", "2"]]).await;
 
     // b's sitesync is down while a changes x and v, then both sites drop x, then a changes v.
     assert!(fed.stop(b).success());
@@ -92,7 +75,7 @@ async fn a_column_dropped_at_both_sites_leaves_the_rest_of_an_earlier_change_to_
     }
     fed.exec("a", "UPDATE t SET v = 10 WHERE id = 1").await;
     fed.start("b", &["run"]);
-    wait_rows(&mut fed, "b", "SELECT id, v FROM t ORDER BY id", &[&["1", "10"], &["2", "2"]]).await;
+    fed.wait_rows("b", "SELECT id, v FROM t ORDER BY id", &[&["1", "10"], &["2", "2"]]).await;
     let ctl = fed.control_db.clone();
     assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{ctl}`.parked")).await, 0);
     assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{ctl}`.dead_letters")).await, 0);
@@ -102,8 +85,8 @@ async fn a_column_dropped_at_both_sites_leaves_the_rest_of_an_earlier_change_to_
         fed.exec(site, "ALTER TABLE t ADD COLUMN y VARCHAR(10) NULL").await;
     }
     fed.exec("a", "UPDATE t SET y = 'new', v = 11 WHERE id = 2").await;
-    wait_rows(&mut fed, "b", "SELECT id, v, y FROM t WHERE id = 2", &[&["2", "11", "new"]]).await;
-    assert!(!logs_contain(&fed, "`y` does not exist"), "no wait for a column the table has");
+    fed.wait_rows("b", "SELECT id, v, y FROM t WHERE id = 2", &[&["2", "11", "new"]]).await;
+    assert!(!fed.logs_contain("`y` does not exist"), "no wait for a column the table has");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

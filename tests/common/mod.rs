@@ -267,6 +267,27 @@ impl Federation {
         }
     }
 
+    /// Waits until `sql` at `site` returns `expected` (rows of text), for up to a minute.
+    pub async fn wait_rows(&mut self, site: &str, sql: &str, expected: &[&[&str]]) {
+        let pool = self.pool(site).clone();
+        let expected: Vec<Vec<String>> = expected.iter().map(|r| r.iter().map(|s| s.to_string()).collect()).collect();
+        let what = format!("{site}: {sql} = {expected:?}");
+        self.wait_for(Duration::from_secs(60), &what, || {
+            let (pool, expected) = (pool.clone(), expected.clone());
+            async move { rows(&pool, sql).await == expected }
+        })
+        .await;
+    }
+
+    /// Whether any sitesync log of this federation contains `needle`.
+    pub fn logs_contain(&self, needle: &str) -> bool {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains(needle))
+    }
+
     pub fn dump_logs(&self) {
         for (log, _) in &self.children {
             let text = std::fs::read_to_string(log).unwrap_or_default();
