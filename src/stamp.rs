@@ -9,15 +9,18 @@
 //! may receive A's change before C's, and would then let C's change win.
 //!
 //! So every change carries a stamp `(version, depth, site)`, a Lamport clock per row: the
-//! origin's capture computes it from the stamp of the row version the change was made on
-//! ([`Stamp::after`]): a larger version starts at depth 0, an equal (or, with clocks apart, a
-//! smaller) one goes one deeper than its base. A change made on top of another therefore always
+//! origin's capture computes it from the stamp of the last version of the row that its applier
+//! wrote ([`Stamp::after`]): a larger version starts at depth 0, an equal (or, with clocks
+//! apart, a smaller) one goes one deeper. A change made on top of one received therefore always
 //! orders after it, concurrent changes order by version, then depth, then site id, and every
 //! site that has seen the same changes holds the same winner, in whatever order they arrived.
 //!
 //! Stamps travel in the record (`sitesync.stamp`), are kept per row in the control table
-//! `row_versions` with the version column's value they belong to, and decide in
-//! [`Stamp::loses_to`].
+//! `row_versions` with the version column's value and a digest of the row they belong to, and
+//! decide in [`Stamp::loses_to`]. A site's own application's later change of a row is told from
+//! the version its applier wrote by the digest, and stamped alike by capture and apply
+//! ([`of_row`]); successive changes by one site of one row do not stack depth (apply could not
+//! tell them apart), so two of them whose version goes down in between may order wrongly.
 
 use std::cmp::Ordering;
 
