@@ -2292,7 +2292,11 @@ async fn mesh(test: &str, kill: bool) {
     let schema = schema(k.null_refs);
     let mut fed = Federation::new(
         test,
-        Spec { sites: &SITES, schema: &schema, entities_and_routes: ENTITIES_AND_ROUTES, ref_wait_seconds: 60, seed: history_sql, ..Spec::default() },
+        // Changes that refer to another site's history wait until that site's snapshot, asked
+        // anywhere in the first third of the workload (over a minute into a long run): longer
+        // than that, or they would become dead letters by design. A change still parked at the
+        // end fails the `control` check all the same.
+        Spec { sites: &SITES, schema: &schema, entities_and_routes: ENTITIES_AND_ROUTES, ref_wait_seconds: 600, seed: history_sql, ..Spec::default() },
     )
     .await;
     let mut runs: Vec<usize> = SITES.iter().map(|s| fed.start(s, &["run"])).collect();
