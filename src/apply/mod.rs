@@ -173,7 +173,8 @@ struct Applier {
     ctx: Arc<ApplyContext>,
     control: Control,
     plans: Plans,
-    /// Rows written by parked transactions: later changes to them wait behind.
+    /// Rows written by parked transactions, per origin ([`scoped`]): later changes of the same
+    /// origin to them wait behind.
     parked_keys: HashSet<String>,
     /// Heartbeat topic -> origin site.
     heartbeat_origins: HashMap<String, String>,
@@ -283,7 +284,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         .map(|(origin, stream, seq, _)| ((origin, stream), seq))
         .collect();
     let parked = control.list_parked().await?;
-    let parked_keys = parked.iter().flat_map(|p| p.row_keys.lines().map(str::to_string).collect::<Vec<_>>()).collect();
+    let parked_keys = parked.iter().flat_map(|p| p.row_keys.lines().map(|k| scoped(&p.origin, k)).collect::<Vec<_>>()).collect();
     let mut applier = Applier {
         ctx: ctx.clone(),
         control,
@@ -700,7 +701,7 @@ impl Applier {
                 if !self.parked_keys.is_empty() || !newly_parked.is_empty() {
                     for inc in &t.records {
                         let r = inc.record().map_err(unreadable_record)?;
-                        if touched_rows(&r).iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k)) {
+                        if touched_rows(&r).iter().map(|k| scoped(&t.origin, k)).any(|k| self.parked_keys.contains(&k) || newly_parked.contains(&k)) {
                             return Err(ApplyError::NeedsCare);
                         }
                     }
@@ -718,7 +719,7 @@ impl Applier {
             // order, and the rows they wait for are often in it (history that only a snapshot
             // brings): waiting would never end.
             let waits = !t.is_snapshot()
-                && records.iter().any(|r| touched_rows(r).iter().any(|k| self.parked_keys.contains(k) || newly_parked.contains(k)));
+                && records.iter().any(|r| touched_rows(r).iter().map(|k| scoped(&t.origin, k)).any(|k| self.parked_keys.contains(&k) || newly_parked.contains(&k)));
             if waits {
                 let all: Vec<usize> = (0..records.len()).collect();
                 let reason = "an earlier transaction changing the same rows is waiting";
@@ -903,7 +904,7 @@ impl Applier {
     }
 
     /// Parks the records of `t` at `which` (indexes into `records`, its parsed records) with
-    /// `reason`; returns the rows they touch, which later changes wait behind.
+    /// `reason`; returns the rows they touch ([`scoped`]), which later changes wait behind.
     async fn park(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
@@ -927,7 +928,7 @@ impl Applier {
         let parked = NewParked { origin: &t.origin, topic: &t.topic, partition: t.partition, offset, row_keys: &keys.join("\n"), records: &json, reason };
         self.control.insert_parked(tx, &parked).await.map_err(ApplyError::Database)?;
         tracing::info!(site = %self.ctx.site, origin = %t.origin, offset, records = which.len(), reason = %reason, "transaction waits for the rows it references");
-        Ok(keys)
+        Ok(keys.iter().map(|k| scoped(&t.origin, k)).collect())
     }
 
     /// Applies one record; a value for a column that neither this site nor, by now, the
@@ -1021,9 +1022,18 @@ fn unreadable_record(reason: String) -> ApplyError {
     ApplyError::Definite(format!("unreadable record: {reason}"))
 }
 
+/// A row of `origin`'s changes, as the parked rows are kept in memory: later changes of one
+/// origin wait behind its parked ones, in the origin's commit order. Changes from different
+/// origins are concurrent (last writer wins orders them where configured): one never waits
+/// behind another's, since the waiting one may be what the parked one needs (a row the other
+/// site created, then referred to).
+fn scoped(origin: &str, row: &str) -> String {
+    format!("{origin}\u{1f}{row}")
+}
+
 /// `entity|key` of the rows a record touches: its key after the change and, when the key
-/// changed, before it. Later changes to any of them wait behind a parked transaction, whatever
-/// site they come from.
+/// changed, before it. Later changes of the same origin to any of them wait behind a parked
+/// transaction ([`scoped`]).
 fn touched_rows(r: &ChangeRecord) -> Vec<String> {
     let entity = &r.sitesync.entity;
     let mut out = vec![format!("{entity}|{}", serde_json::Value::Object(r.sitesync.key.clone()))];

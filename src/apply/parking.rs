@@ -23,7 +23,7 @@ impl Applier {
         }
         let mut still: HashSet<String> = HashSet::new();
         for p in parked {
-            let keys: Vec<String> = p.row_keys.lines().map(str::to_string).collect();
+            let keys: Vec<String> = p.row_keys.lines().map(|k| scoped(&p.origin, k)).collect();
             let records: Result<Vec<ChangeRecord>, _> = serde_json::from_slice(&p.records);
             // Behind older parked changes of the same rows, it waits; a snapshot chunk does
             // not (see `Applier::try_apply`): they may be waiting for the rows it brings.
@@ -52,7 +52,7 @@ impl Applier {
                             let rest_keys = row_keys(&p.origin, &rest);
                             let json = serde_json::to_vec(&rest).map_err(|e| ApplyError::Definite(e.to_string()))?;
                             self.control.shrink_parked(&mut tx, p.id, &rest_keys.join("\n"), &json).await.map_err(ApplyError::Database)?;
-                            still.extend(rest_keys);
+                            still.extend(rest_keys.iter().map(|k| scoped(&p.origin, k)));
                         }
                         let applied = outcomes.into_iter().enumerate().filter(|(i, _)| !waiting.contains(i)).map(|(_, o)| o).collect::<Vec<_>>();
                         let mut counts = HashMap::new();
