@@ -4,7 +4,8 @@
 //! What is checked: the database answers; the server settings capture depends on
 //! ([`crate::preflight::judge`], the same words capture refuses to start with); the binlog
 //! client id (`sites.<site>.server_id`) differs from the server's own and from every binlog
-//! reader already connected; the grants; the configured tables exist; the control tables
+//! reader already connected; the grants; the configured tables exist; their text columns' character sets can be carried
+//! exactly; the control tables
 //! exist; Kafka answers within a few seconds; the site topics exist.
 //!
 //! Nothing here prints the connection URL or the password: a connection is described by host,
@@ -19,6 +20,7 @@ use mysql_async::prelude::Queryable;
 use crate::config::Config;
 use crate::control::{self, Control};
 use crate::kafka;
+use crate::mysql::charset::{self, TextEncoding};
 use crate::preflight::{self, Finding};
 
 /// How long Kafka may take to answer a metadata request.
@@ -210,6 +212,9 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
             )
         });
     }
+    if !tables.is_empty() {
+        out.extend(judge_charsets(&mut conn, config, app_db, &tables).await);
+    }
     let _ = conn.disconnect().await;
 
     if !grants_ok {
@@ -332,6 +337,62 @@ fn relevant_tables(config: &Config, site: &str) -> Vec<(String, String)> {
     }
     names.sort();
     names.into_iter().map(|n| (n.clone(), config.entities[n].table.clone())).collect()
+}
+
+/// Every text column of a configured table (excluded ones aside) in a character set that
+/// sitesync can carry exactly, learnt from this server where sitesync has no table of its own.
+async fn judge_charsets(conn: &mut mysql_async::Conn, config: &Config, app_db: &str, tables: &[(String, String)]) -> Option<Finding> {
+    let columns: Vec<(String, String, String)> = match conn
+        .exec(
+            "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND CHARACTER_SET_NAME IS NOT NULL ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            (app_db,),
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return Some(Finding::fail("character sets", format!("cannot read the columns of `{app_db}`: {e}"))),
+    };
+    let columns: Vec<(&str, String, String, String)> = columns
+        .into_iter()
+        .filter_map(|(table, column, charset)| {
+            let (entity, _) = tables.iter().find(|(_, t)| *t == table)?;
+            (!config.entities[entity].exclude.contains(&column)).then_some((entity.as_str(), table, column, charset))
+        })
+        .collect();
+    if columns.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = columns.iter().map(|c| c.3.clone()).collect();
+    names.sort();
+    names.dedup();
+    let encodings = match charset::load(conn, &names).await {
+        Ok(e) => e,
+        Err(e) => return Some(Finding::fail("character sets", e.to_string())),
+    };
+    let refused: Vec<String> = columns
+        .iter()
+        .filter(|c| encodings.get(&c.3).is_none_or(|e| *e == TextEncoding::Unsupported))
+        .map(|(entity, table, column, cs)| format!("{table}.{column} ({cs}, entities.{entity})"))
+        .collect();
+    if !refused.is_empty() {
+        return Some(Finding::fail(
+            "character sets",
+            format!(
+                "sitesync cannot carry these columns' character sets exactly: {}: convert them \
+                 (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4) or list them in entities.<name>.exclude",
+                refused.join(", ")
+            ),
+        ));
+    }
+    let described: Vec<String> = names
+        .iter()
+        .map(|n| match encodings[n] {
+            TextEncoding::Table(t) => format!("{n} (learnt from the server: {} characters)", t.characters()),
+            _ => n.clone(),
+        })
+        .collect();
+    Some(Finding::pass("character sets", format!("{} text column(s) in {}", columns.len(), described.join(", "))))
 }
 
 /// Where a `SHOW GRANTS` line applies.

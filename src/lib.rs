@@ -2,7 +2,7 @@
 //!
 //! Layout: [`config`] (the federation file), [`capture`] (binlog -> Kafka), [`apply`]
 //! (Kafka -> local database), [`record`] (the change record), [`position`] (GTIDs),
-//! [`control`] (sitesync's own tables), [`kafka`] (client configuration), [`telemetry`]
+//! [`control`] (sitesync's own tables), [`kafka`] (client configuration), [`mysql`] (what capture and apply both know of MySQL), [`telemetry`]
 //! (metrics and HTTP), [`stamp`] (last-writer-wins order), [`preflight`] (server settings), [`verify`] (comparing sites),
 //! [`commands`] (one function per command).
 
@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod kafka;
+pub mod mysql;
 pub mod position;
 pub mod preflight;
 pub mod record;

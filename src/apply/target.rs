@@ -11,7 +11,7 @@ use sqlx::query::Query;
 use sqlx::{MySql, Row as _};
 
 use super::ApplyError;
-use crate::capture::TextEncoding;
+use crate::mysql::charset::TextEncoding;
 
 /// One column of a target table.
 #[derive(Debug, Clone)]

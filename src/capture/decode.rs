@@ -10,9 +10,8 @@
 //! sign-extended, a negative TIME in the old (pre-5.6) format loses its sign, and TIMESTAMP
 //! seconds past 2^31 (MariaDB 11.5 stores them up to 2106) turn negative.
 
-use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use mysql_async::binlog::events::RowsEventData;
@@ -25,70 +24,7 @@ use serde_json::{Number, Value};
 
 use super::table::{ColumnInfo, TableInfo};
 
-/// Collation id of the `binary` character set.
-pub const BINARY_CHARSET: u16 = 63;
-
-/// How the bytes of a character column are turned into text, and back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextEncoding {
-    /// utf8mb3, utf8mb4, ascii: the bytes are UTF-8.
-    Utf8,
-    /// MySQL's latin1 (cp1252 with the five undefined bytes mapped to C1 controls).
-    Latin1,
-    /// MySQL's gbk, one to one with Unicode (see [`gbk_table`]).
-    Gbk,
-    /// Binary: base64.
-    Binary,
-    /// A character set sitesync cannot decode exactly; the value is refused.
-    Unsupported,
-}
-
-impl TextEncoding {
-    /// The encoding of a character set name (from `information_schema.COLLATIONS`).
-    pub fn of_charset(name: &str) -> TextEncoding {
-        encoding_of_charset(name)
-    }
-
-    /// The column bytes as text, or why they cannot be text exactly.
-    pub fn decode(self, bytes: &[u8]) -> Result<String, String> {
-        match self {
-            TextEncoding::Utf8 => String::from_utf8(bytes.to_vec())
-                .map_err(|e| format!("bytes are not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to())),
-            TextEncoding::Latin1 => Ok(latin1_to_string(bytes)),
-            TextEncoding::Gbk => gbk_decode(bytes),
-            TextEncoding::Binary => Ok(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            TextEncoding::Unsupported => Err("character set is not supported by this sitesync".into()),
-        }
-    }
-
-    /// The text as column bytes: the inverse of [`TextEncoding::decode`].
-    pub fn encode(self, text: &str) -> Result<Vec<u8>, String> {
-        match self {
-            TextEncoding::Utf8 => Ok(text.as_bytes().to_vec()),
-            TextEncoding::Latin1 => text
-                .chars()
-                .map(|c| latin1_byte(c).ok_or_else(|| format!("character U+{:04X} is not in latin1", c as u32)))
-                .collect(),
-            TextEncoding::Gbk => gbk_encode(text),
-            TextEncoding::Binary => {
-                base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| "binary value is not base64".into())
-            }
-            TextEncoding::Unsupported => Err("character set is not supported by this sitesync".into()),
-        }
-    }
-}
-
-/// Maps a character set name (from `information_schema.COLLATIONS`) to its encoding. Anything
-/// not listed is refused rather than guessed.
-pub fn encoding_of_charset(name: &str) -> TextEncoding {
-    match name {
-        "utf8mb4" | "utf8mb3" | "utf8" | "ascii" => TextEncoding::Utf8,
-        "latin1" => TextEncoding::Latin1,
-        "gbk" => TextEncoding::Gbk,
-        "binary" => TextEncoding::Binary,
-        _ => TextEncoding::Unsupported,
-    }
-}
+pub use crate::mysql::charset::{TextEncoding, BINARY_CHARSET};
 
 /// A value that cannot be written into a record exactly.
 #[derive(Debug, thiserror::Error)]
@@ -98,131 +34,6 @@ pub struct DecodeError {
     pub column: String,
     /// What went wrong.
     pub reason: String,
-}
-
-/// cp1252's mapping of 0x80..=0x9F as MySQL's latin1 uses it (undefined bytes -> C1 controls).
-const LATIN1_HIGH: [u16; 32] = [
-    0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
-    0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
-    0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
-];
-
-/// Decodes MySQL latin1 bytes to text (lossless: the server converts it back on apply).
-pub fn latin1_to_string(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| match b {
-            0x80..=0x9F => char::from_u32(LATIN1_HIGH[(b - 0x80) as usize] as u32).expect("table holds valid code points"),
-            _ => b as char,
-        })
-        .collect()
-}
-
-/// The latin1 byte of `c`, if it has one.
-fn latin1_byte(c: char) -> Option<u8> {
-    let u = c as u32;
-    if u < 0x80 || (0xA0..=0xFF).contains(&u) {
-        return Some(u as u8);
-    }
-    LATIN1_HIGH.iter().position(|&x| x as u32 == u).map(|i| 0x80 + i as u8)
-}
-
-/// Trail bytes of a gbk two-byte sequence.
-fn gbk_trail(b: u8) -> bool {
-    matches!(b, 0x40..=0x7E | 0x80..=0xFE)
-}
-
-/// MySQL's gbk and Unicode, one to one: every two-byte sequence MySQL stores in a gbk column
-/// (lead 0x81-0xFE, trail 0x40-0x7E or 0x80-0xFE: 23,940) has its own character.
-///
-/// For the 21,791 sequences that MariaDB 10.11 converts to Unicode, the character is MariaDB's
-/// (`CONVERT(... USING utf8mb4)`), which is also GB18030's (encoding_rs): checked against the
-/// server for every sequence. MariaDB stores but cannot convert the other 2,149 (user-defined
-/// areas, A2E3, A6D9.., FE50..): they get GB18030's characters, mostly private use, except A3A0,
-/// which GB18030-2022 maps to U+3000 like A1A1; it keeps its GB18030-2005 character U+E5E5.
-/// Because some of these have no MySQL conversion, the applier writes gbk columns as bytes it
-/// encodes with the same table, never through the server's conversion.
-pub struct GbkTable {
-    /// Character of each two-byte sequence, by [`gbk_index`].
-    to_char: Vec<char>,
-    /// The inverse.
-    to_bytes: HashMap<char, [u8; 2]>,
-}
-
-fn gbk_index(lead: u8, trail: u8) -> usize {
-    let t = if trail < 0x80 { trail - 0x40 } else { trail - 0x41 };
-    (lead - 0x81) as usize * 190 + t as usize
-}
-
-/// The gbk table, built once; an error if the table would not be one to one (a changed
-/// encoding_rs), so that gbk text is refused rather than changed.
-pub fn gbk_table() -> Result<&'static GbkTable, String> {
-    static TABLE: OnceLock<Result<GbkTable, String>> = OnceLock::new();
-    TABLE
-        .get_or_init(|| {
-            let mut to_char = Vec::with_capacity(126 * 190);
-            let mut to_bytes = HashMap::with_capacity(126 * 190);
-            for lead in 0x81..=0xFEu8 {
-                for trail in (0x40..=0x7Eu8).chain(0x80..=0xFE) {
-                    let c = if (lead, trail) == (0xA3, 0xA0) {
-                        '\u{E5E5}'
-                    } else {
-                        let pair = [lead, trail];
-                        let (text, _, bad) = encoding_rs::GB18030.decode(&pair);
-                        let mut chars = text.chars();
-                        match (chars.next(), chars.next(), bad) {
-                            (Some(c), None, false) if (c as u32) >= 0x80 => c,
-                            _ => return Err(format!("gbk {lead:02X}{trail:02X} has no character")),
-                        }
-                    };
-                    if let Some(other) = to_bytes.insert(c, [lead, trail]) {
-                        return Err(format!(
-                            "gbk {lead:02X}{trail:02X} and {:02X}{:02X} both decode to U+{:04X}",
-                            other[0], other[1], c as u32
-                        ));
-                    }
-                    to_char.push(c);
-                }
-            }
-            Ok(GbkTable { to_char, to_bytes })
-        })
-        .as_ref()
-        .map_err(|e| format!("gbk cannot be decoded exactly with this build: {e}"))
-}
-
-/// gbk bytes to text; fails on bytes that are not gbk.
-fn gbk_decode(bytes: &[u8]) -> Result<String, String> {
-    let table = gbk_table()?;
-    let mut out = String::with_capacity(bytes.len() * 3 / 2);
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b < 0x80 {
-            out.push(b as char);
-            i += 1;
-        } else if (0x81..=0xFE).contains(&b) && bytes.get(i + 1).is_some_and(|&t| gbk_trail(t)) {
-            out.push(table.to_char[gbk_index(b, bytes[i + 1])]);
-            i += 2;
-        } else {
-            return Err(format!("bytes are not valid gbk (0x{b:02X} at byte {i})"));
-        }
-    }
-    Ok(out)
-}
-
-/// Text to gbk bytes; fails on a character gbk does not have.
-fn gbk_encode(text: &str) -> Result<Vec<u8>, String> {
-    let table = gbk_table()?;
-    let mut out = Vec::with_capacity(text.len());
-    for c in text.chars() {
-        if (c as u32) < 0x80 {
-            out.push(c as u8);
-        } else {
-            let pair = table.to_bytes.get(&c).ok_or_else(|| format!("character U+{:04X} is not in gbk", c as u32))?;
-            out.extend_from_slice(pair);
-        }
-    }
-    Ok(out)
 }
 
 /// Encodes one column value. `encoding` is the text encoding of the column's character set.
@@ -693,7 +504,6 @@ mod tests {
         s.members = vec!["x".into(), "y".into(), "z".into()];
         assert_eq!(enc(&s, MyValue::Bytes(vec![0b101])), Value::from("x,z"));
         assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_BIT, vec![0, 8], false), MyValue::Bytes(vec![0x80, 0, 0, 0, 0, 0, 0, 1])), Value::from(0x8000_0000_0000_0001u64));
-        assert_eq!(latin1_to_string(&[0x80, 0xE9, 0x81]), "€é\u{81}");
         let mut b = col(ColumnType::MYSQL_TYPE_BLOB, vec![2], false);
         b.charset = BINARY_CHARSET;
         assert_eq!(encode_value(&b, TextEncoding::Binary, &BinlogValue::Value(MyValue::Bytes(vec![0, 255]))).unwrap(), Value::from("AP8="));
@@ -769,38 +579,6 @@ mod tests {
         assert_eq!(read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![3], false, &[0xFF, 0xFF, 0xFF, 0xFF, 0x27, 0x06]), Value::from("2106-02-07T06:28:15.999Z"));
         assert_eq!(read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![0], false, &[0, 0, 0, 0]), Value::from("0000-00-00T00:00:00Z"));
         assert_eq!(read(ColumnType::MYSQL_TYPE_LONGLONG, vec![], true, &[0xFF; 8]).to_string(), "18446744073709551615");
-    }
-
-    #[test]
-    fn gbk_is_one_to_one_and_matches_mysql() {
-        let table = gbk_table().unwrap();
-        let mut all = Vec::new();
-        for lead in 0x81..=0xFEu8 {
-            for trail in (0x40..=0x7Eu8).chain(0x80..=0xFE) {
-                all.extend_from_slice(&[lead, trail]);
-            }
-        }
-        let text = TextEncoding::Gbk.decode(&all).unwrap();
-        assert_eq!(text.chars().count(), 23_940);
-        assert_eq!(TextEncoding::Gbk.encode(&text).unwrap(), all);
-        assert_eq!(table.to_bytes.len(), 23_940);
-        // As MariaDB converts them (CONVERT(x'..' USING utf8mb4)).
-        assert_eq!(TextEncoding::Gbk.decode(&[0xD6, 0xD0, 0xA1, 0xA4, 0xA1, 0xAA, 0x41]).unwrap(), "中·—A");
-        // Sequences MariaDB stores but cannot convert: still one character each.
-        assert_eq!(TextEncoding::Gbk.decode(&[0xA1, 0x40]).unwrap(), "\u{E4C6}");
-        assert_eq!(TextEncoding::Gbk.decode(&[0xA3, 0xA0]).unwrap(), "\u{E5E5}");
-        assert_eq!(TextEncoding::Gbk.decode(&[0xA1, 0xA1]).unwrap(), "\u{3000}");
-        for bad in [&[0x80][..], &[0xFF], &[0x81], &[0x81, 0x30], &[0xD6, 0x7F]] {
-            assert!(TextEncoding::Gbk.decode(bad).is_err(), "{bad:?} is not gbk");
-        }
-        assert!(TextEncoding::Gbk.encode("😀").is_err());
-    }
-
-    #[test]
-    fn latin1_is_one_to_one() {
-        let all: Vec<u8> = (0..=255).collect();
-        let text = TextEncoding::Latin1.decode(&all).unwrap();
-        assert_eq!(TextEncoding::Latin1.encode(&text).unwrap(), all);
     }
 
     #[test]

@@ -17,7 +17,9 @@ mod snapshot;
 mod stamps;
 mod table;
 
-pub use decode::{encode_value, latin1_to_string, TextEncoding};
+pub use decode::encode_value;
+use crate::mysql::charset;
+pub use crate::mysql::charset::{latin1_to_string, TextEncoding};
 pub use table::{ColumnInfo, TableInfo};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -340,7 +342,19 @@ impl Reader {
             .query("SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE ID IS NOT NULL AND CHARACTER_SET_NAME IS NOT NULL")
             .await
             .map_err(|e| self.source_err(e))?;
-        self.encodings = collations.iter().map(|(id, cs, _)| (*id, decode::encoding_of_charset(cs))).collect();
+        // Character sets sitesync has no table of are learnt from this server, for those the
+        // application database uses now (see mysql::charset).
+        let in_use = charset::in_use(&mut conn, &self.db).await.map_err(|e| self.source_err(e))?;
+        let learnt = charset::load(&mut conn, &in_use)
+            .await
+            .map_err(|e| match e {
+                charset::LoadError::Server { source, .. } => self.source_err(source),
+                table => CaptureError::Config(format!("site {}: {table}", self.ctx.site)),
+            })?;
+        self.encodings = collations
+            .iter()
+            .map(|(id, cs, _)| (*id, learnt.get(cs).copied().unwrap_or_else(|| TextEncoding::of_charset(cs))))
+            .collect();
         self.charset_names = collations.into_iter().map(|(id, _, name)| (name, id)).collect();
 
         if first {
