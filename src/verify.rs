@@ -7,6 +7,7 @@
 //! and the origin column. References are compared through the natural keys they point to.
 //! Rows that only the target has (its own rows, rows kept by `on_delete`) are not differences.
 
+use crate::mysql::quote;
 use std::collections::{BTreeMap, HashMap};
 
 use sqlx::mysql::MySqlPool;
@@ -158,8 +159,8 @@ async fn contents(
         .filter(|c| cfg.origin_column.as_deref() != Some(c.as_str()))
         .filter(|c| !(natural && table.primary_key.contains(c) && !key_cols.contains(c)))
         .collect();
-    let select: Vec<String> = columns.iter().map(|c| format!("CAST(`{c}` AS CHAR), HEX(`{c}`)")).collect();
-    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {} FROM `{db}`.`{}`", select.join(", "), cfg.table)))
+    let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS CHAR), HEX({c})", c = quote(c))).collect();
+    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {} FROM {}", select.join(", "), crate::mysql::qualified(&db, &cfg.table))))
         .fetch_all(&pool)
         .await
         .map_err(|e| err(e.to_string()))?;
@@ -233,8 +234,8 @@ async fn natural_key_of(
         let [pk] = table.primary_key.as_slice() else {
             return Err(err(format!("{}: references need a one-column primary key", table.qualified())));
         };
-        let cols: Vec<String> = cfg.key.iter().map(|k| format!("CAST(`{k}` AS CHAR)")).collect();
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT CAST(`{pk}` AS CHAR), {} FROM {}", cols.join(", "), table.qualified())))
+        let cols: Vec<String> = cfg.key.iter().map(|k| format!("CAST({} AS CHAR)", quote(k))).collect();
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT CAST({} AS CHAR), {} FROM {}", quote(pk), cols.join(", "), table.qualified())))
             .fetch_all(&d.pool)
             .await
             .map_err(|e| err(e.to_string()))?;

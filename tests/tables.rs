@@ -116,3 +116,33 @@ async fn control_tables_of_an_earlier_sitesync_get_their_new_columns_from_init()
         .await;
     assert_eq!(columns, vec![vec!["content"], vec!["depth"], vec!["row_version"]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_backticks_quotes_and_spaces_replicate() {
+    let mut fed = Federation::new(
+        "idents",
+        Spec {
+            sites: &["a", "b"],
+            schema: "CREATE TABLE `a``b` (`id``x` INT PRIMARY KEY, `it's \"v\"` VARCHAR(20) NOT NULL, `sk``ip` INT NOT NULL DEFAULT 0, `t``mp` TINYINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
+            entities_and_routes: "[entities.odd]\ntable = \"a`b\"\nexclude = [\"sk`ip\"]\nfilter = \"`t``mp` = 0\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"odd\"]\n",
+            // History at a, published by the snapshot below.
+            seed: |_, site| if site == "a" { "INSERT INTO `a``b` VALUES (1, 'history', 7, 0)".into() } else { String::new() },
+            ..Spec::default()
+        },
+    )
+    .await;
+    let out = fed.command("a", &["check"]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("configured table(s) present"), "{report}");
+    fed.start("a", &["run"]);
+    fed.start("b", &["run"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fed.exec("a", "INSERT INTO `a``b` VALUES (2, 'live', 7, 0), (3, 'temporary', 7, 1); UPDATE `a``b` SET `it's \"v\"` = 'live, changed' WHERE `id``x` = 2").await;
+    let out = fed.command("a", &["snapshot"]).output().unwrap();
+    assert!(out.status.success(), "snapshot at a: {}", String::from_utf8_lossy(&out.stderr));
+    fed.wait_rows("b", "SELECT `id``x`, `it's \"v\"`, `sk``ip` FROM `a``b` ORDER BY 1", &[&["1", "history", "0"], &["2", "live, changed", "0"]]).await;
+    fed.exec("a", "DELETE FROM `a``b` WHERE `id``x` = 1").await;
+    fed.wait_rows("b", "SELECT `id``x` FROM `a``b` ORDER BY 1", &[&["2"]]).await;
+    let out = fed.command("b", &["verify"]).output().unwrap();
+    assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}

@@ -11,6 +11,7 @@
 //! decide (a delete, a key change, a reference to a row not here) goes the per-record way
 //! after the writes pending before it, and what the batch knew of its table is forgotten.
 
+use crate::mysql::quote;
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
@@ -276,12 +277,12 @@ impl EntityPlan {
     /// `SELECT id, version` expressions and the locking clause of a lookup.
     fn lookup_columns(&self, for_update: bool) -> (String, String, &'static str) {
         let id = match self.target.primary_key.as_slice() {
-            [pk] => format!("CAST(`{pk}` AS CHAR)"),
+            [pk] => format!("CAST({} AS CHAR)", quote(pk)),
             _ => "NULL".to_string(),
         };
         // The version and, after a newline, the row's digest (see `split_version`).
         let version = match (&self.config.conflict, for_update) {
-            (Some(c), true) => format!("CONCAT(IFNULL(CAST(`{}` AS CHAR), ''), '\\n', {})", c.version_column, self.content_expr()),
+            (Some(c), true) => format!("CONCAT(IFNULL(CAST({} AS CHAR), ''), '\\n', {})", quote(&c.version_column), self.content_expr()),
             _ => "NULL".to_string(),
         };
         (id, version, if for_update { " FOR UPDATE" } else { "" })
@@ -295,8 +296,8 @@ impl EntityPlan {
         for_update: bool,
     ) -> Result<Vec<(Vec<String>, Option<String>, Option<String>)>, ApplyError> {
         let (id, version, lock) = self.lookup_columns(for_update);
-        let texts: Vec<String> = self.key_columns.iter().map(|c| format!("CAST(`{c}` AS CHAR)")).collect();
-        let columns: Vec<String> = self.key_columns.iter().map(|c| format!("`{c}`")).collect();
+        let texts: Vec<String> = self.key_columns.iter().map(|c| format!("CAST({} AS CHAR)", quote(c))).collect();
+        let columns: Vec<String> = self.key_columns.iter().map(|c| quote(c)).collect();
         let tuple = format!("({})", vec!["?"; columns.len()].join(", "));
         let n = keys.clone().count();
         let sql = format!(

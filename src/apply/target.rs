@@ -133,7 +133,7 @@ impl TargetTable {
 
     /// `` `db`.`table` ``.
     pub fn qualified(&self) -> String {
-        format!("`{}`.`{}`", self.db, self.table)
+        crate::mysql::qualified(&self.db, &self.table)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Writes one change record into the local database, inside the caller's transaction.
 
+use crate::mysql::quote;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -174,7 +175,7 @@ impl EntityPlan {
             )));
         };
         let values = self.key_values(key)?;
-        let sql = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1", self.target.qualified(), where_clause(&values));
+        let sql = format!("SELECT CAST({} AS CHAR) FROM {} WHERE {} LIMIT 1", quote(pk), self.target.qualified(), where_clause(&values));
         let q = sqlx::query_scalar_with::<_, String, _>(AssertSqlSafe(sql), arguments(values.into_iter().map(|(_, v)| v))?);
         let id = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
         Ok(id.map(local_id_value))
@@ -269,7 +270,7 @@ impl EntityPlan {
         else {
             return Ok(None);
         };
-        let present = format!("SELECT CAST(`{pk}` AS CHAR) FROM {} WHERE `{pk}` = ?", self.target.qualified());
+        let present = format!("SELECT CAST({pk} AS CHAR) FROM {} WHERE {pk} = ?", self.target.qualified(), pk = quote(pk));
         let id = sqlx::query_scalar::<_, String>(AssertSqlSafe(present)).bind(local_key).fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
         Ok(id.map(local_id_value))
     }
@@ -315,8 +316,8 @@ impl EntityPlan {
         let row_version = sql_text(&to_sql(col, incoming)?);
         let stamp = stamp.cloned().unwrap_or_else(|| Stamp::new(row_version.clone(), origin));
         let sql = format!(
-            "SELECT CAST(`{}` AS CHAR), {} FROM {} WHERE {} LIMIT 1 FOR UPDATE",
-            col.name,
+            "SELECT CAST({} AS CHAR), {} FROM {} WHERE {} LIMIT 1 FOR UPDATE",
+            quote(&col.name),
             self.content_expr(),
             self.target.qualified(),
             where_clause(key)
@@ -350,7 +351,7 @@ impl EntityPlan {
     pub(super) fn content_expr(&self) -> String {
         let mut columns: Vec<&str> = self.target.columns.values().filter(|c| !c.generated).map(|c| c.name.as_str()).collect();
         columns.sort_unstable();
-        let parts: Vec<String> = columns.iter().map(|c| format!("IFNULL(HEX(`{c}`), 'N')")).collect();
+        let parts: Vec<String> = columns.iter().map(|c| format!("IFNULL(HEX({}), \'N\')", quote(c))).collect();
         format!("MD5(CONCAT_WS(',', {}))", parts.join(", "))
     }
 
@@ -383,11 +384,12 @@ impl EntityPlan {
         let Some(origin_id) = origin_image.get(pk) else { return Ok(()) };
         let sql = format!(
             "INSERT INTO `{}`.`identity_map` (entity, origin, origin_key, local_key)
-             SELECT ?, ?, ?, CAST(`{pk}` AS CHAR) FROM {} WHERE {} LIMIT 1
+             SELECT ?, ?, ?, CAST({pk} AS CHAR) FROM {} WHERE {} LIMIT 1
              ON DUPLICATE KEY UPDATE local_key = VALUES(local_key)",
             self.control_db,
             self.target.qualified(),
-            where_clause(key)
+            where_clause(key),
+            pk = quote(pk),
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.name).bind(origin).bind(origin_id.to_string());
         for (_, v) in key {
@@ -410,11 +412,12 @@ impl EntityPlan {
         let [pk] = self.target.primary_key.as_slice() else { return Ok(()) };
         let sql = format!(
             "INSERT INTO `{}`.`received_rows` (entity, local_key, origin)
-             SELECT ?, CAST(`{pk}` AS CHAR), ? FROM {} WHERE {} LIMIT 1
+             SELECT ?, CAST({pk} AS CHAR), ? FROM {} WHERE {} LIMIT 1
              ON DUPLICATE KEY UPDATE origin = VALUES(origin)",
             self.control_db,
             self.target.qualified(),
-            where_clause(key)
+            where_clause(key),
+            pk = quote(pk),
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.name).bind(origin);
         for (_, v) in key {
@@ -556,11 +559,11 @@ impl EntityPlan {
         rows: &[Vec<SqlValue>],
         upsert: bool,
     ) -> Result<(), ApplyError> {
-        let cols: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
         let updates: Vec<String> = columns
             .iter()
             .filter(|c| !self.target.primary_key.contains(c))
-            .map(|c| format!("`{c}` = VALUES(`{c}`)"))
+            .map(|c| { let q = quote(c); format!("{q} = VALUES({q})") })
             .collect();
         let on_duplicate = match (upsert, updates.is_empty()) {
             (false, _) => String::new(),
@@ -626,7 +629,7 @@ impl EntityPlan {
 
     /// Deletes rows by primary key, many per statement.
     pub async fn delete_rows(&self, tx: &mut Transaction<'_, MySql>, keys: &[Vec<SqlValue>]) -> Result<(), ApplyError> {
-        let pk: Vec<String> = self.key_columns.iter().map(|c| format!("`{c}`")).collect();
+        let pk: Vec<String> = self.key_columns.iter().map(|c| quote(c)).collect();
         let tuple = format!("({})", vec!["?"; pk.len()].join(", "));
         for chunk in crate::control::statement_chunks(keys, 60_000 / pk.len().max(1)) {
             let sql = format!(
@@ -727,7 +730,7 @@ impl EntityPlan {
         if sets.is_empty() {
             return Ok(1);
         }
-        let assignments: Vec<String> = sets.iter().map(|(c, _)| format!("`{c}` = ?")).collect();
+        let assignments: Vec<String> = sets.iter().map(|(c, _)| format!("{} = ?", quote(c))).collect();
         let sql = format!("UPDATE {} SET {} WHERE {}", self.target.qualified(), assignments.join(", "), where_clause(&key));
         let lenient = sets.iter().any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)));
         // The connection reports rows matched (CLIENT_FOUND_ROWS), not rows changed.
@@ -788,7 +791,7 @@ pub(super) fn not_arrived(col: &str, target: &EntityPlan, rk: &RefKey) -> ApplyE
 }
 
 pub(super) fn where_clause(key: &[(String, SqlValue)]) -> String {
-    key.iter().map(|(c, _)| format!("`{c}` <=> ?")).collect::<Vec<_>>().join(" AND ")
+    key.iter().map(|(c, _)| format!("{} <=> ?", quote(c))).collect::<Vec<_>>().join(" AND ")
 }
 
 /// A bound value as text, for version comparison and row identity.

@@ -6,6 +6,7 @@
 //! database (its current natural key). Only entities with a configured natural key need this:
 //! where the primary key is the key, ids are the same at every site.
 
+use crate::mysql::quote;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -95,7 +96,7 @@ struct KeyExpression {
 
 impl KeyExpression {
     fn for_column(column: &str, data_type: &str, precision: u32) -> Self {
-        let c = format!("`{column}`");
+        let c = quote(column);
         let text = |sql: String| KeyExpression { sql, number: false };
         match data_type {
             "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => KeyExpression { sql: format!("CAST({c} AS CHAR)"), number: true },
@@ -175,10 +176,10 @@ impl RefResolver {
             columns.push(self.key_expression(entity, &cfg.table, k).await?);
         }
         let sql = format!(
-            "SELECT {} FROM `{}`.`{}` WHERE `{pk}` = ?",
+            "SELECT {} FROM {} WHERE {} = ?",
             columns.iter().map(KeyExpression::sql).collect::<Vec<_>>().join(", "),
-            self.db,
-            cfg.table
+            crate::mysql::qualified(&self.db, &cfg.table),
+            quote(&pk)
         );
         let param = match id {
             Value::Number(n) => n.to_string(),

@@ -18,6 +18,7 @@
 //! created. A capture restarted during a snapshot starts that snapshot again (the records are
 //! idempotent); watermarks of the earlier run are told apart by a per-run nonce.
 
+use crate::mysql::quote;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -156,7 +157,7 @@ impl Reader {
         for n in &names {
             let table = &self.ctx.config.entities[n].table;
             let count: Option<i64> = conn_count
-                .query_first(format!("SELECT COUNT(*) FROM `{db}`.`{table}`"))
+                .query_first(format!("SELECT COUNT(*) FROM {}", crate::mysql::qualified(&db, table)))
                 .await
                 .map_err(|e| self.source_err(e))?;
             total += count.unwrap_or(0);
@@ -238,8 +239,8 @@ impl Reader {
         let entity = snap.entity.clone().expect("entity chosen");
         let mark = |kind: &'static str| format!("INSERT INTO {watermarks} (request_id, run, chunk, kind) VALUES ({}, {}, {}, '{kind}')", snap.request_id, snap.run, snap.chunk);
         let (low, high) = (mark("low"), mark("high"));
-        let columns: Vec<String> = entity.info.columns.iter().map(|c| format!("`{}`", c.name)).collect();
-        let pk: Vec<String> = snap.pk_columns.iter().map(|c| format!("`{c}`")).collect();
+        let columns: Vec<String> = entity.info.columns.iter().map(|c| quote(&c.name)).collect();
+        let pk: Vec<String> = snap.pk_columns.iter().map(|c| quote(c)).collect();
         let mut conditions = Vec::new();
         if snap.last_key.is_some() {
             conditions.push(format!("({}) > ({})", pk.join(", "), vec!["?"; pk.len()].join(", ")));
@@ -256,10 +257,9 @@ impl Reader {
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let select = format!(
-            "SELECT {} FROM `{}`.`{}` t {filter} ORDER BY {} LIMIT {chunk_rows}",
+            "SELECT {} FROM {} t {filter} ORDER BY {} LIMIT {chunk_rows}",
             columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", "),
-            entity.info.db,
-            entity.info.table,
+            crate::mysql::qualified(&entity.info.db, &entity.info.table),
             pk.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
         );
         let params: Vec<mysql_async::Value> = snap.last_key.clone().unwrap_or_default();

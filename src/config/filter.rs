@@ -119,10 +119,18 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                 out.push((start, Token::Text(text)));
             }
             '`' => {
-                let end = chars[i + 1..].iter().position(|c| *c == '`')
-                    .ok_or_else(|| err(start, "unterminated `quoted` column name"))?;
-                out.push((start, Token::Ident(chars[i + 1..i + 1 + end].iter().collect())));
-                i += end + 2;
+                // As MySQL quotes: a doubled backtick inside is one backtick of the name.
+                let mut name = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err(err(start, "unterminated `quoted` column name")),
+                        Some('`') if chars.get(i + 1) == Some(&'`') => { name.push('`'); i += 2 }
+                        Some('`') => { i += 1; break }
+                        Some(c) => { name.push(*c); i += 1 }
+                    }
+                }
+                out.push((start, Token::Ident(name)));
             }
             c if c.is_ascii_digit() || c == '-' || c == '.' => {
                 i += 1;
@@ -360,6 +368,14 @@ mod tests {
         assert!(f.matches(&row(json!({"is_temporary": 0, "kind": "z", "name": null}))));
         assert!(!f.matches(&row(json!({"is_temporary": 1, "kind": "a", "name": "x"}))));
         assert_eq!(f.columns(), vec!["is_temporary", "kind", "name"]);
+    }
+
+    #[test]
+    fn quoted_names_take_doubled_backticks_as_mysql_does() {
+        let f = Filter::parse("`a``b` = 1 AND `it's` = 'x'").unwrap();
+        assert_eq!(f.columns(), vec!["a`b", "it's"]);
+        assert!(f.matches(&row(json!({"a`b": 1, "it's": "x"}))));
+        assert!(Filter::parse("`a``b = 1").is_err(), "unterminated");
     }
 
     #[test]

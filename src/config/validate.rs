@@ -2,8 +2,10 @@
 //! so a user fixes every mistake in one round.
 
 use super::{Config, ConfigProblem, Filter, OnDelete};
+use crate::mysql::ident::is_identifier;
 
-/// Whether `name` can be used as a MySQL identifier inside backticks without escaping.
+/// Whether `name` can be used as a MySQL identifier inside backticks without escaping: the
+/// control database's name, which sitesync writes into its statements as it is.
 pub fn is_safe_identifier(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && !name.contains(['`', '\0', '\n', '\r']) && name.trim() == name
 }
@@ -28,10 +30,14 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             format!("`{}` is not a valid Kafka topic prefix (letters, digits, `.`, `_`, `-`)", fed.topic_prefix),
         );
     }
-    for (key, name) in [("federation.database", &fed.database), ("federation.control_database", &fed.control_database)] {
-        if !is_safe_identifier(name) {
-            problem(key.into(), format!("`{name}` is not a valid database name"));
-        }
+    if !is_identifier(&fed.database) {
+        problem("federation.database".into(), format!("`{}` is not a valid database name", fed.database));
+    }
+    if !is_safe_identifier(&fed.control_database) {
+        problem(
+            "federation.control_database".into(),
+            format!("`{}` is not a valid name for sitesync's control database (no backticks, quotes or line breaks)", fed.control_database),
+        );
     }
     if fed.database == fed.control_database {
         problem("federation.control_database".into(), "must differ from federation.database: sitesync never alters the application's database".into());
@@ -72,7 +78,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             }
         }
         if let Some(db) = &site.database {
-            if !is_safe_identifier(db) {
+            if !is_identifier(db) {
                 problem(format!("sites.{id}.database"), format!("`{db}` is not a valid database name"));
             }
         }
@@ -81,14 +87,14 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     let mut tables = std::collections::BTreeMap::new();
     for (name, entity) in &config.entities {
         let at = |k: &str| format!("entities.{name}.{k}");
-        if !is_safe_identifier(&entity.table) {
+        if !is_identifier(&entity.table) {
             problem(at("table"), format!("`{}` is not a valid table name", entity.table));
         }
         if let Some(other) = tables.insert(entity.table.as_str(), name) {
             problem(at("table"), format!("table `{}` is also entity `{other}`", entity.table));
         }
         for (i, col) in entity.key.iter().enumerate() {
-            if !is_safe_identifier(col) {
+            if !is_identifier(col) {
                 problem(format!("{}[{i}]", at("key")), format!("`{col}` is not a valid column name"));
             }
             if entity.exclude.contains(col) {
@@ -96,7 +102,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             }
         }
         for (i, col) in entity.exclude.iter().enumerate() {
-            if !is_safe_identifier(col) {
+            if !is_identifier(col) {
                 problem(format!("{}[{i}]", at("exclude")), format!("`{col}` is not a valid column name"));
             }
         }
@@ -114,7 +120,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
         }
         for (col, target) in &entity.refs {
             let target = &target.entity;
-            if !is_safe_identifier(col) {
+            if !is_identifier(col) {
                 problem(format!("{}.{col}", at("refs")), format!("`{col}` is not a valid column name"));
             }
             if !config.entities.contains_key(target) {
@@ -128,7 +134,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             }
         }
         if let Some(conflict) = &entity.conflict {
-            if !is_safe_identifier(&conflict.version_column) || entity.exclude.contains(&conflict.version_column) {
+            if !is_identifier(&conflict.version_column) || entity.exclude.contains(&conflict.version_column) {
                 problem(at("conflict.version_column"), format!("`{}` must be a replicated (not excluded) column", conflict.version_column));
             }
         }
@@ -137,13 +143,13 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
                 problem(at("on_delete.set"), "names no column to set".into());
             }
             for col in cols.keys() {
-                if !is_safe_identifier(col) {
+                if !is_identifier(col) {
                     problem(format!("{}.{col}", at("on_delete.set")), format!("`{col}` is not a valid column name"));
                 }
             }
         }
         if let Some(col) = &entity.origin_column {
-            if !is_safe_identifier(col) {
+            if !is_identifier(col) {
                 problem(at("origin_column"), format!("`{col}` is not a valid column name"));
             }
         }
