@@ -67,6 +67,13 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Go on with entities whose capture stopped alone (see `status`), from where each stopped,
+    /// once the cause is fixed.
+    Resume {
+        /// Only these entities (default: every stopped one).
+        #[arg(long = "entity")]
+        entities: Vec<String>,
+    },
     /// Compare entity contents by natural key between this site and others; exit 1 on any
     /// difference.
     Verify {

@@ -31,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => status(&config, &site, json).await,
         Command::Dlq { action } => dlq(&config, &site, action).await,
         Command::Snapshot { entities, no_wait } => snapshot(&config, &site, &entities, no_wait).await,
+        Command::Resume { entities } => resume(&config, &site, &entities).await,
         Command::Verify { entities, against, json } => verify(&config, &site, &entities, &against, json).await,
     }
 }
@@ -151,6 +152,7 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
     let offsets = ctl.load_offsets().await?;
     let progress = ctl.load_progress().await?;
     let dead = ctl.count_dead_letters().await?;
+    let stopped = ctl.stopped().list().await?;
     let now = crate::record::now_ms();
     let origins: Vec<serde_json::Value> = config
         .origins_of(site)
@@ -173,6 +175,13 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         "capture": checkpoint.as_ref().map(|(g, f, p)| serde_json::json!({"gtid": g, "file": f, "pos": p})),
         "apply": origins,
         "dead_letters": dead,
+        "stopped_entities": stopped.iter().map(|s| serde_json::json!({
+            "entity": s.entity,
+            "state": if s.resume { "catching up" } else { "stopped" },
+            "since": s.stopped_at,
+            "position": s.gtid_state,
+            "reason": s.reason,
+        })).collect::<Vec<_>>(),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -193,7 +202,36 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
             );
         }
         println!("  dead letters        {dead}");
+        for s in &stopped {
+            let state = if s.resume { "catching up" } else { "STOPPED" };
+            println!("  entity {}  {state} since {} UTC at gtid {}: {}", s.entity, s.stopped_at, s.gtid_state, s.reason);
+        }
+        if stopped.iter().any(|s| !s.resume) {
+            println!("  fix the cause, then `sitesync resume --site {site}` (its changes since then are read again)");
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sitesync resume`: asks the running capture to go on with stopped entities, from where each
+/// stopped.
+async fn resume(config: &Config, site: &str, entities: &[String]) -> Result<ExitCode> {
+    for e in entities {
+        if !config.entities.contains_key(e) {
+            anyhow::bail!("--entity {e}: no such entity; defined entities: {}", config.entities.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
+    let ctl = control_of(config, site).await?;
+    let resumed = ctl.stopped().request_resume(entities).await?;
+    if resumed.is_empty() {
+        println!("no stopped entity to resume at site {site}");
+        return Ok(if entities.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    println!(
+        "asked the capture of site {site} to resume {}: it reads their changes again from where each stopped \
+         (`sitesync status` shows them catching up until done)",
+        resumed.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub apply_batch_duration: HistogramVec,
     /// `sitesync_apply_batch_records{site}`: records per local apply transaction.
     pub apply_batch_records: HistogramVec,
+    /// `sitesync_capture_entity_stopped{site,entity}`: 1 while the entity's capture is stopped
+    /// alone (its table's rows could not be read; see `control::stopped`), else 0.
+    pub capture_entity_stopped: IntGaugeVec,
 }
 
 impl Metrics {
@@ -94,6 +97,7 @@ impl Metrics {
             apply_latency: histogram("sitesync_apply_latency_seconds", "Origin commit to local commit, per source transaction applied.", &["site", "origin"], DELAY),
             apply_batch_duration: histogram("sitesync_apply_batch_duration_seconds", "Duration of one local apply transaction, begin to commit.", &["site"], DURATION),
             apply_batch_records: histogram("sitesync_apply_batch_records", "Records per local apply transaction.", &["site"], RECORDS),
+            capture_entity_stopped: int_gauge("sitesync_capture_entity_stopped", "1 while the entity's capture is stopped alone (its rows could not be read), until `sitesync resume` catches it up.", &["site", "entity"]),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -129,6 +133,9 @@ pub struct Health {
     /// Probes the site's database and Kafka on `/readyz` (set once by `sitesync run`; without
     /// it, readiness is the flags alone).
     pub probe: std::sync::OnceLock<ReadinessProbe>,
+    /// Entities whose capture stopped alone, with why: `/readyz` stays ready (the others
+    /// replicate) and lists them.
+    pub stopped_entities: std::sync::Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -315,7 +322,14 @@ pub async fn serve(
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 "/readyz" => match health.check_ready().await {
-                    Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+                    Ok(()) => ("200 OK", "text/plain", {
+                        let stopped = health.stopped_entities.lock().map(|s| s.clone()).unwrap_or_default();
+                        let mut body = "ready\n".to_string();
+                        for line in stopped {
+                            body.push_str(&format!("stopped: {line}\n"));
+                        }
+                        body
+                    }),
                     Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
                 },
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),

@@ -105,6 +105,7 @@ impl Reader {
                 "snapshot_requests" => TableRole::SnapshotRequest(info()?),
                 "snapshot_watermarks" => TableRole::Watermark(info()?),
                 "row_versions" => TableRole::RowVersions(info()?),
+                "stopped_entities" => TableRole::StoppedEntities(info()?),
                 _ => TableRole::Other,
             });
         }
@@ -116,7 +117,12 @@ impl Reader {
             return Ok(TableRole::Other);
         };
         let info = TableInfo::from_event(tme).map_err(|e| CaptureError::Config(e.to_string()))?;
-        Ok(TableRole::Entity(Arc::new(self.bind_entity(name, entity, info)?)))
+        Ok(match self.bind_entity(name, entity, info) {
+            Ok(bound) => TableRole::Entity(Arc::new(bound)),
+            // Start-up checked the configuration against the schema: this table changed since,
+            // and its rows stop its entity alone.
+            Err(e) => TableRole::Unusable { entity: name.to_string(), table: table.to_string(), reason: e.to_string() },
+        })
     }
 
     pub(super) fn bind_entity(&mut self, name: &str, entity: &EntityConfig, info: TableInfo) -> Result<EntityTable, CaptureError> {

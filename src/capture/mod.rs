@@ -9,6 +9,7 @@
 
 mod decode;
 mod entity;
+mod isolation;
 mod envelope;
 mod publisher;
 mod refs;
@@ -143,6 +144,11 @@ enum TableRole {
     Watermark(Arc<TableInfo>),
     /// `row_versions`: the stamps this site's applier records (see [`crate::stamp`]).
     RowVersions(Arc<TableInfo>),
+    /// `stopped_entities`: a `sitesync resume` is read here.
+    StoppedEntities(Arc<TableInfo>),
+    /// A configured entity's table whose table map does not fit its configuration (after a
+    /// schema change): its rows stop the entity (see [`isolation`]).
+    Unusable { entity: String, table: String, reason: String },
     /// Anything else.
     Other,
 }
@@ -163,6 +169,9 @@ struct Txn {
     per_table: HashMap<String, u64>,
     /// Held back one record so the last of the transaction can be flagged.
     pending: Option<Encoded>,
+    /// Read before for the other entities: only resumed entities' rows are published, under
+    /// this transaction id (see [`isolation`]).
+    replay_id: Option<String>,
 }
 
 struct Reader {
@@ -196,6 +205,15 @@ struct Reader {
     spare: Encoded,
     /// Last writer wins: the latest stamp of each row, in binlog order (see [`stamps`]).
     stamps: stamps::Stamps,
+    /// Entities stopped alone, and the catch-up of resumed ones.
+    isolation: isolation::Isolation,
+}
+
+/// Why [`Reader::stream`] returned without an error.
+enum Ended {
+    Shutdown,
+    /// Read again from the resumed entities' position.
+    Rewind,
 }
 
 /// Record buffers up to this size are reused for the next record.
@@ -257,13 +275,15 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         site_parts: SiteParts::new(&ctx.config.federation.name, &ctx.site),
         spare: Encoded::default(),
         stamps: stamps::Stamps::new(ctl.clone(), ctx.site.clone()),
+        isolation: isolation::Isolation::new(&ctl, &ctx.site, ctx.metrics.clone(), ctx.health.clone()),
         ctx: ctx.clone(),
     };
     let mut first = true;
     let mut backoff = Duration::from_millis(200);
     let result = loop {
         match reader.stream(&opts, &ctl, &mut publisher, first).await {
-            Ok(()) => break Ok(()),
+            Ok(Ended::Shutdown) => break Ok(()),
+            Ok(Ended::Rewind) => first = false,
             Err(e) if e.is_transient() && !ctx.shutdown.is_triggered() => {
                 // A connection that streamed before it broke starts the backoff afresh.
                 if ctx.health.capture_running.load(Ordering::Relaxed) {
@@ -327,7 +347,7 @@ impl Reader {
         ctl: &Control,
         publisher: &mut Publisher,
         first: bool,
-    ) -> Result<(), CaptureError> {
+    ) -> Result<Ended, CaptureError> {
         let mut conn = Conn::new(opts.clone()).await.map_err(|e| self.source_err(e))?;
         let settings = preflight::read_settings(&mut conn).await.map_err(|e| self.source_err(e))?;
         let problems: Vec<String> = preflight::judge(&settings)
@@ -377,6 +397,9 @@ impl Reader {
         self.tables.clear();
         self.known_maps.clear();
         self.txn = None;
+        if let Some(start) = self.isolation.load(&self.gtid, !settings.mariadb).await? {
+            self.gtid = start;
+        }
         if first {
             // A snapshot that was running, or asked for, when capture stopped starts (again).
             let running: Vec<(u64, String)> = conn
@@ -417,7 +440,7 @@ impl Reader {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.wait() => return Ok(()),
+                _ = self.ctx.shutdown.wait() => return Ok(Ended::Shutdown),
                 next = stream.next() => next,
             };
             let event = match next {
@@ -428,6 +451,9 @@ impl Reader {
                 }
             };
             self.on_event(&stream, event, publisher).await?;
+            if self.isolation.rewind && self.txn.is_none() && self.snapshot.is_none() {
+                return Ok(Ended::Rewind);
+            }
         }
     }
 
@@ -601,7 +627,8 @@ impl Reader {
             // commit (MySQL logs FLUSH or GRANT without one): the new GTID proves it over.
             self.gtid.advance(&ended);
         }
-        self.txn = Some(Txn { gtid_text: Some(gtid.to_string()), gtid: Some(gtid), server_id, standalone, ..Txn::default() });
+        let replay_id = self.isolation.begins(&gtid).then(|| format!("{}{gtid}", isolation::CATCH_UP_TRANSACTION_PREFIX));
+        self.txn = Some(Txn { gtid_text: Some(gtid.to_string()), gtid: Some(gtid), server_id, standalone, replay_id, ..Txn::default() });
         Ok(())
     }
 
@@ -634,7 +661,7 @@ impl Reader {
         self.pos = end_pos;
         let ts_ms = ts as i64 * 1000;
         self.last_source_ts_ms = ts_ms;
-        if !published {
+        if !published && txn.replay_id.is_none() {
             // A busy server sends other databases' transactions, not heartbeats: reading them
             // proves capture is caught up as of their commit, which appliers must hear. Binlog
             // times are whole seconds: a transaction read within two seconds of its commit
@@ -652,6 +679,7 @@ impl Reader {
         publisher
             .boundary(Checkpoint { gtid: self.gtid.to_string(), file: self.file.clone(), pos: self.pos, source_ts_ms: ts_ms }, published)
             .await?;
+        self.isolation.committed(&self.gtid).await?;
         Ok(())
     }
 }

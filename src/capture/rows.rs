@@ -5,6 +5,9 @@ use super::entity::apply_filter;
 use super::envelope::{Change, Image, Place, RefEntry};
 use super::*;
 
+/// A row change's before and after images.
+type RowImages = (Option<Image>, Option<Image>);
+
 impl Reader {
     pub(super) async fn on_rows(
         &mut self,
@@ -23,6 +26,7 @@ impl Reader {
             }
         };
         let table_id = data.table_id();
+        let replay = self.txn.as_ref().is_some_and(|t| t.replay_id.is_some());
         let entity = match self.tables.get(&table_id) {
             Some(TableRole::EchoMarker) => {
                 if let Some(txn) = self.txn.as_mut() {
@@ -35,6 +39,33 @@ impl Reader {
             }
             Some(TableRole::Entity(e)) => e.clone(),
             Some(TableRole::Other) => return Ok(()),
+            Some(TableRole::Unusable { entity, table, reason }) => {
+                if !self.isolation.skips(entity, replay) && !self.txn.as_ref().is_some_and(|t| t.echo) {
+                    let (entity, table, reason) = (entity.clone(), table.clone(), reason.clone());
+                    let place = format!("{}:{start_pos}", self.file);
+                    self.isolation.stop(&entity, &table, &self.gtid, &place, &reason).await?;
+                }
+                return Ok(());
+            }
+            // Control rows read again for resumed entities happened before: not again.
+            Some(TableRole::SnapshotRequest(_) | TableRole::Watermark(_) | TableRole::StoppedEntities(_)) if replay => return Ok(()),
+            Some(TableRole::StoppedEntities(info)) => {
+                // `sitesync resume`: resume goes from 0 to 1.
+                let info = info.clone();
+                for row in decode::rows(&data, &info) {
+                    let (before, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
+                    let flag = |r: Option<&mysql_async::binlog::row::BinlogRow>| -> Result<bool, CaptureError> {
+                        Ok(match r {
+                            Some(r) => self.control_image(&info, r, start_pos)?.get("resume").and_then(Value::as_i64) == Some(1),
+                            None => false,
+                        })
+                    };
+                    if flag(after.as_ref())? && !flag(before.as_ref())? {
+                        self.isolation.rewind = true;
+                    }
+                }
+                return Ok(());
+            }
             Some(TableRole::RowVersions(info)) => {
                 // The applier's stamps, in binlog order: what later changes here are made on.
                 if matches!(data, RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_)) {
@@ -45,6 +76,11 @@ impl Reader {
                     let (_, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
                     if let Some(after) = after {
                         let image = self.control_image(&info, &after, start_pos)?;
+                        // Read again for resumed entities: only theirs, or others' stamps would
+                        // go back to older ones.
+                        if replay && self.isolation.skips(image.get("entity").and_then(Value::as_str).unwrap_or(""), true) {
+                            continue;
+                        }
                         self.stamps.recorded(&image);
                     }
                 }
@@ -82,6 +118,9 @@ impl Reader {
                 })
             }
         };
+        if self.isolation.skips(&entity.name, replay) {
+            return Ok(());
+        }
         if self.txn.as_ref().is_some_and(|t| t.echo) {
             // Not published, but a snapshot chunk must still drop its older copy of these rows.
             if self.snapshot.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
@@ -135,17 +174,15 @@ impl Reader {
         let server_id = if server_id != 0 { server_id } else { header.server_id() };
         // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
         // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
-        let mut images = Vec::new();
-        for row in decode::rows(&data, &entity.info) {
-            let (before, after) = row.map_err(|e| CaptureError::Binlog {
-                file: self.file.clone(),
-                pos: start_pos,
-                reason: format!("table {}: undecodable row: {e}", entity.info.table),
-            })?;
-            let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
-            let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
-            images.push((before, after));
-        }
+        let images = match self.images(&entity, &data, start_pos) {
+            Ok(images) => images,
+            Err(reason) => {
+                // This table's rows cannot become records: its entity stops, the others go on.
+                let place = format!("{}:{start_pos}", self.file);
+                self.isolation.stop(&entity.name, &entity.info.table, &self.gtid, &place, &reason).await?;
+                return Ok(());
+            }
+        };
         // Last writer wins: the recorded stamps of the rows changed, in one read, not one per
         // row (a new row needs none).
         self.stamps.preload(&entity, images.iter().filter_map(|(before, _)| before.as_ref())).await?;
@@ -165,7 +202,7 @@ impl Reader {
             let place = Place {
                 server_id,
                 gtid: txn.gtid_text.as_deref(),
-                txn_id: txn.gtid_text.as_deref().unwrap_or_default(),
+                txn_id: txn.replay_id.as_deref().or(txn.gtid_text.as_deref()).unwrap_or_default(),
                 file: &self.file,
                 pos: start_pos,
                 row: row_index as u32,
@@ -182,6 +219,24 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// Every row of a rows event as images, or why they cannot be read.
+    fn images(&self, entity: &EntityTable, data: &RowsEventData<'_>, pos: u64) -> Result<Vec<RowImages>, String> {
+        let mut images = Vec::new();
+        for row in decode::rows(data, &entity.info) {
+            let (before, after) = row.map_err(|e| format!("undecodable row: {e}"))?;
+            let image = |r: &mysql_async::binlog::row::BinlogRow| {
+                self.image(entity, r, pos).map_err(|e| match e {
+                    CaptureError::Binlog { reason, .. } => reason,
+                    other => other.to_string(),
+                })
+            };
+            let before = before.as_ref().map(image).transpose()?;
+            let after = after.as_ref().map(image).transpose()?;
+            images.push((before, after));
+        }
+        Ok(images)
     }
 
     /// Filters a row change, and resolves its references: `None` when it does not leave the site.

@@ -223,7 +223,14 @@ impl Reader {
                     return self.finish_request(id, "failed", &format!("table {}.{} has no primary key to read it in chunks", self.db, cfg.table)).await;
                 }
                 let pk_columns = info.primary_key.iter().map(|&i| info.columns[i].name.clone()).collect();
-                let entity = Arc::new(self.bind_entity(&name, cfg, info)?);
+                let id = snap.request_id;
+                let entity = match self.bind_entity(&name, cfg, info) {
+                    Ok(entity) => Arc::new(entity),
+                    Err(e) => {
+                        self.snapshot = None;
+                        return self.finish_request(id, "failed", &format!("entity {name}: {e}")).await;
+                    }
+                };
                 let snap = self.snapshot.as_mut().expect("snapshot running");
                 snap.pk_columns = pk_columns;
                 snap.entity = Some(entity);
@@ -277,15 +284,19 @@ impl Reader {
         let pk_json_index = pk_indexes(&snap.pk_columns, &entity.info);
         let mut images = Vec::with_capacity(rows.len());
         let mut last_key = None;
-        for mut row in rows {
+        let mut undecodable = None;
+        'rows: for mut row in rows {
             let values: Vec<mysql_async::Value> = (0..entity.info.columns.len()).map(|i| row.take(i).unwrap_or(mysql_async::Value::NULL)).collect();
             let mut image = Vec::with_capacity(values.len());
             for (i, col) in entity.info.columns.iter().enumerate() {
                 let v = match entity.encodings[i] {
-                    Some(encoding) => Some(
-                        select_value(col, encoding, values[i].clone())
-                            .map_err(|e| CaptureError::Config(format!("snapshot of {}: {e}", entity.info.table)))?,
-                    ),
+                    Some(encoding) => match select_value(col, encoding, values[i].clone()) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            undecodable = Some(e);
+                            break 'rows;
+                        }
+                    },
                     None => None,
                 };
                 image.push(v);
@@ -293,6 +304,14 @@ impl Reader {
             let image = Image(image);
             last_key = Some(pk_index.iter().map(|&i| values[i].clone()).collect());
             images.push((image.values_json(&pk_json_index), image));
+        }
+        if let Some(e) = undecodable {
+            // One table's value stops this snapshot, not capture: the request says why.
+            let id = snap.request_id;
+            self.snapshot = None;
+            let message = format!("entity {}: table {}: {e}", entity.name, entity.info.table);
+            tracing::error!(site = %self.ctx.site, request = id, reason = %message, "snapshot failed; capture goes on");
+            return self.finish_request(id, "failed", &message).await;
         }
         if last_key.is_some() {
             snap.last_key = last_key;

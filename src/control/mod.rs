@@ -16,6 +16,11 @@
 //! - `snapshot_requests`, `snapshot_watermarks`: snapshots asked for and their progress, and
 //!   the watermarks that place each snapshot chunk in the binlog (see `capture::snapshot`).
 //! - `dead_letters`: records that could not be applied, with the reason.
+//! - `stopped_entities`: entities whose capture stopped alone, and where ([`stopped`]).
+
+mod stopped;
+
+pub use stopped::{StoppedEntities, StoppedEntity};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, MySql, Row as _, Transaction};
@@ -318,6 +323,11 @@ impl Control {
         move |source| ControlError::Sql { db: self.db.clone(), what, source }
     }
 
+    /// The entities whose capture stopped alone.
+    pub fn stopped(&self) -> StoppedEntities {
+        StoppedEntities::new(self.pool.clone(), self.db.clone())
+    }
+
     /// The statements that create every control table; idempotent.
     pub fn ddl(&self) -> Vec<String> {
         let db = &self.db;
@@ -432,6 +442,7 @@ impl Control {
                    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
                  ) ENGINE=InnoDB"
             ),
+            stopped::ddl(db),
         ]
     }
 
@@ -467,7 +478,7 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        let mut missing: Vec<String> = ["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "received_rows", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters"]
+        let mut missing: Vec<String> = ["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "received_rows", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters", "stopped_entities"]
             .iter()
             .filter(|t| !present.iter().any(|p| p == *t))
             .map(|t| t.to_string())
