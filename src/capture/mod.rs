@@ -371,6 +371,10 @@ impl Reader {
                 charset::LoadError::Server { source, .. } => self.source_err(source),
                 table => CaptureError::Config(format!("site {}: {table}", self.ctx.site)),
             })?;
+        let unsupported: Vec<&String> = in_use.iter().filter(|cs| learnt.get(*cs).is_none_or(|e| *e == TextEncoding::Unsupported)).collect();
+        if !unsupported.is_empty() {
+            tracing::warn!(site = %self.ctx.site, charsets = ?unsupported, "character sets in use that sitesync cannot carry exactly: a value in one stops its entity (`sitesync check` names the columns)");
+        }
         self.encodings = collations
             .iter()
             .map(|(id, cs, _)| (*id, learnt.get(cs).copied().unwrap_or_else(|| TextEncoding::of_charset(cs))))
