@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use crate::apply::TargetTable;
+use crate::mysql::schema::{self, TableSchema};
 use crate::config::{Config, EntityConfig, Filter};
 use crate::control;
 
@@ -142,7 +142,7 @@ async fn contents(
         (d.pool.clone(), d.db.clone())
     };
     let err = |m: String| VerifyError::Site { site: site.to_string(), message: m };
-    let table = TargetTable::load(&pool, &db, &cfg.table).await.map_err(|e| err(e.to_string()))?;
+    let table = described(&pool, &db, &cfg.table).await.map_err(err)?;
     let key_cols: Vec<String> = if cfg.key.is_empty() { table.primary_key.clone() } else { cfg.key.clone() };
     let natural = !cfg.key.is_empty() && {
         let (mut a, mut b) = (key_cols.clone(), table.primary_key.clone());
@@ -150,7 +150,7 @@ async fn contents(
         b.sort();
         a != b
     };
-    let mut columns: Vec<&String> = table.columns.keys().collect();
+    let mut columns: Vec<&String> = table.columns.iter().map(|c| &c.name).collect();
     columns.sort();
     let compared: Vec<&String> = columns
         .iter()
@@ -230,12 +230,12 @@ async fn natural_key_of(
     if !data[site].ids.contains_key(entity) {
         let d = &data[site];
         let err = |m: String| VerifyError::Site { site: site.to_string(), message: m };
-        let table = TargetTable::load(&d.pool, &d.db, &cfg.table).await.map_err(|e| err(e.to_string()))?;
+        let table = described(&d.pool, &d.db, &cfg.table).await.map_err(err)?;
         let [pk] = table.primary_key.as_slice() else {
-            return Err(err(format!("{}: references need a one-column primary key", table.qualified())));
+            return Err(err(format!("{}: references need a one-column primary key", crate::mysql::qualified(&table.db, &table.table))));
         };
         let cols: Vec<String> = cfg.key.iter().map(|k| format!("CAST({} AS CHAR)", quote(k))).collect();
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT CAST({} AS CHAR), {} FROM {}", quote(pk), cols.join(", "), table.qualified())))
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT CAST({} AS CHAR), {} FROM {}", quote(pk), cols.join(", "), crate::mysql::qualified(&table.db, &table.table))))
             .fetch_all(&d.pool)
             .await
             .map_err(|e| err(e.to_string()))?;
@@ -252,4 +252,13 @@ async fn natural_key_of(
         data.get_mut(site).expect("site loaded").ids.insert(entity.to_string(), ids);
     }
     Ok(data[site].ids[entity].get(id).cloned().unwrap_or_else(|| format!("(dangling {entity} id {id})")))
+}
+
+/// `db`.`table` as the server describes it, or why not.
+async fn described(pool: &sqlx::MySqlPool, db: &str, table: &str) -> Result<TableSchema, String> {
+    match schema::load_sqlx(pool, db, table).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(format!("table {db}.{table} does not exist at this site")),
+        Err(e) => Err(format!("reading the schema of {db}.{table}: {e}")),
+    }
 }

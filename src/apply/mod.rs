@@ -19,7 +19,7 @@ mod replay;
 mod target;
 mod writer;
 
-pub use target::{parse_members, TargetColumn, TargetTable};
+pub use target::{TargetColumn, TargetTable};
 pub use replay::{replay, Replayed};
 pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
@@ -344,14 +344,10 @@ async fn load_plans(config: &Config, site: &str, pool: &sqlx::MySqlPool, origins
     let mut problems = Vec::new();
     for name in needed {
         let entity = &config.entities[name];
-        match TargetTable::load(pool, &db, &entity.table).await {
-            Ok(t) => {
-                let columns: Vec<String> = t.columns.keys().cloned().collect();
-                problems.extend(crate::config::columns_problems(config, name, site, &columns, &t.primary_key));
-                tables.push((name, t));
-            }
-            Err(ApplyError::Schema(_)) => problems.extend(crate::config::columns_problems(config, name, site, &[], &[])),
-            Err(e) => return Err(e),
+        let described = crate::mysql::schema::load_sqlx(pool, &db, &entity.table).await.map_err(ApplyError::Database)?;
+        problems.extend(crate::config::schema_problems(config, name, site, described.as_ref()));
+        if let Some(t) = described {
+            tables.push((name, TargetTable::from_schema(t)));
         }
     }
     if !problems.is_empty() {

@@ -8,10 +8,12 @@ use base64::Engine as _;
 use serde_json::Value;
 use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
-use sqlx::{MySql, Row as _};
+use sqlx::MySql;
 
 use super::ApplyError;
 use crate::mysql::charset::TextEncoding;
+use crate::mysql::schema::{self, TableSchema};
+use crate::mysql::types::TypeFamily;
 
 /// One column of a target table.
 #[derive(Debug, Clone)]
@@ -48,77 +50,40 @@ pub struct TargetTable {
 }
 
 impl TargetTable {
-    /// Reads the table's description from `information_schema`.
+    /// Reads the table's description from `information_schema` (see [`crate::mysql::schema`]).
     pub async fn load(pool: &sqlx::MySqlPool, db: &str, table: &str) -> Result<Self, ApplyError> {
-        let rows = sqlx::query(
-            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), EXTRA, COLUMN_KEY, CHARACTER_SET_NAME, COLUMN_TYPE
-             FROM information_schema.COLUMNS
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-        )
-        .bind(db)
-        .bind(table)
-        .fetch_all(pool)
-        .await
-        .map_err(ApplyError::Database)?;
-        if rows.is_empty() {
-            return Err(ApplyError::Schema(format!("table {db}.{table} does not exist at this site")));
-        }
-        let mut columns = HashMap::new();
-        for r in &rows {
-            let name: String = r.try_get(0).map_err(ApplyError::Database)?;
-            let data_type: String = r.try_get(1).map_err(ApplyError::Database)?;
-            let extra: String = r.try_get(2).map_err(ApplyError::Database)?;
-            let extra = extra.to_ascii_uppercase();
-            let charset: Option<String> = r.try_get(4).map_err(ApplyError::Database)?;
-            let column_type: String = r.try_get(5).map_err(ApplyError::Database)?;
-            let members = if matches!(data_type.as_str(), "enum" | "set") { parse_members(&column_type) } else { Vec::new() };
-            columns.insert(
-                name.clone(),
-                TargetColumn {
-                    name,
-                    data_type,
-                    generated: extra.contains("GENERATED") || extra.contains("VIRTUAL") || extra.contains("PERSISTENT"),
-                    auto_increment: extra.contains("AUTO_INCREMENT"),
-                    charset,
-                    members,
-                },
-            );
-        }
-        let pk_rows = sqlx::query(
-            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
-        )
-        .bind(db)
-        .bind(table)
-        .fetch_all(pool)
-        .await
-        .map_err(ApplyError::Database)?;
-        let primary_key = pk_rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        let unique_rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'
-             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-        )
-        .bind(db)
-        .bind(table)
-        .fetch_all(pool)
-        .await
-        .map_err(ApplyError::Database)?;
-        let mut unique_keys: Vec<(String, Vec<String>)> = Vec::new();
-        for (index, column) in unique_rows {
-            match unique_keys.last_mut() {
-                Some((name, columns)) if *name == index => columns.push(column),
-                _ => unique_keys.push((index, vec![column])),
-            }
-        }
-        Ok(TargetTable {
-            db: db.to_string(),
-            table: table.to_string(),
+        let schema = schema::load_sqlx(pool, db, table)
+            .await
+            .map_err(ApplyError::Database)?
+            .ok_or_else(|| ApplyError::Schema(format!("table {db}.{table} does not exist at this site")))?;
+        Ok(Self::from_schema(schema))
+    }
+
+    /// The target table of a described table.
+    pub fn from_schema(schema: TableSchema) -> Self {
+        let columns = schema
+            .columns
+            .iter()
+            .map(|c| {
+                let column = TargetColumn {
+                    name: c.name.clone(),
+                    data_type: c.data_type.clone(),
+                    generated: c.generated,
+                    auto_increment: c.auto_increment,
+                    charset: c.charset.clone(),
+                    members: c.members(),
+                };
+                (c.name.clone(), column)
+            })
+            .collect();
+        TargetTable {
+            db: schema.db,
+            table: schema.table,
             columns,
-            primary_key,
-            other_unique_keys: !unique_keys.is_empty(),
-            unique_keys: unique_keys.into_iter().map(|(_, columns)| columns).collect(),
-        })
+            primary_key: schema.primary_key,
+            other_unique_keys: !schema.unique_keys.is_empty(),
+            unique_keys: schema.unique_keys,
+        }
     }
 
     /// The column `name`, or a definite error naming it.
@@ -154,46 +119,14 @@ pub enum SqlValue {
     Bytes(Vec<u8>),
 }
 
-/// `enum('a','b''c')` -> ["a", "b'c"] (members as `information_schema.COLUMNS.COLUMN_TYPE` quotes them).
-pub fn parse_members(column_type: &str) -> Vec<String> {
-    let Some(start) = column_type.find('(') else { return Vec::new() };
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut chars = column_type[start + 1..].chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('\'', false) => quoted = true,
-            ('\'', true) if chars.peek() == Some(&'\'') => {
-                current.push('\'');
-                chars.next();
-            }
-            ('\'', true) => {
-                quoted = false;
-                out.push(std::mem::take(&mut current));
-            }
-            (c, true) => current.push(c),
-            (')', false) => break,
-            _ => {}
-        }
-    }
-    out
-}
-
 /// Types whose record values are base64 of their bytes.
 fn is_binary_type(data_type: &str) -> bool {
-    matches!(
-        data_type,
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry" | "point"
-            | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon" | "geometrycollection"
-            // MariaDB's binary types: the binlog holds their native bytes, which they accept back.
-            | "uuid" | "inet4" | "inet6"
-    )
+    TypeFamily::of(data_type) == TypeFamily::Binary
 }
 
 /// Types whose record values are text in the column's character set.
 fn is_text_type(data_type: &str) -> bool {
-    matches!(data_type, "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set")
+    TypeFamily::of(data_type).is_text()
 }
 
 /// Converts a record value for the target column: the inverse of capture's encoding
@@ -282,6 +215,7 @@ pub fn arguments(values: impl IntoIterator<Item = SqlValue>) -> Result<MySqlArgu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mysql::schema::parse_members;
     use serde_json::json;
 
     fn col(t: &str) -> TargetColumn {

@@ -692,7 +692,7 @@ impl EntityPlan {
     /// reordered safely.
     pub(super) fn integer_key(&self) -> bool {
         self.target.primary_key.iter().all(|c| {
-            self.target.columns.get(c).is_some_and(|col| matches!(col.data_type.as_str(), "tinyint" | "smallint" | "mediumint" | "int" | "bigint"))
+            self.target.columns.get(c).is_some_and(|col| crate::mysql::types::TypeFamily::of(&col.data_type).is_integer())
         })
     }
 

@@ -315,12 +315,10 @@ async fn check_tables(ctx: &CaptureContext, pool: &sqlx::MySqlPool) -> Result<()
     let mut problems = Vec::new();
     for name in config.captured_at(&ctx.site) {
         let table = &config.entities[name].table;
-        let (columns, pk) = match crate::apply::TargetTable::load(pool, db, table).await {
-            Ok(t) => (t.columns.keys().cloned().collect::<Vec<_>>(), t.primary_key),
-            Err(crate::apply::ApplyError::Schema(_)) => (Vec::new(), Vec::new()),
-            Err(e) => return Err(CaptureError::Config(format!("reading the schema of {db}.{table}: {e}"))),
-        };
-        problems.extend(crate::config::columns_problems(config, name, &ctx.site, &columns, &pk));
+        let described = crate::mysql::schema::load_sqlx(pool, db, table)
+            .await
+            .map_err(|e| CaptureError::Config(format!("reading the schema of {db}.{table}: {e}")))?;
+        problems.extend(crate::config::schema_problems(config, name, &ctx.site, described.as_ref()));
     }
     if problems.is_empty() {
         Ok(())

@@ -6,6 +6,8 @@
 //! database (its current natural key). Only entities with a configured natural key need this:
 //! where the primary key is the key, ids are the same at every site.
 
+use crate::mysql::schema::{self, TableSchema};
+use crate::mysql::types::TypeFamily;
 use crate::mysql::quote;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,17 +101,19 @@ impl KeyExpression {
         let c = quote(column);
         let text = |sql: String| KeyExpression { sql, number: false };
         match data_type {
-            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => KeyExpression { sql: format!("CAST({c} AS CHAR)"), number: true },
-            "bit" => KeyExpression { sql: format!("CAST({c} + 0 AS CHAR)"), number: true },
-            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => text(format!("REPLACE(TO_BASE64({c}), CHAR(10), '')")),
             // MariaDB's UUID: the bytes in the order of its text form.
             "uuid" => text(format!("TO_BASE64(UNHEX(REPLACE(CAST({c} AS CHAR), '-', '')))")),
             "inet4" | "inet6" => text(format!("TO_BASE64(INET6_ATON(CAST({c} AS CHAR)))")),
-            "timestamp" if precision > 0 => {
-                text(format!("CONCAT(LEFT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s.%f'), {}), 'Z')", 20 + precision))
-            }
-            "timestamp" => text(format!("CONCAT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s'), 'Z')")),
-            _ => text(format!("CAST({c} AS CHAR)")),
+            _ => match TypeFamily::of(data_type) {
+                TypeFamily::Integer | TypeFamily::Year => KeyExpression { sql: format!("CAST({c} AS CHAR)"), number: true },
+                TypeFamily::Bit => KeyExpression { sql: format!("CAST({c} + 0 AS CHAR)"), number: true },
+                TypeFamily::Binary => text(format!("REPLACE(TO_BASE64({c}), CHAR(10), '')")),
+                TypeFamily::Timestamp if precision > 0 => {
+                    text(format!("CONCAT(LEFT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s.%f'), {}), 'Z')", 20 + precision))
+                }
+                TypeFamily::Timestamp => text(format!("CONCAT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s'), 'Z')")),
+                _ => text(format!("CAST({c} AS CHAR)")),
+            },
         }
     }
 
@@ -209,19 +213,11 @@ impl RefResolver {
         if let Some(e) = self.key_expressions.get(&cache_key) {
             return Ok(e.clone());
         }
-        let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
-        let described: Option<(String, Option<u32>)> = conn
-            .exec_first(
-                "SELECT LOWER(DATA_TYPE), DATETIME_PRECISION FROM information_schema.COLUMNS
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
-                (self.db.as_str(), table, column),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let (data_type, precision) = described.ok_or_else(|| {
+        let schema = self.schema(entity, table).await?;
+        let described = schema.column(column).ok_or_else(|| {
             CaptureError::Config(format!("entities.{entity}.key: {}.{table} has no column `{column}`", self.db))
         })?;
-        let expression = KeyExpression::for_column(column, &data_type, precision.unwrap_or(0));
+        let expression = KeyExpression::for_column(column, &described.data_type, described.datetime_precision);
         self.key_expressions.insert(cache_key, expression.clone());
         Ok(expression)
     }
@@ -230,24 +226,26 @@ impl RefResolver {
         if let Some(pk) = self.primary_keys.get(entity) {
             return Ok(pk.clone());
         }
-        let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
-        let cols: Vec<String> = conn
-            .exec(
-                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
-                (self.db.as_str(), table),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        if cols.len() != 1 {
+        let schema = self.schema(entity, table).await?;
+        let [pk] = schema.primary_key.as_slice() else {
             return Err(CaptureError::Config(format!(
                 "entities.{entity}: references need table {}.{table} to have a one-column primary key (it has {})",
                 self.db,
-                cols.len()
+                schema.primary_key.len()
             )));
-        }
-        self.primary_keys.insert(entity.to_string(), cols[0].clone());
-        Ok(cols[0].clone())
+        };
+        self.primary_keys.insert(entity.to_string(), pk.clone());
+        Ok(pk.clone())
+    }
+
+    /// The referenced table as the server describes it (read when a key expression or the
+    /// primary key is first needed; both are kept).
+    async fn schema(&mut self, entity: &str, table: &str) -> Result<TableSchema, CaptureError> {
+        let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
+        schema::load_mysql(&mut conn, &self.db, table)
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| CaptureError::Config(format!("entities.{entity}: table {}.{table} does not exist", self.db)))
     }
 
     fn err(&self, source: mysql_async::Error) -> CaptureError {

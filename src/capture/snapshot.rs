@@ -217,6 +217,11 @@ impl Reader {
                 let config = self.ctx.config.clone();
                 let cfg = &config.entities[&name];
                 let info = table_info(&mut snap.conn, &self.db, &cfg.table, &self.charset_names).await.map_err(|e| CaptureError::Source { site: self.ctx.site.clone(), source: e })?;
+                let Some(info) = info else {
+                    let id = snap.request_id;
+                    self.snapshot = None;
+                    return self.finish_request(id, "failed", &format!("table {}.{} does not exist", self.db, cfg.table)).await;
+                };
                 if info.primary_key.is_empty() {
                     let id = snap.request_id;
                     self.snapshot = None;
@@ -398,76 +403,25 @@ async fn table_info(
     db: &str,
     table: &str,
     charsets: &std::collections::HashMap<String, u16>,
-) -> Result<TableInfo, mysql_async::Error> {
-    // Name, data type, column type, precision, collation, key (bytes: names may be any text).
-    type ColumnRow = (Vec<u8>, Vec<u8>, Vec<u8>, Option<u32>, Option<Vec<u8>>, Vec<u8>);
-    let rows: Vec<ColumnRow> = conn
-        .exec(
-            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), DATETIME_PRECISION, COLLATION_NAME, COLUMN_KEY
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-            (db, table),
-        )
-        .await?;
-    let pk_names: Vec<Vec<u8>> = conn
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
-            (db, table),
-        )
-        .await?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut columns = Vec::new();
-    for (name, data_type, column_type, precision, collation, _) in &rows {
-        let (data_type, column_type) = (text(data_type), text(column_type));
-        let ctype = column_type_of(&data_type);
-        let charset = match collation {
-            Some(c) => charsets.get(&text(c)).copied().unwrap_or(0),
-            None => super::decode::BINARY_CHARSET,
-        };
-        let members = if matches!(ctype, ColumnType::MYSQL_TYPE_ENUM | ColumnType::MYSQL_TYPE_SET) {
-            crate::apply::parse_members(&column_type)
-        } else {
-            Vec::new()
-        };
-        columns.push(ColumnInfo {
-            name: text(name),
-            ctype,
-            meta: vec![precision.unwrap_or(0) as u8],
-            unsigned: column_type.contains("unsigned"),
-            charset,
-            members,
-        });
-    }
-    let primary_key = pk_names.iter().filter_map(|p| columns.iter().position(|c| c.name.as_bytes() == p.as_slice())).collect();
-    Ok(TableInfo { db: db.to_string(), table: table.to_string(), columns, primary_key })
-}
-
-fn column_type_of(data_type: &str) -> ColumnType {
-    use ColumnType::*;
-    match data_type {
-        "tinyint" => MYSQL_TYPE_TINY,
-        "smallint" => MYSQL_TYPE_SHORT,
-        "mediumint" => MYSQL_TYPE_INT24,
-        "int" | "integer" => MYSQL_TYPE_LONG,
-        "bigint" => MYSQL_TYPE_LONGLONG,
-        "decimal" | "numeric" => MYSQL_TYPE_NEWDECIMAL,
-        "float" => MYSQL_TYPE_FLOAT,
-        "double" | "real" => MYSQL_TYPE_DOUBLE,
-        "bit" => MYSQL_TYPE_BIT,
-        "date" => MYSQL_TYPE_NEWDATE,
-        "datetime" => MYSQL_TYPE_DATETIME2,
-        "timestamp" => MYSQL_TYPE_TIMESTAMP2,
-        "time" => MYSQL_TYPE_TIME2,
-        "year" => MYSQL_TYPE_YEAR,
-        "char" | "binary" => MYSQL_TYPE_STRING,
-        "varchar" | "varbinary" => MYSQL_TYPE_VARCHAR,
-        "enum" => MYSQL_TYPE_ENUM,
-        "set" => MYSQL_TYPE_SET,
-        "json" => MYSQL_TYPE_JSON,
-        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
-        | "geometrycollection" => MYSQL_TYPE_GEOMETRY,
-        _ => MYSQL_TYPE_BLOB,
-    }
+) -> Result<Option<TableInfo>, mysql_async::Error> {
+    let Some(schema) = crate::mysql::schema::load_mysql(conn, db, table).await? else { return Ok(None) };
+    let columns: Vec<ColumnInfo> = schema
+        .columns
+        .iter()
+        .map(|c| ColumnInfo {
+            name: c.name.clone(),
+            ctype: crate::mysql::types::binlog_type(&c.data_type),
+            meta: vec![c.datetime_precision as u8],
+            unsigned: c.unsigned(),
+            charset: match &c.collation {
+                Some(collation) => charsets.get(collation).copied().unwrap_or(0),
+                None => super::decode::BINARY_CHARSET,
+            },
+            members: c.members(),
+        })
+        .collect();
+    let primary_key = schema.primary_key.iter().filter_map(|p| columns.iter().position(|c| &c.name == p)).collect();
+    Ok(Some(TableInfo { db: db.to_string(), table: table.to_string(), columns, primary_key }))
 }
 
 /// A value read by SELECT, encoded as the binlog's value of the same column would be.

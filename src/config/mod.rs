@@ -9,7 +9,7 @@ mod filter;
 mod validate;
 
 pub use filter::{Filter, FilterError};
-pub use validate::columns_problems;
+pub use validate::schema_problems;
 
 use std::collections::BTreeMap;
 use std::fmt;

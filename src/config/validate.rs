@@ -3,6 +3,7 @@
 
 use super::{Config, ConfigProblem, Filter, OnDelete};
 use crate::mysql::ident::is_identifier;
+use crate::mysql::schema::TableSchema;
 
 /// Whether `name` can be used as a MySQL identifier inside backticks without escaping: the
 /// control database's name, which sitesync writes into its statements as it is.
@@ -184,15 +185,11 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     problems
 }
 
-/// Checks one entity against the columns its table really has at a site: every configured
-/// column must exist there.
-pub fn columns_problems(
-    config: &super::Config,
-    entity: &str,
-    site: &str,
-    columns: &[String],
-    primary_key: &[String],
-) -> Vec<ConfigProblem> {
+/// Checks one entity against its table as it really is at a site (`None`: it does not exist):
+/// every configured column must exist there. Capture and apply both check with it at start-up.
+pub fn schema_problems(config: &super::Config, entity: &str, site: &str, table: Option<&TableSchema>) -> Vec<ConfigProblem> {
+    let columns = table.map(TableSchema::column_names).unwrap_or_default();
+    let primary_key: &[String] = table.map(|t| t.primary_key.as_slice()).unwrap_or_default();
     let Some(e) = config.entities.get(entity) else { return Vec::new() };
     let table = format!("{}.{}", config.database_of(site), e.table);
     let mut problems = Vec::new();

@@ -1,7 +1,10 @@
 //! What capture and apply both know about MySQL and MariaDB, independent of either: character
-//! sets and text encodings, quoting identifiers. Imports nothing of capture, apply or control.
+//! sets and text encodings, quoting identifiers, type names, and tables as `information_schema`
+//! describes them. Imports nothing of capture, apply or control.
 
 pub mod charset;
 pub mod ident;
+pub mod schema;
+pub mod types;
 
 pub use ident::{qualified, quote};
