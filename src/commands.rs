@@ -243,13 +243,8 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
         }
     }
     let ctl = control_of(config, site).await?;
-    let db = ctl.database().to_string();
-    let id = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO `{db}`.`snapshot_requests` (entities) VALUES (?)")))
-        .bind(entities.join(","))
-        .execute(ctl.pool())
-        .await
-        .context("asking for a snapshot (did `sitesync init` run?)")?
-        .last_insert_id();
+    let requests = ctl.snapshots();
+    let id = requests.request(&entities.join(",")).await?;
     println!("snapshot {id} requested at site {site} ({})", if entities.is_empty() { "all entities".to_string() } else { entities.join(", ") });
     if no_wait {
         return Ok(ExitCode::SUCCESS);
@@ -257,13 +252,8 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
     let started = std::time::Instant::now();
     let mut last = String::new();
     loop {
-        let row: (String, i64, i64, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT status, rows_done, rows_total, message FROM `{db}`.`snapshot_requests` WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_one(ctl.pool())
-        .await?;
-        let (status, done, total, message) = row;
+        let request = requests.get(id).await?.ok_or_else(|| anyhow!("snapshot request {id} disappeared from the control database"))?;
+        let (status, done, total, message) = (request.status, request.rows_done, request.rows_total, request.message);
         let line = match status.as_str() {
             "requested" => format!("waiting for the capture of site {site} to start it (is `sitesync run` running there?)"),
             "running" => format!("running: {done} of {total} rows published ({:.0}%)", if total > 0 { 100.0 * done as f64 / total as f64 } else { 100.0 }),

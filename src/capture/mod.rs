@@ -207,6 +207,8 @@ struct Reader {
     stamps: stamps::Stamps,
     /// Entities stopped alone, and the catch-up of resumed ones.
     isolation: isolation::Isolation,
+    /// Snapshot requests and watermarks.
+    requests: control::SnapshotRequests,
 }
 
 /// Why [`Reader::stream`] returned without an error.
@@ -276,6 +278,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         spare: Encoded::default(),
         stamps: stamps::Stamps::new(ctl.clone(), ctx.site.clone()),
         isolation: isolation::Isolation::new(&ctl, &ctx.site, ctx.metrics.clone(), ctx.health.clone()),
+        requests: ctl.snapshots(),
         ctx: ctx.clone(),
     };
     let mut first = true;
@@ -404,10 +407,7 @@ impl Reader {
         }
         if first {
             // A snapshot that was running, or asked for, when capture stopped starts (again).
-            let running: Vec<(u64, String)> = conn
-                .query(format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id", self.control_db))
-                .await
-                .map_err(|e| self.source_err(e))?;
+            let running = self.requests.open().await?;
             for (id, entities) in running {
                 tracing::info!(site = %self.ctx.site, request = id, "restarting the snapshot that was running");
                 self.start_snapshot(id, &entities).await?;

@@ -18,6 +18,7 @@
 //! created. A capture restarted during a snapshot starts that snapshot again (the records are
 //! idempotent); watermarks of the earlier run are told apart by a per-run nonce.
 
+use crate::control::Watermark;
 use crate::mysql::quote;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -105,10 +106,6 @@ fn pk_indexes(pk: &[String], info: &TableInfo) -> Vec<usize> {
 }
 
 impl Reader {
-    fn control_table(&self, table: &str) -> String {
-        format!("`{}`.`{table}`", self.control_db)
-    }
-
     async fn snapshot_conn(&self) -> Result<mysql_async::Conn, CaptureError> {
         // A connection of its own: its session settings must not leak into the pool.
         let mut conn = mysql_async::Conn::new(self.pool_opts.clone()).await.map_err(|e| self.source_err(e))?;
@@ -130,12 +127,7 @@ impl Reader {
         }
         // The request's insert is read again when capture resumes from an earlier checkpoint:
         // a snapshot that is done (or failed) is not run twice.
-        let status: Option<String> = {
-            let mut conn = self.pool.get_conn().await.map_err(|e| self.source_err(e))?;
-            conn.exec_first(format!("SELECT status FROM {} WHERE id = ?", self.control_table("snapshot_requests")), (id,))
-                .await
-                .map_err(|e| self.source_err(e))?
-        };
+        let status = self.requests.get(id).await?.map(|r| r.status);
         if !matches!(status.as_deref(), Some("requested" | "running")) {
             return Ok(());
         }
@@ -163,11 +155,7 @@ impl Reader {
             total += count.unwrap_or(0);
         }
         drop(conn_count);
-        self.control_exec(
-            &format!("UPDATE {} SET status = 'running', rows_total = ?, rows_done = 0 WHERE id = ?", self.control_table("snapshot_requests")),
-            (total, id),
-        )
-        .await?;
+        self.requests.start(id, total).await?;
         self.snapshot = Some(Snapshot {
             request_id: id,
             run,
@@ -185,17 +173,8 @@ impl Reader {
         self.next_chunk().await
     }
 
-    async fn control_exec<P: Into<mysql_async::Params> + Send>(&self, sql: &str, params: P) -> Result<(), CaptureError> {
-        let mut conn = self.pool.get_conn().await.map_err(|e| self.source_err(e))?;
-        conn.exec_drop(sql, params).await.map_err(|e| self.source_err(e))
-    }
-
     async fn finish_request(&mut self, id: u64, status: &str, message: &str) -> Result<(), CaptureError> {
-        self.control_exec(
-            &format!("UPDATE {} SET status = ?, message = ? WHERE id = ?", self.control_table("snapshot_requests")),
-            (status, message, id),
-        )
-        .await?;
+        self.requests.finish(id, status, message).await?;
         tracing::info!(site = %self.ctx.site, request = id, status, message, "snapshot ends");
         Ok(())
     }
@@ -243,14 +222,12 @@ impl Reader {
             }
         }
         let chunk_rows = self.ctx.config.capture.snapshot_chunk_rows.max(1);
-        let watermarks = self.control_table("snapshot_watermarks");
-        let received = self.control_table("received_rows");
         let snap = self.snapshot.as_mut().expect("snapshot running");
         snap.chunk += 1;
         snap.window_open = false;
         let entity = snap.entity.clone().expect("entity chosen");
-        let mark = |kind: &'static str| format!("INSERT INTO {watermarks} (request_id, run, chunk, kind) VALUES ({}, {}, {}, '{kind}')", snap.request_id, snap.run, snap.chunk);
-        let (low, high) = (mark("low"), mark("high"));
+        let mark = |kind| self.requests.watermark_sql(snap.request_id, snap.run, snap.chunk, kind);
+        let (low, high) = (mark(Watermark::Low), mark(Watermark::High));
         let columns: Vec<String> = entity.info.columns.iter().map(|c| quote(&c.name)).collect();
         let pk: Vec<String> = snap.pk_columns.iter().map(|c| quote(c)).collect();
         let mut conditions = Vec::new();
@@ -261,11 +238,7 @@ impl Reader {
         // publish: a snapshot publishes what this site owns (its application's rows and its
         // history), so no row is re-attributed and the traffic does not grow with the sites.
         if let [only] = pk.as_slice() {
-            conditions.push(format!(
-                "NOT EXISTS (SELECT 1 FROM {} r WHERE r.entity = '{}' AND r.local_key = CAST(t.{only} AS CHAR))",
-                received,
-                entity.name.replace('\\', "\\\\").replace('\'', "''")
-            ));
+            conditions.push(self.requests.not_received_sql(&entity.name, &format!("CAST(t.{only} AS CHAR)")));
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let select = format!(
@@ -334,11 +307,11 @@ impl Reader {
         if snap.request_id != request || snap.run != run || snap.chunk != chunk {
             return Ok(());
         }
-        if kind == "low" {
+        if kind == Watermark::Low.as_str() {
             snap.window_open = true;
             return Ok(());
         }
-        if kind != "high" {
+        if kind != Watermark::High.as_str() {
             return Ok(());
         }
         snap.window_open = false;
@@ -387,11 +360,7 @@ impl Reader {
         if exhausted {
             snap.entity = None;
         }
-        self.control_exec(
-            &format!("UPDATE {} SET rows_done = ? WHERE id = ?", self.control_table("snapshot_requests")),
-            (done, request_id),
-        )
-        .await?;
+        self.requests.progress(request_id, done as i64).await?;
         self.next_chunk().await
     }
 }

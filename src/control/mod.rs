@@ -18,8 +18,10 @@
 //! - `dead_letters`: records that could not be applied, with the reason.
 //! - `stopped_entities`: entities whose capture stopped alone, and where ([`stopped`]).
 
+mod snapshots;
 mod stopped;
 
+pub use snapshots::{SnapshotRequest, SnapshotRequests, Watermark};
 pub use stopped::{StoppedEntities, StoppedEntity};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
@@ -323,6 +325,11 @@ impl Control {
         move |source| ControlError::Sql { db: self.db.clone(), what, source }
     }
 
+    /// Snapshot requests and watermarks.
+    pub fn snapshots(&self) -> SnapshotRequests {
+        SnapshotRequests::new(self.pool.clone(), self.db.clone())
+    }
+
     /// The entities whose capture stopped alone.
     pub fn stopped(&self) -> StoppedEntities {
         StoppedEntities::new(self.pool.clone(), self.db.clone())
@@ -394,27 +401,8 @@ impl Control {
                    PRIMARY KEY (entity, local_key)
                  ) ENGINE=InnoDB"
             ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
-                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-                   entities TEXT NOT NULL,
-                   status VARCHAR(16) NOT NULL DEFAULT 'requested',
-                   rows_total BIGINT NOT NULL DEFAULT 0,
-                   rows_done BIGINT NOT NULL DEFAULT 0,
-                   message TEXT NULL,
-                   created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-                   updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
-                 ) ENGINE=InnoDB"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_watermarks` (
-                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-                   request_id BIGINT UNSIGNED NOT NULL,
-                   run BIGINT UNSIGNED NOT NULL,
-                   chunk BIGINT UNSIGNED NOT NULL,
-                   kind VARCHAR(8) NOT NULL
-                 ) ENGINE=InnoDB"
-            ),
+            snapshots::ddl(db)[0].clone(),
+            snapshots::ddl(db)[1].clone(),
             format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.`parked` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,

@@ -1,0 +1,146 @@
+//! `snapshot_requests` and `snapshot_watermarks`: snapshots asked for (`sitesync snapshot`
+//! inserts a request; the running capture reads its insert in the binlog, runs it and keeps its
+//! status), and the watermarks that place each chunk in the binlog. Capture writes the
+//! watermarks on its own snapshot connection, in the session that reads the chunk: this module
+//! gives it their statement.
+
+use sqlx::{MySqlPool, Row};
+
+use super::ControlError;
+
+/// The tables' definitions, for [`super::Control::ddl`].
+pub(super) fn ddl(db: &str) -> [String; 2] {
+    [
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
+                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                   entities TEXT NOT NULL,
+                   status VARCHAR(16) NOT NULL DEFAULT 'requested',
+                   rows_total BIGINT NOT NULL DEFAULT 0,
+                   rows_done BIGINT NOT NULL DEFAULT 0,
+                   message TEXT NULL,
+                   created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                   updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_watermarks` (
+                   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                   request_id BIGINT UNSIGNED NOT NULL,
+                   run BIGINT UNSIGNED NOT NULL,
+                   chunk BIGINT UNSIGNED NOT NULL,
+                   kind VARCHAR(8) NOT NULL
+                 ) ENGINE=InnoDB"
+            ),
+    ]
+}
+
+/// Where a snapshot request stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRequest {
+    /// `requested`, `running`, `done` or `failed`.
+    pub status: String,
+    /// Rows published so far.
+    pub rows_done: i64,
+    /// Rows counted when it started.
+    pub rows_total: i64,
+    /// Why it failed, or what it did.
+    pub message: Option<String>,
+}
+
+/// The snapshot tables of one control database.
+#[derive(Clone)]
+pub struct SnapshotRequests {
+    pool: MySqlPool,
+    db: String,
+}
+
+impl SnapshotRequests {
+    pub(super) fn new(pool: MySqlPool, db: String) -> Self {
+        Self { pool, db }
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError + '_ {
+        move |source| ControlError::Sql { db: self.db.clone(), what, source }
+    }
+
+    async fn exec(&self, what: &'static str, q: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>) -> Result<u64, ControlError> {
+        Ok(q.execute(&self.pool).await.map_err(self.err(what))?.last_insert_id())
+    }
+
+    /// Asks for a snapshot of `entities` (comma-separated; empty: all); its id.
+    pub async fn request(&self, entities: &str) -> Result<u64, ControlError> {
+        let sql = format!("INSERT INTO `{}`.`snapshot_requests` (entities) VALUES (?)", self.db);
+        self.exec("asking for a snapshot (did `sitesync init` run?)", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(entities)).await
+    }
+
+    /// The request `id`, if it exists.
+    pub async fn get(&self, id: u64) -> Result<Option<SnapshotRequest>, ControlError> {
+        let sql = format!("SELECT status, rows_done, rows_total, message FROM `{}`.`snapshot_requests` WHERE id = ?", self.db);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(self.err("reading a snapshot request"))?;
+        Ok(row.map(|r| SnapshotRequest { status: r.get(0), rows_done: r.get(1), rows_total: r.get(2), message: r.get(3) }))
+    }
+
+    /// Requests asked for or running (a restarted capture starts them again): (id, entities).
+    pub async fn open(&self) -> Result<Vec<(u64, String)>, ControlError> {
+        let sql = format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id", self.db);
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.map_err(self.err("reading snapshot requests"))
+    }
+
+    /// The request starts: `total` rows to publish.
+    pub async fn start(&self, id: u64, total: i64) -> Result<(), ControlError> {
+        let sql = format!("UPDATE `{}`.`snapshot_requests` SET status = 'running', rows_total = ?, rows_done = 0 WHERE id = ?", self.db);
+        self.exec("starting a snapshot", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(total).bind(id)).await.map(drop)
+    }
+
+    /// `done` rows published so far.
+    pub async fn progress(&self, id: u64, done: i64) -> Result<(), ControlError> {
+        let sql = format!("UPDATE `{}`.`snapshot_requests` SET rows_done = ? WHERE id = ?", self.db);
+        self.exec("recording snapshot progress", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(done).bind(id)).await.map(drop)
+    }
+
+    /// The request ends with `status` (`done` or `failed`) and why.
+    pub async fn finish(&self, id: u64, status: &str, message: &str) -> Result<(), ControlError> {
+        let sql = format!("UPDATE `{}`.`snapshot_requests` SET status = ?, message = ? WHERE id = ?", self.db);
+        self.exec("ending a snapshot", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(status).bind(message).bind(id)).await.map(drop)
+    }
+
+    /// The statement that writes one watermark (`kind` `low` or `high`) of chunk `chunk` of run
+    /// `run` of request `request`, for capture's snapshot connection.
+    pub fn watermark_sql(&self, request: u64, run: u64, chunk: u64, kind: Watermark) -> String {
+        format!(
+            "INSERT INTO `{}`.`snapshot_watermarks` (request_id, run, chunk, kind) VALUES ({request}, {run}, {chunk}, '{}')",
+            self.db,
+            kind.as_str()
+        )
+    }
+
+    /// A condition on the snapshot's rows: the row whose primary key as text is `local_key` was
+    /// not created here by the applier from another site's change (`received_rows`).
+    pub fn not_received_sql(&self, entity: &str, local_key: &str) -> String {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM `{}`.`received_rows` r WHERE r.entity = '{}' AND r.local_key = {local_key})",
+            self.db,
+            entity.replace('\\', "\\\\").replace('\'', "''")
+        )
+    }
+}
+
+/// The two watermarks around a snapshot chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watermark {
+    /// Written before the chunk is read.
+    Low,
+    /// Written after.
+    High,
+}
+
+impl Watermark {
+    /// As stored in `snapshot_watermarks.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Watermark::Low => "low",
+            Watermark::High => "high",
+        }
+    }
+}
