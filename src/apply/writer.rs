@@ -1,5 +1,6 @@
 //! Writes one change record into the local database, inside the caller's transaction.
 
+use crate::control::RowStatements;
 use crate::mysql::quote;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -259,7 +260,7 @@ impl EntityPlan {
     /// map, if that row is still here.
     async fn mapped_id(&self, tx: &mut Transaction<'_, MySql>, origin: &str, origin_id: &Value) -> Result<Option<Value>, ApplyError> {
         let [pk] = self.target.primary_key.as_slice() else { return Ok(None) };
-        let mapped = format!("SELECT local_key FROM `{}`.`identity_map` WHERE entity = ? AND origin = ? AND origin_key = ?", self.control_db);
+        let mapped = self.row_statements(pk).mapped_id();
         let Some(local_key) = sqlx::query_scalar::<_, String>(AssertSqlSafe(mapped))
             .bind(&self.name)
             .bind(origin)
@@ -355,15 +356,15 @@ impl EntityPlan {
         format!("MD5(CONCAT_WS(',', {}))", parts.join(", "))
     }
 
+    /// The control statements about this table's rows (`pk`: its one-column primary key).
+    fn row_statements(&self, pk: &str) -> RowStatements {
+        RowStatements { db: self.control_db.clone(), from: self.target.qualified(), pk_text: format!("CAST({} AS CHAR)", quote(pk)) }
+    }
+
     /// Records in `row_versions` the digest of the row at `key` as just written.
     async fn record_content(&self, tx: &mut Transaction<'_, MySql>, key: &[(String, SqlValue)]) -> Result<(), ApplyError> {
-        let sql = format!(
-            "UPDATE `{}`.`row_versions` SET content = (SELECT {} FROM {} WHERE {} LIMIT 1) WHERE entity = ? AND row_key = ?",
-            self.control_db,
-            self.content_expr(),
-            self.target.qualified(),
-            where_clause(key)
-        );
+        let statements = RowStatements { db: self.control_db.clone(), from: self.target.qualified(), pk_text: String::new() };
+        let sql = statements.record_content(&self.content_expr(), &where_clause(key));
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (_, v) in key {
             q = bind(q, v.clone());
@@ -382,15 +383,7 @@ impl EntityPlan {
     ) -> Result<(), ApplyError> {
         let [pk] = self.target.primary_key.as_slice() else { return Ok(()) };
         let Some(origin_id) = origin_image.get(pk) else { return Ok(()) };
-        let sql = format!(
-            "INSERT INTO `{}`.`identity_map` (entity, origin, origin_key, local_key)
-             SELECT ?, ?, ?, CAST({pk} AS CHAR) FROM {} WHERE {} LIMIT 1
-             ON DUPLICATE KEY UPDATE local_key = VALUES(local_key)",
-            self.control_db,
-            self.target.qualified(),
-            where_clause(key),
-            pk = quote(pk),
-        );
+        let sql = self.row_statements(pk).remember_identity(&where_clause(key));
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.name).bind(origin).bind(origin_id.to_string());
         for (_, v) in key {
             q = bind(q, v.clone());
@@ -410,15 +403,7 @@ impl EntityPlan {
     /// snapshot here leaves it to its origin (one-column primary keys).
     async fn mark_received(&self, tx: &mut Transaction<'_, MySql>, origin: &str, key: &[(String, SqlValue)]) -> Result<(), ApplyError> {
         let [pk] = self.target.primary_key.as_slice() else { return Ok(()) };
-        let sql = format!(
-            "INSERT INTO `{}`.`received_rows` (entity, local_key, origin)
-             SELECT ?, CAST({pk} AS CHAR), ? FROM {} WHERE {} LIMIT 1
-             ON DUPLICATE KEY UPDATE origin = VALUES(origin)",
-            self.control_db,
-            self.target.qualified(),
-            where_clause(key),
-            pk = quote(pk),
-        );
+        let sql = self.row_statements(pk).mark_received(&where_clause(key));
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.name).bind(origin);
         for (_, v) in key {
             q = bind(q, v.clone());

@@ -18,6 +18,7 @@
 //! - `dead_letters`: records that could not be applied, with the reason.
 //! - `stopped_entities`: entities whose capture stopped alone, and where ([`stopped`]).
 
+mod rows;
 mod snapshots;
 mod stopped;
 
@@ -38,59 +39,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] =
     ];
 
 pub use crate::stamp::VersionEntry;
-
-/// The `row_versions` entries of `entity` for `row_keys` (row key, entry). Row keys compare
-/// exactly (the control database is utf8mb4_bin).
-pub async fn read_versions(
-    db: &str,
-    conn: &mut sqlx::MySqlConnection,
-    entity: &str,
-    row_keys: &[&str],
-) -> Result<Vec<(String, VersionEntry)>, sqlx::Error> {
-    let mut out = Vec::new();
-    for chunk in statement_chunks(row_keys, MAX_STATEMENT_ROWS) {
-        let sql = format!(
-            "SELECT row_key, origin, version, depth, COALESCE(row_version, version), deleted, content FROM `{db}`.`row_versions` WHERE entity = ? AND row_key IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut q = sqlx::query_as::<_, (String, String, String, u32, String, i8, Option<String>)>(AssertSqlSafe(sql)).bind(entity);
-        for k in chunk {
-            q = q.bind(*k);
-        }
-        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(key, site, version, depth, row_version, deleted, content)| {
-            (key, VersionEntry { stamp: crate::stamp::Stamp { version, depth, site }, row_version, deleted: deleted == 1, content })
-        }));
-    }
-    Ok(out)
-}
-
-/// Forgets, inside `tx`, what `row_versions` knew under a row key the row no longer has.
-pub async fn forget_versions(db: &str, tx: &mut Transaction<'_, MySql>, entity: &str, row_key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(AssertSqlSafe(format!("DELETE FROM `{db}`.`row_versions` WHERE entity = ? AND row_key = ?")))
-        .bind(entity)
-        .bind(row_key)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Records, inside `tx`, the stamp of the version each row now has (entity, row key, entry),
-/// many per statement; a later entry for a row wins.
-pub async fn write_versions(db: &str, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {
-    for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
-        let mut sql = format!("INSERT INTO `{db}`.`row_versions` (entity, row_key, origin, version, depth, row_version, deleted, content) VALUES ");
-        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
-        sql.push_str(
-            " ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), depth = VALUES(depth), row_version = VALUES(row_version), deleted = VALUES(deleted), content = VALUES(content)",
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (entity, row_key, e) in chunk {
-            q = q.bind(*entity).bind(*row_key).bind(&e.stamp.site).bind(&e.stamp.version).bind(e.stamp.depth).bind(&e.row_version).bind(e.deleted as i8).bind(&e.content);
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
+pub use rows::{forget_versions, read_versions, write_versions, RowStatements};
 
 /// The table whose change marks a binlog transaction as written by sitesync's applier.
 pub const ECHO_MARKER_TABLE: &str = "apply_offsets";
