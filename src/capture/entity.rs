@@ -102,10 +102,10 @@ impl Reader {
             let info = || TableInfo::from_event(tme).map(Arc::new).map_err(|e| CaptureError::Config(e.to_string()));
             return Ok(match table.as_ref() {
                 ECHO_MARKER_TABLE => TableRole::EchoMarker,
-                "snapshot_requests" => TableRole::SnapshotRequest(info()?),
-                "snapshot_watermarks" => TableRole::Watermark(info()?),
-                "row_versions" => TableRole::RowVersions(info()?),
-                "stopped_entities" => TableRole::StoppedEntities(info()?),
+                control::SNAPSHOT_REQUESTS_TABLE => TableRole::SnapshotRequest(info()?),
+                control::SNAPSHOT_WATERMARKS_TABLE => TableRole::Watermark(info()?),
+                control::ROW_VERSIONS_TABLE => TableRole::RowVersions(info()?),
+                control::STOPPED_ENTITIES_TABLE => TableRole::StoppedEntities(info()?),
                 _ => TableRole::Other,
             });
         }

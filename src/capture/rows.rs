@@ -54,13 +54,9 @@ impl Reader {
                 let info = info.clone();
                 for row in decode::rows(&data, &info) {
                     let (before, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
-                    let flag = |r: Option<&mysql_async::binlog::row::BinlogRow>| -> Result<bool, CaptureError> {
-                        Ok(match r {
-                            Some(r) => self.control_image(&info, r, start_pos)?.get("resume").and_then(Value::as_i64) == Some(1),
-                            None => false,
-                        })
-                    };
-                    if flag(after.as_ref())? && !flag(before.as_ref())? {
+                    let before = before.map(|r| self.control_image(&info, &r, start_pos)).transpose()?;
+                    let after = after.map(|r| self.control_image(&info, &r, start_pos)).transpose()?;
+                    if control::resume_of_change(before.as_ref(), after.as_ref()) {
                         self.isolation.rewind = true;
                     }
                 }
@@ -78,10 +74,11 @@ impl Reader {
                         let image = self.control_image(&info, &after, start_pos)?;
                         // Read again for resumed entities: only theirs, or others' stamps would
                         // go back to older ones.
-                        if replay && self.isolation.skips(image.get("entity").and_then(Value::as_str).unwrap_or(""), true) {
+                        let Some((entity, row_key, entry)) = control::version_of_image(&image) else { continue };
+                        if replay && self.isolation.skips(&entity, true) {
                             continue;
                         }
-                        self.stamps.recorded(&image);
+                        self.stamps.recorded(entity, row_key, entry);
                     }
                 }
                 return Ok(());
@@ -101,8 +98,7 @@ impl Reader {
                 }
                 for image in images {
                     if is_request {
-                        let id = image.get("id").and_then(Value::as_u64).unwrap_or(0);
-                        let entities = image.get("entities").and_then(Value::as_str).unwrap_or("").to_string();
+                        let (id, entities) = control::request_of_image(&image);
                         self.start_snapshot(id, &entities).await?;
                     } else {
                         self.on_watermark(&image, publisher).await?;

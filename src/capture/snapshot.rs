@@ -18,7 +18,7 @@
 //! created. A capture restarted during a snapshot starts that snapshot again (the records are
 //! idempotent); watermarks of the earlier run are told apart by a per-run nonce.
 
-use crate::control::Watermark;
+use crate::control::{Watermark, WatermarkRow};
 use crate::mysql::quote;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -300,19 +300,18 @@ impl Reader {
 
     /// A watermark row seen in the binlog.
     pub(super) async fn on_watermark(&mut self, image: &Map<String, Value>, publisher: &mut Publisher) -> Result<(), CaptureError> {
-        let num = |k: &str| image.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let (request, run, chunk) = (num("request_id"), num("run"), num("chunk"));
-        let kind = image.get("kind").and_then(Value::as_str).unwrap_or("");
+        let mark = WatermarkRow::of_image(image);
         let Some(snap) = self.snapshot.as_mut() else { return Ok(()) };
-        if snap.request_id != request || snap.run != run || snap.chunk != chunk {
+        if snap.request_id != mark.request_id || snap.run != mark.run || snap.chunk != mark.chunk {
             return Ok(());
         }
-        if kind == Watermark::Low.as_str() {
-            snap.window_open = true;
-            return Ok(());
-        }
-        if kind != Watermark::High.as_str() {
-            return Ok(());
+        match mark.kind {
+            Some(Watermark::Low) => {
+                snap.window_open = true;
+                return Ok(());
+            }
+            Some(Watermark::High) => {}
+            None => return Ok(()),
         }
         snap.window_open = false;
         let entity = snap.entity.clone().expect("entity chosen");
@@ -327,7 +326,7 @@ impl Reader {
             }
         }
         let n = out.len();
-        let txn_id = format!("{}{request_id}-{run}-{}-{chunk}", record::SNAPSHOT_TRANSACTION_PREFIX, entity.name);
+        let txn_id = format!("{}{request_id}-{run}-{}-{}", record::SNAPSHOT_TRANSACTION_PREFIX, entity.name, mark.chunk);
         let now_ms = record::now_ms();
         let mut records = Vec::with_capacity(n);
         for (i, change) in out.into_iter().enumerate() {

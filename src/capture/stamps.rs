@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
 
 use super::envelope::Image;
 use super::entity::EntityTable;
@@ -48,16 +47,8 @@ impl Stamps {
     }
 
     /// A `row_versions` row that this site's applier wrote, as the binlog carries it.
-    pub(super) fn recorded(&mut self, image: &Map<String, Value>) {
-        let text = |k: &str| image.get(k).map(stamp::version_text);
-        let (Some(entity), Some(row_key), Some(site), Some(version)) = (text("entity"), text("row_key"), text("origin"), text("version")) else {
-            return;
-        };
-        let depth = image.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
-        let row_version = image.get("row_version").filter(|v| !v.is_null()).map(stamp::version_text).unwrap_or_else(|| version.clone());
-        let deleted = image.get("deleted").and_then(Value::as_u64).unwrap_or(0) == 1;
-        let content = image.get("content").filter(|v| !v.is_null()).map(stamp::version_text);
-        self.remember(entity, row_key, VersionEntry { stamp: Stamp { version, depth, site }, row_version, deleted, content });
+    pub(super) fn recorded(&mut self, entity: String, row_key: String, entry: VersionEntry) {
+        self.remember(entity, row_key, entry);
     }
 
     /// The stamp of a change that this site's application made (before the entity's filter

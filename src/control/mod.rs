@@ -22,8 +22,17 @@ mod rows;
 mod snapshots;
 mod stopped;
 
-pub use snapshots::{SnapshotRequest, SnapshotRequests, Watermark};
-pub use stopped::{StoppedEntities, StoppedEntity};
+pub use snapshots::{request_of_image, SnapshotRequest, SnapshotRequests, Watermark, WatermarkRow};
+pub use stopped::{resume_of_change, StoppedEntities, StoppedEntity};
+
+/// Control tables whose changes capture reads in the binlog.
+pub const SNAPSHOT_REQUESTS_TABLE: &str = "snapshot_requests";
+/// See [`SNAPSHOT_REQUESTS_TABLE`].
+pub const SNAPSHOT_WATERMARKS_TABLE: &str = "snapshot_watermarks";
+/// See [`SNAPSHOT_REQUESTS_TABLE`].
+pub const ROW_VERSIONS_TABLE: &str = "row_versions";
+/// See [`SNAPSHOT_REQUESTS_TABLE`].
+pub const STOPPED_ENTITIES_TABLE: &str = "stopped_entities";
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, MySql, Row as _, Transaction};
@@ -39,7 +48,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] =
     ];
 
 pub use crate::stamp::VersionEntry;
-pub use rows::{forget_versions, read_versions, write_versions, RowStatements};
+pub use rows::{forget_versions, read_versions, version_of_image, write_versions, RowStatements};
 
 /// The table whose change marks a binlog transaction as written by sitesync's applier.
 pub const ECHO_MARKER_TABLE: &str = "apply_offsets";

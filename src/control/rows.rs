@@ -8,7 +8,9 @@
 use sqlx::{AssertSqlSafe, MySql, Transaction};
 
 use super::{statement_chunks, MAX_STATEMENT_ROWS};
-use crate::stamp::VersionEntry;
+use serde_json::{Map, Value};
+
+use crate::stamp::{self, Stamp, VersionEntry};
 
 /// The `row_versions` entries of `entity` for `row_keys` (row key, entry). Row keys compare
 /// exactly (the control database is utf8mb4_bin).
@@ -109,4 +111,15 @@ impl RowStatements {
             self.db, self.pk_text, self.from
         )
     }
+}
+
+/// A `row_versions` row as capture reads it in the binlog: (entity, row key, entry).
+pub fn version_of_image(image: &Map<String, Value>) -> Option<(String, String, VersionEntry)> {
+    let text = |k: &str| image.get(k).map(stamp::version_text);
+    let (entity, row_key, site, version) = (text("entity")?, text("row_key")?, text("origin")?, text("version")?);
+    let depth = image.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
+    let row_version = image.get("row_version").filter(|v| !v.is_null()).map(stamp::version_text).unwrap_or_else(|| version.clone());
+    let deleted = image.get("deleted").and_then(Value::as_u64).unwrap_or(0) == 1;
+    let content = image.get("content").filter(|v| !v.is_null()).map(stamp::version_text);
+    Some((entity, row_key, VersionEntry { stamp: Stamp { version, depth, site }, row_version, deleted, content }))
 }

@@ -4,6 +4,7 @@
 //! watermarks on its own snapshot connection, in the session that reads the chunk: this module
 //! gives it their statement.
 
+use serde_json::{Map, Value};
 use sqlx::{MySqlPool, Row};
 
 use super::ControlError;
@@ -142,5 +143,36 @@ impl Watermark {
             Watermark::Low => "low",
             Watermark::High => "high",
         }
+    }
+}
+
+/// A `snapshot_requests` insert as capture reads it in the binlog: (id, entities).
+pub fn request_of_image(image: &Map<String, Value>) -> (u64, String) {
+    (image.get("id").and_then(Value::as_u64).unwrap_or(0), image.get("entities").and_then(Value::as_str).unwrap_or("").to_string())
+}
+
+/// A `snapshot_watermarks` insert as capture reads it in the binlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkRow {
+    /// The snapshot request.
+    pub request_id: u64,
+    /// Which run of it.
+    pub run: u64,
+    /// Which chunk.
+    pub chunk: u64,
+    /// Low or high; `None` for anything else.
+    pub kind: Option<Watermark>,
+}
+
+impl WatermarkRow {
+    /// The watermark of a binlog image.
+    pub fn of_image(image: &Map<String, Value>) -> Self {
+        let num = |k: &str| image.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let kind = match image.get("kind").and_then(Value::as_str) {
+            Some("low") => Some(Watermark::Low),
+            Some("high") => Some(Watermark::High),
+            _ => None,
+        };
+        WatermarkRow { request_id: num("request_id"), run: num("run"), chunk: num("chunk"), kind }
     }
 }

@@ -4,6 +4,7 @@
 //! it to go on; capture then reads the binlog again from there for that entity only, up to
 //! `catch_up_until` (how far it had read for the others), and deletes the row once past it.
 
+use serde_json::{Map, Value};
 use sqlx::{MySqlPool, Row};
 
 use super::ControlError;
@@ -139,4 +140,11 @@ impl StoppedEntities {
         }
         Ok(())
     }
+}
+
+/// Whether a `stopped_entities` change read in the binlog is `sitesync resume` (its resume flag
+/// going from 0 to 1).
+pub fn resume_of_change(before: Option<&Map<String, Value>>, after: Option<&Map<String, Value>>) -> bool {
+    let flag = |image: Option<&Map<String, Value>>| image.and_then(|i| i.get("resume")).and_then(Value::as_i64) == Some(1);
+    flag(after) && !flag(before)
 }
