@@ -23,6 +23,7 @@ pub use target::{TargetColumn, TargetTable};
 pub use replay::{replay, Replayed};
 pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
+use sqlx::{MySql, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -636,138 +637,39 @@ impl Applier {
     ///
     /// Not `careful`: rows go in multi-row statements across the whole batch, and anything
     /// that would need a savepoint (a wait, a schema change) abandons it for the careful path.
+    /// One local transaction for `batch`: offsets (the echo marker) first, then each source
+    /// transaction (dead letters, duplicates skipped, the fast set-based path or the careful
+    /// per-record one), then progress, commit, and the metrics of what it did.
     async fn try_apply(&mut self, batch: &[CompleteTxn], dead_reason: Option<&str>, careful: bool) -> Result<(), ApplyError> {
-        let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
-        for t in batch {
-            match offsets.iter_mut().find(|(topic, p, _)| *topic == t.topic && *p == t.partition) {
-                Some(o) => o.2 = o.2.max(t.next_offset()),
-                None => offsets.push((&t.topic, t.partition, t.next_offset())),
-            }
-        }
         let started = std::time::Instant::now();
         let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
-        self.control.write_offsets(&mut tx, &offsets).await.map_err(ApplyError::Database)?;
-        let mut counts: HashMap<(String, String, &'static str), u64> = HashMap::new();
-        let mut applied_txns: Vec<usize> = Vec::new();
-        let mut progress: HashMap<(String, String), (u64, String, i64)> = HashMap::new();
-        let mut newly_parked: HashSet<String> = HashSet::new();
-        let mut dead = 0i64;
+        self.control.write_offsets(&mut tx, &batch_offsets(batch)).await.map_err(ApplyError::Database)?;
+        let mut tally = BatchTally::default();
         let mut pending = fast::Pending::default();
         if !careful && dead_reason.is_none() {
             pending.known = self.prefetch(&mut tx, batch).await?;
         }
         let prefetched = started.elapsed();
-        for (t_index, t) in batch.iter().enumerate() {
-            let duplicate = self.already_applied(t)
-                || t.txn.as_ref().is_some_and(|(id, _)| {
-                    progress.get(&(t.origin.clone(), id.stream.clone())).is_some_and(|(seq, _, _)| *seq >= id.seq)
-                });
-            if let Some((id, gtid)) = &t.txn {
-                if !duplicate {
-                    progress.insert((t.origin.clone(), id.stream.clone()), (id.seq, gtid.clone(), t.source_ts_ms));
-                }
-            }
-            // Unreadable messages and whole dead transactions become dead letters.
-            let unreadable = t.records.iter().any(|r| r.head.is_err());
-            if unreadable || dead_reason.is_some() {
+        for (index, t) in batch.iter().enumerate() {
+            let duplicate = self.note_progress(t, &mut tally);
+            if dead_reason.is_some() || t.records.iter().any(|r| r.head.is_err()) {
+                // Unreadable messages and whole dead transactions become dead letters.
+                self.store_dead(&mut tx, t, duplicate, dead_reason, &mut tally).await?;
+            } else if duplicate {
                 for inc in &t.records {
-                    let (entity, reason) = match (&inc.head, dead_reason) {
-                        (Err(reason), _) => (None, reason.as_str()),
-                        (Ok(h), Some(reason)) => (Some(h.entity.as_str()), reason),
-                        (Ok(h), None) => (Some(h.entity.as_str()), "part of a transaction with an unreadable record"),
-                    };
-                    if duplicate && inc.head.is_ok() {
-                        *counts.entry((t.origin.clone(), inc.entity(), "skipped")).or_default() += 1;
-                        continue;
-                    }
-                    self.dead_letter(&mut tx, t, inc, entity, reason).await?;
-                    dead += 1;
-                    *counts.entry((t.origin.clone(), inc.entity(), "dead_letter")).or_default() += 1;
+                    tally.count(&t.origin, inc.entity(), "skipped");
                 }
-                continue;
-            }
-            if duplicate {
-                for inc in &t.records {
-                    *counts.entry((t.origin.clone(), inc.entity(), "skipped")).or_default() += 1;
-                }
-                continue;
-            }
-            if !careful {
-                // Record by record: a large transaction is never held parsed whole here.
-                if !self.parked_keys.is_empty() || !newly_parked.is_empty() {
-                    for inc in &t.records {
-                        let r = inc.record().map_err(unreadable_record)?;
-                        if touched_rows(&r).iter().map(|k| scoped(&t.origin, k)).any(|k| self.parked_keys.contains(&k) || newly_parked.contains(&k)) {
-                            return Err(ApplyError::NeedsCare);
-                        }
-                    }
-                }
-                let outcomes = self.write_fast(&mut tx, &mut pending, &t.origin, &t.records).await?;
-                applied_txns.push(t_index);
-                for (inc, o) in t.records.iter().zip(outcomes) {
-                    *counts.entry((t.origin.clone(), inc.entity(), o)).or_default() += 1;
-                }
-                continue;
-            }
-            let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
-            // A snapshot chunk does not wait behind parked changes of its rows: it is the state
-            // of those rows at a later point, the parked changes still apply after it in their
-            // order, and the rows they wait for are often in it (history that only a snapshot
-            // brings): waiting would never end.
-            let waits = !t.is_snapshot()
-                && records.iter().any(|r| touched_rows(r).iter().map(|k| scoped(&t.origin, k)).any(|k| self.parked_keys.contains(&k) || newly_parked.contains(&k)));
-            if waits {
-                let all: Vec<usize> = (0..records.len()).collect();
-                let reason = "an earlier transaction changing the same rows is waiting";
-                newly_parked.extend(self.park(&mut tx, t, &records, &all, reason).await?);
-                continue;
-            }
-            let now: Vec<usize> = (0..records.len()).collect();
-            let ready: Vec<&ChangeRecord> = now.iter().map(|&i| &records[i]).collect();
-            sqlx::query("SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-            if t.is_snapshot() {
-                // The rows that can go, go; those whose referenced rows are not here wait alone.
-                let (outcomes, waiting, why) = match self.apply_what_can(&mut tx, &t.origin, &ready).await {
-                    Ok(done) => done,
-                    Err(ApplyError::Wait(reason)) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-                        newly_parked.extend(self.park(&mut tx, t, &records, &now, &reason).await?);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                applied_txns.push(t_index);
-                for (i, o) in outcomes.into_iter().enumerate() {
-                    if !waiting.contains(&i) {
-                        *counts.entry((t.origin.clone(), t.records[i].entity(), o)).or_default() += 1;
-                    }
-                }
-                if !waiting.is_empty() {
-                    newly_parked.extend(self.park(&mut tx, t, &records, &waiting, &why).await?);
-                }
-                continue;
-            }
-            match self.apply_records(&mut tx, &t.origin, &ready).await {
-                Ok(outcomes) => {
-                    applied_txns.push(t_index);
-                    for (&i, o) in now.iter().zip(outcomes) {
-                        *counts.entry((t.origin.clone(), t.records[i].entity(), o)).or_default() += 1;
-                    }
-                }
-                Err(ApplyError::Wait(reason)) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut *tx).await.map_err(ApplyError::Database)?;
-                    newly_parked.extend(self.park(&mut tx, t, &records, &now, &reason).await?);
-                }
-                Err(e) => return Err(e),
+            } else if !careful {
+                self.apply_fast_txn(&mut tx, &mut pending, index, t, &mut tally).await?;
+            } else {
+                self.apply_careful_txn(&mut tx, index, t, &mut tally).await?;
             }
         }
         let decided = started.elapsed();
         self.flush_all(&mut tx, &mut pending).await?;
         let flushed = started.elapsed();
-        let rows: Vec<(&str, &str, u64, &str, i64)> = progress
-            .iter()
-            .map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts))
-            .collect();
+        let rows: Vec<(&str, &str, u64, &str, i64)> =
+            tally.progress.iter().map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts)).collect();
         self.control.write_progress(&mut tx, &rows).await.map_err(ApplyError::Database)?;
         let before_commit = started.elapsed();
         tx.commit().await.map_err(ApplyError::Database)?;
@@ -777,13 +679,131 @@ impl Applier {
             flush_ms = (flushed - decided).as_secs_f64() * 1e3, commit_ms = (started.elapsed() - before_commit).as_secs_f64() * 1e3,
             "batch applied"
         );
+        self.after_commit(batch, tally, started).await;
+        Ok(())
+    }
 
-        for ((o, s), (seq, _, _)) in progress {
+    /// Whether `t` was applied before (by an earlier batch or earlier in this one); if not, it
+    /// becomes its stream's progress.
+    fn note_progress(&self, t: &CompleteTxn, tally: &mut BatchTally) -> bool {
+        let Some((id, gtid)) = &t.txn else { return false };
+        let slot = (t.origin.clone(), id.stream.clone());
+        let duplicate = self.already_applied(t) || tally.progress.get(&slot).is_some_and(|(seq, _, _)| *seq >= id.seq);
+        if !duplicate {
+            tally.progress.insert(slot, (id.seq, gtid.clone(), t.source_ts_ms));
+        }
+        duplicate
+    }
+
+    /// Stores every record of `t` as a dead letter (those of a duplicate are skipped).
+    async fn store_dead(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        t: &CompleteTxn,
+        duplicate: bool,
+        dead_reason: Option<&str>,
+        tally: &mut BatchTally,
+    ) -> Result<(), ApplyError> {
+        for inc in &t.records {
+            let (entity, reason) = match (&inc.head, dead_reason) {
+                (Err(reason), _) => (None, reason.as_str()),
+                (Ok(h), Some(reason)) => (Some(h.entity.as_str()), reason),
+                (Ok(h), None) => (Some(h.entity.as_str()), "part of a transaction with an unreadable record"),
+            };
+            if duplicate && inc.head.is_ok() {
+                tally.count(&t.origin, inc.entity(), "skipped");
+                continue;
+            }
+            self.dead_letter(tx, t, inc, entity, reason).await?;
+            tally.dead += 1;
+            tally.count(&t.origin, inc.entity(), "dead_letter");
+        }
+        Ok(())
+    }
+
+    /// The fast path: set-based writes, record by record so that a large transaction is never
+    /// held parsed whole. A transaction touching a parked row needs the careful path.
+    async fn apply_fast_txn(
+        &mut self,
+        tx: &mut Transaction<'_, MySql>,
+        pending: &mut fast::Pending,
+        index: usize,
+        t: &CompleteTxn,
+        tally: &mut BatchTally,
+    ) -> Result<(), ApplyError> {
+        if !self.parked_keys.is_empty() || !tally.newly_parked.is_empty() {
+            for inc in &t.records {
+                let r = inc.record().map_err(unreadable_record)?;
+                if self.waits_behind_parked(&t.origin, &r, &tally.newly_parked) {
+                    return Err(ApplyError::NeedsCare);
+                }
+            }
+        }
+        let outcomes = self.write_fast(tx, pending, &t.origin, &t.records).await?;
+        tally.applied_txns.push(index);
+        for (inc, o) in t.records.iter().zip(outcomes) {
+            tally.count(&t.origin, inc.entity(), o);
+        }
+        Ok(())
+    }
+
+    /// Whether a change to `r`'s rows must wait: an earlier change of `origin` to one of them
+    /// is parked.
+    fn waits_behind_parked(&self, origin: &str, r: &ChangeRecord, newly_parked: &HashSet<String>) -> bool {
+        touched_rows(r).iter().map(|k| scoped(origin, k)).any(|k| self.parked_keys.contains(&k) || newly_parked.contains(&k))
+    }
+
+    /// The careful path: per record inside a savepoint; a transaction waiting for referenced
+    /// rows, or behind a parked change of its rows, is parked.
+    async fn apply_careful_txn(&mut self, tx: &mut Transaction<'_, MySql>, index: usize, t: &CompleteTxn, tally: &mut BatchTally) -> Result<(), ApplyError> {
+        let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
+        let all: Vec<usize> = (0..records.len()).collect();
+        // A snapshot chunk does not wait behind parked changes of its rows: it is the state
+        // of those rows at a later point, the parked changes still apply after it in their
+        // order, and the rows they wait for are often in it (history that only a snapshot
+        // brings): waiting would never end.
+        if !t.is_snapshot() && records.iter().any(|r| self.waits_behind_parked(&t.origin, r, &tally.newly_parked)) {
+            let reason = "an earlier transaction changing the same rows is waiting";
+            tally.newly_parked.extend(self.park(tx, t, &records, &all, reason).await?);
+            return Ok(());
+        }
+        let ready: Vec<&ChangeRecord> = records.iter().collect();
+        sqlx::query("SAVEPOINT source_txn").execute(&mut **tx).await.map_err(ApplyError::Database)?;
+        let applied = if t.is_snapshot() {
+            // The rows that can go, go; those whose referenced rows are not here wait alone.
+            self.apply_what_can(tx, &t.origin, &ready).await
+        } else {
+            self.apply_records(tx, &t.origin, &ready).await.map(|outcomes| (outcomes, Vec::new(), String::new()))
+        };
+        match applied {
+            Ok((outcomes, waiting, why)) => {
+                tally.applied_txns.push(index);
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    if !waiting.contains(&i) {
+                        tally.count(&t.origin, t.records[i].entity(), o);
+                    }
+                }
+                if !waiting.is_empty() {
+                    tally.newly_parked.extend(self.park(tx, t, &records, &waiting, &why).await?);
+                }
+            }
+            Err(ApplyError::Wait(reason)) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT source_txn").execute(&mut **tx).await.map_err(ApplyError::Database)?;
+                tally.newly_parked.extend(self.park(tx, t, &records, &all, &reason).await?);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// After a batch committed: the applier's state and the metrics of what it did.
+    async fn after_commit(&mut self, batch: &[CompleteTxn], tally: BatchTally, started: std::time::Instant) {
+        for ((o, s), (seq, _, _)) in tally.progress {
             self.progress.insert((o, s), seq);
         }
-        self.parked_keys.extend(newly_parked);
-        self.count(counts);
-        if dead > 0 {
+        self.parked_keys.extend(tally.newly_parked);
+        self.count(tally.counts);
+        if tally.dead > 0 {
             self.refresh_dead_letter_gauge().await;
         }
         let site = &self.ctx.site;
@@ -791,14 +811,13 @@ impl Applier {
         let records: usize = batch.iter().map(|t| t.records.len()).sum();
         self.ctx.metrics.apply_batch_records.with_label_values(&[site]).observe(records as f64);
         let now = record::now_ms();
-        for i in applied_txns {
+        for i in tally.applied_txns {
             let t = &batch[i];
             let latency = ((now - t.source_ts_ms) as f64 / 1000.0).max(0.0);
             self.ctx.metrics.apply_latency.with_label_values(&[site, &t.origin]).observe(latency);
         }
         self.record_applied(batch);
         self.set_running(true);
-        Ok(())
     }
 
     /// Apply's health flag and its metric, together.
@@ -1055,4 +1074,37 @@ fn row_keys(_origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// What one local apply transaction did, kept for after its commit.
+#[derive(Default)]
+struct BatchTally {
+    /// Records by (origin, entity, outcome).
+    counts: HashMap<(String, String, &'static str), u64>,
+    /// Indexes of the source transactions applied (for their latency).
+    applied_txns: Vec<usize>,
+    /// (origin, stream) -> (sequence, GTID, source time) of the last transaction applied.
+    progress: HashMap<(String, String), (u64, String, i64)>,
+    /// Rows whose changes this batch parked (scoped by origin).
+    newly_parked: HashSet<String>,
+    /// Dead letters stored.
+    dead: i64,
+}
+
+impl BatchTally {
+    fn count(&mut self, origin: &str, entity: String, outcome: &'static str) {
+        *self.counts.entry((origin.to_string(), entity, outcome)).or_default() += 1;
+    }
+}
+
+/// The next offset of each topic partition after `batch`: what the local transaction stores.
+fn batch_offsets(batch: &[CompleteTxn]) -> Vec<(&str, i32, i64)> {
+    let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
+    for t in batch {
+        match offsets.iter_mut().find(|(topic, p, _)| *topic == t.topic && *p == t.partition) {
+            Some(o) => o.2 = o.2.max(t.next_offset()),
+            None => offsets.push((&t.topic, t.partition, t.next_offset())),
+        }
+    }
+    offsets
 }

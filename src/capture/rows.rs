@@ -8,7 +8,18 @@ use super::*;
 /// A row change's before and after images.
 type RowImages = (Option<Image>, Option<Image>);
 
+/// Where a rows event sits in the binlog, and what its header says.
+struct EventPlace {
+    /// Start of the event.
+    pos: u64,
+    /// Commit time, ms.
+    ts_ms: i64,
+    /// Server id of the event.
+    server_id: u32,
+}
+
 impl Reader {
+    /// A rows event: handled by the role of its table.
     pub(super) async fn on_rows(
         &mut self,
         _stream: &BinlogStream,
@@ -17,176 +28,204 @@ impl Reader {
     ) -> Result<(), CaptureError> {
         let header = event.header();
         let end_pos = header.log_pos() as u64;
-        let start_pos = end_pos.saturating_sub(header.event_size() as u64);
+        let at = EventPlace { pos: end_pos.saturating_sub(header.event_size() as u64), ts_ms: header.timestamp() as i64 * 1000, server_id: header.server_id() };
         let data = match event.read_data() {
             Ok(Some(EventData::RowsEvent(r))) => r,
             Ok(_) => return Ok(()),
-            Err(e) => {
-                return Err(CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: format!("unreadable rows event: {e}") })
-            }
+            Err(e) => return Err(self.binlog_err(at.pos, format!("unreadable rows event: {e}"))),
         };
         let table_id = data.table_id();
         let replay = self.txn.as_ref().is_some_and(|t| t.replay_id.is_some());
-        let entity = match self.tables.get(&table_id) {
-            Some(TableRole::EchoMarker) => {
-                if let Some(txn) = self.txn.as_mut() {
-                    if txn.records > 0 {
-                        tracing::warn!(site = %self.ctx.site, "echo marker after published rows in one transaction");
-                    }
-                    txn.echo = true;
-                }
-                return Ok(());
+        let Some(role) = self.tables.get(&table_id).cloned() else {
+            return Err(self.binlog_err(at.pos, format!("rows event for table id {table_id} without its table map")));
+        };
+        match role {
+            TableRole::Other => Ok(()),
+            TableRole::EchoMarker => {
+                self.on_echo_marker();
+                Ok(())
             }
-            Some(TableRole::Entity(e)) => e.clone(),
-            Some(TableRole::Other) => return Ok(()),
-            Some(TableRole::Unusable { entity, table, reason }) => {
-                if !self.isolation.skips(entity, replay) && !self.txn.as_ref().is_some_and(|t| t.echo) {
-                    let (entity, table, reason) = (entity.clone(), table.clone(), reason.clone());
-                    let place = format!("{}:{start_pos}", self.file);
+            TableRole::Unusable { entity, table, reason } => {
+                if !self.isolation.skips(&entity, replay) && !self.txn.as_ref().is_some_and(|t| t.echo) {
+                    let place = format!("{}:{}", self.file, at.pos);
                     self.isolation.stop(&entity, &table, &self.gtid, &place, &reason).await?;
                 }
-                return Ok(());
+                Ok(())
             }
             // Control rows read again for resumed entities happened before: not again.
-            Some(TableRole::SnapshotRequest(_) | TableRole::Watermark(_) | TableRole::StoppedEntities(_)) if replay => return Ok(()),
-            Some(TableRole::StoppedEntities(info)) => {
-                // `sitesync resume`: resume goes from 0 to 1.
-                let info = info.clone();
-                for row in decode::rows(&data, &info) {
-                    let (before, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
-                    let before = before.map(|r| self.control_image(&info, &r, start_pos)).transpose()?;
-                    let after = after.map(|r| self.control_image(&info, &r, start_pos)).transpose()?;
-                    if control::resume_of_change(before.as_ref(), after.as_ref()) {
-                        self.isolation.rewind = true;
-                    }
+            TableRole::SnapshotRequest(_) | TableRole::Watermark(_) | TableRole::StoppedEntities(_) if replay => Ok(()),
+            TableRole::StoppedEntities(info) => self.on_stopped_entities(&info, &data, at.pos),
+            TableRole::RowVersions(info) => self.on_row_versions(&info, &data, at.pos, replay),
+            TableRole::SnapshotRequest(info) => {
+                for image in self.inserted_images(&info, &data, at.pos)? {
+                    let (id, entities) = control::request_of_image(&image);
+                    self.start_snapshot(id, &entities).await?;
                 }
-                return Ok(());
+                Ok(())
             }
-            Some(TableRole::RowVersions(info)) => {
-                // The applier's stamps, in binlog order: what later changes here are made on.
-                if matches!(data, RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_)) {
-                    return Ok(());
+            TableRole::Watermark(info) => {
+                for image in self.inserted_images(&info, &data, at.pos)? {
+                    self.on_watermark(&image, publisher).await?;
                 }
-                let info = info.clone();
-                for row in decode::rows(&data, &info) {
-                    let (_, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
-                    if let Some(after) = after {
-                        let image = self.control_image(&info, &after, start_pos)?;
-                        // Read again for resumed entities: only theirs, or others' stamps would
-                        // go back to older ones.
-                        let Some((entity, row_key, entry)) = control::version_of_image(&image) else { continue };
-                        if replay && self.isolation.skips(&entity, true) {
-                            continue;
-                        }
-                        self.stamps.recorded(entity, row_key, entry);
-                    }
-                }
-                return Ok(());
+                Ok(())
             }
-            Some(TableRole::SnapshotRequest(info)) | Some(TableRole::Watermark(info)) => {
-                let is_request = matches!(self.tables.get(&table_id), Some(TableRole::SnapshotRequest(_)));
-                if !matches!(data, RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_)) {
-                    return Ok(());
-                }
-                let info = info.clone();
-                let mut images = Vec::new();
-                for row in decode::rows(&data, &info) {
-                    let (_, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
-                    if let Some(after) = after {
-                        images.push(self.control_image(&info, &after, start_pos)?);
-                    }
-                }
-                for image in images {
-                    if is_request {
-                        let (id, entities) = control::request_of_image(&image);
-                        self.start_snapshot(id, &entities).await?;
-                    } else {
-                        self.on_watermark(&image, publisher).await?;
-                    }
-                }
-                return Ok(());
+            TableRole::Entity(entity) => self.on_entity_rows(&entity, &data, &at, replay, publisher).await,
+        }
+    }
+
+    fn binlog_err(&self, pos: u64, reason: String) -> CaptureError {
+        CaptureError::Binlog { file: self.file.clone(), pos, reason }
+    }
+
+    /// The echo marker: this transaction was written by this site's applier.
+    fn on_echo_marker(&mut self) {
+        if let Some(txn) = self.txn.as_mut() {
+            if txn.records > 0 {
+                tracing::warn!(site = %self.ctx.site, "echo marker after published rows in one transaction");
             }
-            None => {
-                return Err(CaptureError::Binlog {
-                    file: self.file.clone(),
-                    pos: start_pos,
-                    reason: format!("rows event for table id {table_id} without its table map"),
-                })
+            txn.echo = true;
+        }
+    }
+
+    /// `stopped_entities`: `sitesync resume` makes capture read again once this transaction ends.
+    fn on_stopped_entities(&mut self, info: &TableInfo, data: &RowsEventData<'_>, pos: u64) -> Result<(), CaptureError> {
+        for row in decode::rows(data, info) {
+            let (before, after) = row.map_err(|e| self.binlog_err(pos, e.to_string()))?;
+            let before = before.map(|r| self.control_image(info, &r, pos)).transpose()?;
+            let after = after.map(|r| self.control_image(info, &r, pos)).transpose()?;
+            if control::resume_of_change(before.as_ref(), after.as_ref()) {
+                self.isolation.rewind = true;
             }
-        };
+        }
+        Ok(())
+    }
+
+    /// `row_versions`: the applier's stamps, in binlog order: what later changes here are made on.
+    fn on_row_versions(&mut self, info: &TableInfo, data: &RowsEventData<'_>, pos: u64, replay: bool) -> Result<(), CaptureError> {
+        if matches!(data, RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_)) {
+            return Ok(());
+        }
+        for row in decode::rows(data, info) {
+            let (_, after) = row.map_err(|e| self.binlog_err(pos, e.to_string()))?;
+            let Some(after) = after else { continue };
+            let image = self.control_image(info, &after, pos)?;
+            let Some((entity, row_key, entry)) = control::version_of_image(&image) else { continue };
+            // Read again for resumed entities: only theirs, or others' stamps would go back to
+            // older ones.
+            if replay && self.isolation.skips(&entity, true) {
+                continue;
+            }
+            self.stamps.recorded(entity, row_key, entry);
+        }
+        Ok(())
+    }
+
+    /// The rows a control-table insert wrote (other changes: none).
+    fn inserted_images(&self, info: &TableInfo, data: &RowsEventData<'_>, pos: u64) -> Result<Vec<Map<String, Value>>, CaptureError> {
+        if !matches!(data, RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_)) {
+            return Ok(Vec::new());
+        }
+        let mut images = Vec::new();
+        for row in decode::rows(data, info) {
+            let (_, after) = row.map_err(|e| self.binlog_err(pos, e.to_string()))?;
+            if let Some(after) = after {
+                images.push(self.control_image(info, &after, pos)?);
+            }
+        }
+        Ok(images)
+    }
+
+    /// An entity's rows: published, unless the entity is stopped or the transaction is an echo.
+    async fn on_entity_rows(
+        &mut self,
+        entity: &Arc<EntityTable>,
+        data: &RowsEventData<'_>,
+        at: &EventPlace,
+        replay: bool,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
         if self.isolation.skips(&entity.name, replay) {
             return Ok(());
         }
         if self.txn.as_ref().is_some_and(|t| t.echo) {
-            // Not published, but a snapshot chunk must still drop its older copy of these rows.
-            if self.snapshot.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
-                for row in decode::rows(&data, &entity.info) {
-                    let (before, after) = row.map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos: start_pos, reason: e.to_string() })?;
-                    let before = before.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
-                    let after = after.map(|r| self.image(&entity, &r, start_pos)).transpose()?;
-                    if let Some(snapshot) = self.snapshot.as_mut() {
-                        snapshot.superseded(&entity, before.as_ref(), after.as_ref());
-                    }
-                }
+            return self.on_echo_rows(entity, data, at.pos);
+        }
+        self.check_placeable(entity, data, at.pos)?;
+        // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
+        // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
+        let images = match self.images(entity, data, at.pos) {
+            Ok(images) => images,
+            Err(reason) => {
+                // This table's rows cannot become records: its entity stops, the others go on.
+                let place = format!("{}:{}", self.file, at.pos);
+                return self.isolation.stop(&entity.name, &entity.info.table, &self.gtid, &place, &reason).await;
             }
+        };
+        let op = match data {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
+            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
+            _ => Op::Delete,
+        };
+        self.publish_changes(entity, op, images, at, publisher).await
+    }
+
+    /// Rows the applier wrote: not published, but a snapshot chunk must still drop its older
+    /// copy of them.
+    fn on_echo_rows(&mut self, entity: &EntityTable, data: &RowsEventData<'_>, pos: u64) -> Result<(), CaptureError> {
+        if !self.snapshot.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
             return Ok(());
         }
+        for row in decode::rows(data, &entity.info) {
+            let (before, after) = row.map_err(|e| self.binlog_err(pos, e.to_string()))?;
+            let before = before.map(|r| self.image(entity, &r, pos)).transpose()?;
+            let after = after.map(|r| self.image(entity, &r, pos)).transpose()?;
+            if let Some(snapshot) = self.snapshot.as_mut() {
+                snapshot.superseded(entity, before.as_ref(), after.as_ref());
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses rows capture could only publish wrongly: outside a transaction, or without all
+    /// their columns.
+    fn check_placeable(&self, entity: &EntityTable, data: &RowsEventData<'_>, pos: u64) -> Result<(), CaptureError> {
         if self.txn.is_none() {
             // Capture resumes at GTID boundaries and every transaction starts with its GTID
             // event: a row change outside one means capture lost track of a transaction's
             // end (a bug), and publishing it would attribute it to no transaction.
-            return Err(CaptureError::Binlog {
-                file: self.file.clone(),
-                pos: start_pos,
-                reason: format!(
-                    "table {}: a row change outside any GTID transaction; capture cannot place it and stops rather than publish it (please report this with the binlog around this position)",
-                    entity.info.table
-                ),
-            });
+            return Err(self.binlog_err(pos, format!(
+                "table {}: a row change outside any GTID transaction; capture cannot place it and stops rather than publish it (please report this with the binlog around this position)",
+                entity.info.table
+            )));
         }
         // A session with binlog_row_image=MINIMAL logs only some columns: never guess the rest.
         let columns = data.num_columns() as usize;
         let before_full = data.columns_before_image().is_none_or(|b| b.count_ones() >= columns);
         let after_full = data.columns_after_image().is_none_or(|b| b.count_ones() >= columns);
         if !before_full || !after_full {
-            return Err(CaptureError::Binlog {
-                file: self.file.clone(),
-                pos: start_pos,
-                reason: format!(
-                    "table {}: a row change logged without all its columns: a session uses binlog_row_image=MINIMAL or NOBLOB; set binlog_row_image=FULL globally and for every session",
-                    entity.info.table
-                ),
-            });
+            return Err(self.binlog_err(pos, format!(
+                "table {}: a row change logged without all its columns: a session uses binlog_row_image=MINIMAL or NOBLOB; set binlog_row_image=FULL globally and for every session",
+                entity.info.table
+            )));
         }
-        let event_op = match &data {
-            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
-            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
-            _ => Op::Delete,
-        };
-        let ts_ms = header.timestamp() as i64 * 1000;
+        Ok(())
+    }
+
+    /// One rows event's changes as records of the open transaction (the last one held back so
+    /// the commit can flag it).
+    async fn publish_changes(&mut self, entity: &EntityTable, op: Op, images: Vec<RowImages>, at: &EventPlace, publisher: &mut Publisher) -> Result<(), CaptureError> {
         // One clock read per rows event: its records are produced within the same moment.
         let now_ms = record::now_ms();
         let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
-        let server_id = if server_id != 0 { server_id } else { header.server_id() };
-        // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
-        // (negative TIME(1)/TIME(2) panics there, MEDIUMINT sign, TIMESTAMP after 2038).
-        let images = match self.images(&entity, &data, start_pos) {
-            Ok(images) => images,
-            Err(reason) => {
-                // This table's rows cannot become records: its entity stops, the others go on.
-                let place = format!("{}:{start_pos}", self.file);
-                self.isolation.stop(&entity.name, &entity.info.table, &self.gtid, &place, &reason).await?;
-                return Ok(());
-            }
-        };
+        let server_id = if server_id != 0 { server_id } else { at.server_id };
         // Last writer wins: the recorded stamps of the rows changed, in one read, not one per
         // row (a new row needs none).
-        self.stamps.preload(&entity, images.iter().filter_map(|(before, _)| before.as_ref())).await?;
+        self.stamps.preload(entity, images.iter().filter_map(|(before, _)| before.as_ref())).await?;
         for (row_index, (before, after)) in images.into_iter().enumerate() {
             if let Some(snapshot) = self.snapshot.as_mut() {
-                snapshot.superseded(&entity, before.as_ref(), after.as_ref());
+                snapshot.superseded(entity, before.as_ref(), after.as_ref());
             }
-            let Some(change) = self.prepare(&entity, event_op, before, after).await? else { continue };
+            let Some(change) = self.prepare(entity, op, before, after).await? else { continue };
             let counter = entity.events(&self.ctx.metrics, &self.ctx.site, change.op);
             let txn = self.txn.as_mut().expect("transaction started");
             txn.records += 1;
@@ -200,9 +239,9 @@ impl Reader {
                 gtid: txn.gtid_text.as_deref(),
                 txn_id: txn.replay_id.as_deref().or(txn.gtid_text.as_deref()).unwrap_or_default(),
                 file: &self.file,
-                pos: start_pos,
+                pos: at.pos,
                 row: row_index as u32,
-                ts_ms,
+                ts_ms: at.ts_ms,
                 now_ms,
                 snapshot: "false",
                 total_order: txn.records,
