@@ -194,7 +194,7 @@ impl Applier {
         }
         let ops = std::mem::take(&mut pending.ops);
         let plan = self.plans[&pending.entity].clone();
-        let statements = if plan.upserts() && plan.integer_key() { in_rounds(&plan, ops) } else { in_runs(ops) };
+        let statements = if plan.upserts() && plan.integer_key() { in_rounds(&plan.target.primary_key, ops) } else { in_runs(ops) };
         let mut inserted = Vec::new();
         for statement in statements {
             let (rows, began, kind) = (statement.len(), std::time::Instant::now(), statement[0].kind());
@@ -309,8 +309,7 @@ fn in_runs(ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
 /// change of every row goes in round n, and each round is one DELETE and one upsert per column
 /// set. Every row still sees its own changes in order; a delete followed by an insert of the
 /// same key (sysbench's mix, a row moved back and forth) stays two statements apart.
-fn in_rounds(plan: &EntityPlan, ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
-    let pk = &plan.target.primary_key;
+fn in_rounds(pk: &[String], ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
     let key_of = |op: &RowOp| -> Option<String> {
         let values: Vec<&SqlValue> = match op {
             RowOp::Delete(k) => k.iter().collect(),
@@ -355,4 +354,59 @@ fn in_rounds(plan: &EntityPlan, ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
         out.extend(by_columns);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(id: i64, columns: &[&str]) -> RowOp {
+        let mut values = vec![SqlValue::Int(id)];
+        values.extend(columns.iter().skip(1).map(|_| SqlValue::Text("v".into())));
+        RowOp::Upsert { columns: columns.iter().map(|c| c.to_string()).collect(), values, create: None }
+    }
+
+    fn delete(id: i64) -> RowOp {
+        RowOp::Delete(vec![SqlValue::Int(id)])
+    }
+
+    /// Each statement as (kind, ids in order).
+    fn shape(statements: &[Vec<RowOp>]) -> Vec<(&'static str, Vec<i64>)> {
+        statements
+            .iter()
+            .map(|s| {
+                let ids = s
+                    .iter()
+                    .map(|op| match op {
+                        RowOp::Delete(k) | RowOp::Upsert { values: k, .. } | RowOp::Insert { values: k, .. } => match k[0] {
+                            SqlValue::Int(i) => i,
+                            _ => -1,
+                        },
+                    })
+                    .collect();
+                (s[0].kind(), ids)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_keep_the_order_and_join_only_neighbours_of_one_shape() {
+        let ops = vec![upsert(1, &["id", "a"]), upsert(2, &["id", "a"]), delete(1), upsert(3, &["id", "a"]), upsert(4, &["id", "b"])];
+        assert_eq!(shape(&in_runs(ops)), [("upsert", vec![1, 2]), ("delete", vec![1]), ("upsert", vec![3]), ("upsert", vec![4])]);
+    }
+
+    #[test]
+    fn rounds_keep_each_rows_changes_in_order_and_join_the_rest() {
+        let pk = vec!["id".to_string()];
+        // Row 1: upsert, delete, upsert again; rows 2 and 3 once each.
+        let ops = vec![upsert(1, &["id", "a"]), upsert(2, &["id", "a"]), delete(1), upsert(3, &["id", "b"]), upsert(1, &["id", "a"])];
+        assert_eq!(
+            shape(&in_rounds(&pk, ops)),
+            [("upsert", vec![1, 2]), ("upsert", vec![3]), ("delete", vec![1]), ("upsert", vec![1])],
+            "round 1: every row's first change; round 2: row 1's delete; round 3: its upsert"
+        );
+        // A row without its key column: the plain order.
+        let ops = vec![upsert(1, &["id", "a"]), RowOp::Upsert { columns: vec!["a".into()], values: vec![SqlValue::Null], create: None }];
+        assert_eq!(in_rounds(&pk, ops).len(), 2);
+    }
 }

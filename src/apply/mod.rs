@@ -11,6 +11,7 @@
 //! - records from this site, of entities not routed here, or of unknown entities are skipped; a
 //!   record that cannot be applied becomes a dead letter with its reason, and the stream goes on.
 
+mod assemble;
 mod fast;
 mod keyed;
 mod lag;
@@ -36,6 +37,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::control::{self, Control, ControlError, NewDeadLetter, NewParked};
 use crate::position::TxnId;
+use assemble::{CompleteTxn, Incoming};
 use crate::record::{self, ChangeRecord, RecordHead};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
@@ -119,57 +121,6 @@ pub struct ApplyContext {
     pub shutdown: Shutdown,
 }
 
-/// One consumed message: its bytes and the head that places it in its source transaction. The
-/// whole record is read when it is applied, so a transaction still arriving waits as compact
-/// message bytes (100,000 rows: tens of MB, not the several hundred its parsed rows take).
-struct Incoming {
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    head: Result<RecordHead, String>,
-}
-
-impl Incoming {
-    /// The whole record.
-    fn record(&self) -> Result<ChangeRecord, String> {
-        ChangeRecord::from_slice(self.value.as_deref()).map_err(|e| e.to_string())
-    }
-
-    /// The entity the record names, for counting.
-    fn entity(&self) -> String {
-        self.head.as_ref().map(|h| h.entity.clone()).unwrap_or_else(|_| "(unreadable)".into())
-    }
-}
-
-/// A source transaction whose every record arrived (or a lone undecodable message).
-struct CompleteTxn {
-    topic: String,
-    partition: i32,
-    origin: String,
-    txn: Option<(TxnId, String)>,
-    source_ts_ms: i64,
-    records: Vec<Incoming>,
-}
-
-impl CompleteTxn {
-    fn next_offset(&self) -> i64 {
-        self.records.last().map(|r| r.offset + 1).unwrap_or(0)
-    }
-
-    /// Whether this is a chunk of a snapshot (rows as they were, not changes).
-    fn is_snapshot(&self) -> bool {
-        self.records.first().and_then(|r| r.head.as_ref().ok()).is_some_and(|h| record::is_snapshot_transaction(&h.transaction_id))
-    }
-}
-
-/// Records of a transaction still arriving, per topic partition.
-#[derive(Default)]
-struct Partial {
-    id: Option<String>,
-    last_order: u64,
-    records: Vec<Incoming>,
-}
-
 struct Applier {
     ctx: Arc<ApplyContext>,
     control: Control,
@@ -185,7 +136,8 @@ struct Applier {
     schema_changed: std::sync::atomic::AtomicBool,
     /// Topic -> origin site.
     origins: HashMap<String, String>,
-    partials: HashMap<(String, i32), Partial>,
+    /// Source transactions still arriving.
+    assembler: assemble::Assembler,
     /// (origin, stream) -> last applied sequence.
     progress: HashMap<(String, String), u64>,
     /// Columns of the latest record seen per (origin, entity), while some change of that
@@ -292,7 +244,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
         plans,
         parked_keys,
         origins: origins.iter().map(|o| (config.topic_of(o), o.clone())).collect(),
-        partials: HashMap::new(),
+        assembler: assemble::Assembler::default(),
         progress,
         heartbeat_origins: origins.iter().map(|o| (config.heartbeat_topic_of(o), o.clone())).collect(),
         lag: {
@@ -486,49 +438,27 @@ impl Applier {
             self.lag.received(&origin, h.ts_ms);
         }
         let incoming = Incoming { offset: m.offset(), key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), head };
-        let partial = self.partials.entry((topic.clone(), partition)).or_default();
-        let (id, order, last) = match &incoming.head {
-            Ok(h) => (Some(h.transaction_id.clone()), h.total_order, h.last_in_transaction),
-            // An unreadable message cannot say which transaction it belongs to: it stands alone
-            // and becomes a dead letter when the transaction around it (if any) completes.
-            Err(_) => (partial.id.clone(), partial.last_order, partial.id.is_none()),
-        };
-        if incoming.head.is_ok() && !partial.records.is_empty() && (partial.id != id || order != partial.last_order + 1) {
-            // Capture restarted inside this transaction and publishes it again from its start
-            // (records are numbered 1, 2, ... without gaps within a transaction).
-            tracing::info!(site = %self.ctx.site, topic = %topic, discarded = partial.records.len(), "dropping the incomplete copy of a transaction republished after a capture restart");
-            partial.records.clear();
+        let pushed = self.assembler.push(&topic, partition, &origin, incoming);
+        if pushed.discarded > 0 {
+            // Capture restarted inside this transaction and publishes it again from its start.
+            tracing::info!(site = %self.ctx.site, topic = %topic, discarded = pushed.discarded, "dropping the incomplete copy of a transaction republished after a capture restart");
         }
-        if let (Ok(h), true) = (&incoming.head, partial.records.is_empty() && order != 1) {
+        if let Some(dropped) = pushed.dropped {
             // The start of this transaction never arrived, so it must not be applied in part.
             // Never expected: offsets are stored at transaction boundaries, and capture publishes
             // every transaction from its first record. A record that claims to start in the
             // middle is a capture bug (or a foreign producer): say what is dropped, and count it.
+            let h = dropped.head.as_ref().expect("a dropped record has a head");
             tracing::error!(
-                site = %self.ctx.site, topic = %topic, offset = incoming.offset, origin = %h.origin, entity = %h.entity,
-                transaction = %h.transaction_id, total_order = order,
-                key = %String::from_utf8_lossy(incoming.key.as_deref().unwrap_or_default()),
+                site = %self.ctx.site, topic = %topic, offset = dropped.offset, origin = %h.origin, entity = %h.entity,
+                transaction = %h.transaction_id, total_order = h.total_order,
+                key = %String::from_utf8_lossy(dropped.key.as_deref().unwrap_or_default()),
                 "dropping a record whose transaction's first record never arrived: its change is not applied here (a capture bug: please report it)"
             );
             self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &origin, &h.entity, "dropped"]).inc();
             self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "protocol"]).inc();
-            partial.id = None;
-            partial.last_order = 0;
-            return None;
         }
-        partial.id = id;
-        partial.last_order = order;
-        partial.records.push(incoming);
-        if !last {
-            return None;
-        }
-        let records = std::mem::take(&mut partial.records);
-        partial.id = None;
-        partial.last_order = 0;
-        let first_ok = records.iter().find_map(|r| r.head.as_ref().ok());
-        let txn = first_ok.and_then(|h| TxnId::parse(&h.transaction_id).ok().map(|t| (t, h.transaction_id.clone())));
-        let source_ts_ms = first_ok.map(|h| h.ts_ms).unwrap_or(0);
-        Some(CompleteTxn { topic, partition, origin, txn, source_ts_ms, records })
+        pushed.complete
     }
 
     fn already_applied(&self, txn: &CompleteTxn) -> bool {
@@ -605,12 +535,7 @@ impl Applier {
             *e = (*e).max(t.source_ts_ms);
         }
         for (origin, ts) in newest {
-            let waiting = self
-                .partials
-                .iter()
-                .filter(|((topic, _), _)| self.origins.get(topic).map(String::as_str) == Some(origin))
-                .filter_map(|(_, p)| p.records.first().and_then(|r| r.head.as_ref().ok()).map(|h| h.ts_ms))
-                .min();
+            let waiting = self.assembler.oldest_waiting(|topic| self.origins.get(topic).map(String::as_str) == Some(origin));
             self.lag.applied(origin, ts, waiting);
         }
     }
