@@ -11,6 +11,81 @@ use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
 
+/// `outcome` of `sitesync_apply_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Written.
+    Applied,
+    /// Deliberately not written (a duplicate, on_delete = ignore, nothing to do).
+    Skipped,
+    /// Not written: the local row holds a later version (last writer wins).
+    ConflictLost,
+    /// Stored as a dead letter.
+    DeadLetter,
+    /// Dropped: its transaction's first record never arrived (a capture bug).
+    Dropped,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Skipped => "skipped",
+            Outcome::ConflictLost => "conflict_lost",
+            Outcome::DeadLetter => "dead_letter",
+            Outcome::Dropped => "dropped",
+        }
+    }
+}
+
+/// `kind` of `sitesync_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A database error that is retried.
+    Database,
+    /// A Kafka error that is retried.
+    Kafka,
+    /// A value capture could not decode exactly (its entity stopped).
+    Decode,
+    /// A transaction the local database refused (it became a dead letter).
+    Apply,
+    /// Records that break the transaction framing.
+    Protocol,
+}
+
+impl ErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Database => "database",
+            ErrorKind::Kafka => "kafka",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Apply => "apply",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// `component` of `sitesync_component_running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// Binlog to Kafka.
+    Capture,
+    /// Kafka to the local database.
+    Apply,
+}
+
+impl Component {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Capture => "capture",
+            Component::Apply => "apply",
+        }
+    }
+}
+
 /// Every metric sitesync exports. Names and labels of the first six are DESIGN.md's contract.
 #[derive(Clone)]
 pub struct Metrics {
@@ -55,6 +130,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one error of `kind` at `site`.
+    pub fn error(&self, site: &str, kind: ErrorKind) {
+        self.errors.with_label_values(&[site, kind.as_str()]).inc();
+    }
+
+    /// `n` records of `origin`'s `entity` applied at `site` with `outcome`.
+    pub fn records(&self, site: &str, origin: &str, entity: &str, outcome: Outcome, n: u64) {
+        self.apply_records.with_label_values(&[site, origin, entity, outcome.as_str()]).inc_by(n);
+    }
+
+    /// Whether `component` runs at `site`.
+    pub fn running(&self, site: &str, component: Component, running: bool) {
+        self.component_running.with_label_values(&[site, component.as_str()]).set(running as i64);
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();

@@ -60,7 +60,7 @@ impl Applier {
         pending: &mut Pending,
         origin: &str,
         records: &[Incoming],
-    ) -> Result<Vec<&'static str>, ApplyError> {
+    ) -> Result<Vec<Outcome>, ApplyError> {
         let mut outcomes = Vec::with_capacity(records.len());
         for inc in records {
             let r = &inc.record().map_err(super::unreadable_record)?;
@@ -69,21 +69,21 @@ impl Applier {
             let plan = match self.plans.get(entity) {
                 Some(plan) if r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) => plan,
                 _ => {
-                    outcomes.push("skipped");
+                    outcomes.push(Outcome::Skipped);
                     continue;
                 }
             };
             let outcome = if plan.needs_nothing_looked_up(r, &self.plans) {
                 match plan.batch_write(origin, r, &self.plans) {
-                    Some(Ok(BatchWrite::Skip)) => "skipped",
+                    Some(Ok(BatchWrite::Skip)) => Outcome::Skipped,
                     Some(Ok(BatchWrite::Upsert { columns, values, create })) => {
                         let create = create.then(|| origin.to_string());
                         self.push(tx, pending, entity, RowOp::Upsert { columns, values, create }).await?;
-                        "applied"
+                        Outcome::Applied
                     }
                     Some(Ok(BatchWrite::Delete(key))) => {
                         self.push(tx, pending, entity, RowOp::Delete(key)).await?;
-                        "applied"
+                        Outcome::Applied
                     }
                     Some(Err(ApplyError::MissingColumn { .. })) => return Err(self.needs_care_for_schema()),
                     Some(Err(e)) => return Err(e),
@@ -105,7 +105,7 @@ impl Applier {
         origin: &str,
         r: &ChangeRecord,
         plan: &EntityPlan,
-    ) -> Result<&'static str, ApplyError> {
+    ) -> Result<Outcome, ApplyError> {
         let entity = &r.sitesync.entity;
         let mut flushed = false;
         loop {
@@ -120,16 +120,16 @@ impl Applier {
                     continue;
                 }
                 Decision::Unknown | Decision::AfterFlush => self.apply_alone(tx, pending, origin, r, plan).await?,
-                Decision::Skip => "skipped",
-                Decision::Lost => "conflict_lost",
+                Decision::Skip => Outcome::Skipped,
+                Decision::Lost => Outcome::ConflictLost,
                 Decision::Insert { columns, values, key } => {
                     self.push(tx, pending, entity, RowOp::Insert { columns, values, key }).await?;
-                    "applied"
+                    Outcome::Applied
                 }
                 Decision::Upsert { columns, values } => {
                     // Rows it creates are recorded by the decision (keyed.rs).
                     self.push(tx, pending, entity, RowOp::Upsert { columns, values, create: None }).await?;
-                    "applied"
+                    Outcome::Applied
                 }
                 Decision::Update { sets, key } => {
                     // Statements go out in the order of the changes.
@@ -138,7 +138,7 @@ impl Applier {
                         // The row was read (and locked) by its key: it cannot have gone.
                         return Err(ApplyError::NeedsCare);
                     }
-                    "applied"
+                    Outcome::Applied
                 }
             });
         }
@@ -153,16 +153,14 @@ impl Applier {
         origin: &str,
         r: &ChangeRecord,
         plan: &EntityPlan,
-    ) -> Result<&'static str, ApplyError> {
+    ) -> Result<Outcome, ApplyError> {
         self.flush_all(tx, pending).await?;
         let outcome = plan.apply(tx, origin, r, &self.plans).await;
         let same_table: HashSet<&str> =
             self.plans.values().filter(|p| p.config.table == plan.config.table).map(|p| p.name.as_str()).collect();
         pending.known.forget(&same_table);
         match outcome {
-            Ok(Outcome::Applied) => Ok("applied"),
-            Ok(Outcome::Skipped) => Ok("skipped"),
-            Ok(Outcome::ConflictLost) => Ok("conflict_lost"),
+            Ok(o) => Ok(o),
             Err(ApplyError::MissingColumn { .. }) => Err(self.needs_care_for_schema()),
             Err(ApplyError::Wait(_)) => Err(ApplyError::NeedsCare),
             Err(e) => Err(e),

@@ -40,7 +40,7 @@ use crate::position::TxnId;
 use assemble::{CompleteTxn, Incoming};
 use crate::record::{self, ChangeRecord, RecordHead};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{Component, ErrorKind, Health, Metrics};
 
 /// Why a record or the applier failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,9 @@ pub enum ApplyError {
     /// Kafka failed at start-up (metadata).
     #[error(transparent)]
     Transport(#[from] crate::kafka::TransportError),
+    /// Shutdown was asked for while a failed step waited to be retried.
+    #[error("stopped while retrying")]
+    Stopped,
 }
 
 impl ApplyError {
@@ -260,7 +263,10 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     tracing::info!(site = %ctx.site, origins = ?origins, "applying");
     let result = applier.consume(&consumer).await;
     applier.set_running(false);
-    result
+    match result {
+        Err(ApplyError::Stopped) => Ok(()),
+        other => other,
+    }
 }
 
 /// The partition counts of `topics` (None: no such topic), waiting while Kafka cannot be
@@ -346,7 +352,7 @@ impl Applier {
                     // Brokers down, a fetch timed out: librdkafka reconnects by itself; the
                     // applier keeps its place and waits (its lag grows meanwhile).
                     Err(e) => {
-                        self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "kafka"]).inc();
+                        self.ctx.metrics.error(&self.ctx.site, ErrorKind::Kafka);
                         tracing::warn!(site = %self.ctx.site, error = %e, "consuming failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -455,8 +461,8 @@ impl Applier {
                 key = %String::from_utf8_lossy(dropped.key.as_deref().unwrap_or_default()),
                 "dropping a record whose transaction's first record never arrived: its change is not applied here (a capture bug: please report it)"
             );
-            self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &origin, &h.entity, "dropped"]).inc();
-            self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "protocol"]).inc();
+            self.ctx.metrics.records(&self.ctx.site, &origin, &h.entity, Outcome::Dropped, 1);
+            self.ctx.metrics.error(&self.ctx.site, ErrorKind::Protocol);
         }
         pushed.complete
     }
@@ -488,7 +494,7 @@ impl Applier {
                 }
                 Err(e) if e.is_definite() => break,
                 Err(e) => {
-                    self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "database"]).inc();
+                    self.ctx.metrics.error(&self.ctx.site, ErrorKind::Database);
                     tracing::warn!(site = %self.ctx.site, error = %e, "apply failed; retrying");
                     self.retry_wait(&mut backoff).await?;
                     // A commit whose answer was lost may have happened: what it applied is then
@@ -504,7 +510,7 @@ impl Applier {
                     Ok(()) => break,
                     Err(e) if e.is_definite() => {
                         let reason = e.to_string();
-                        self.ctx.metrics.errors.with_label_values(&[&self.ctx.site, "apply"]).inc();
+                        self.ctx.metrics.error(&self.ctx.site, ErrorKind::Apply);
                         tracing::warn!(site = %self.ctx.site, origin = %txn.origin, topic = %txn.topic, offset = txn.records[0].offset, reason = %reason, "transaction becomes a dead letter");
                         loop {
                             match self.try_apply(std::slice::from_ref(txn), Some(&reason), true).await {
@@ -551,7 +557,7 @@ impl Applier {
         self.set_running(false);
         tokio::select! {
             _ = tokio::time::sleep(*backoff) => {}
-            _ = self.ctx.shutdown.wait() => return Err(ApplyError::Config("stopped while retrying".into())),
+            _ = self.ctx.shutdown.wait() => return Err(ApplyError::Stopped),
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(10));
         Ok(())
@@ -582,7 +588,7 @@ impl Applier {
                 self.store_dead(&mut tx, t, duplicate, dead_reason, &mut tally).await?;
             } else if duplicate {
                 for inc in &t.records {
-                    tally.count(&t.origin, inc.entity(), "skipped");
+                    tally.count(&t.origin, inc.entity(), Outcome::Skipped);
                 }
             } else if !careful {
                 self.apply_fast_txn(&mut tx, &mut pending, index, t, &mut tally).await?;
@@ -636,12 +642,12 @@ impl Applier {
                 (Ok(h), None) => (Some(h.entity.as_str()), "part of a transaction with an unreadable record"),
             };
             if duplicate && inc.head.is_ok() {
-                tally.count(&t.origin, inc.entity(), "skipped");
+                tally.count(&t.origin, inc.entity(), Outcome::Skipped);
                 continue;
             }
             self.dead_letter(tx, t, inc, entity, reason).await?;
             tally.dead += 1;
-            tally.count(&t.origin, inc.entity(), "dead_letter");
+            tally.count(&t.origin, inc.entity(), Outcome::DeadLetter);
         }
         Ok(())
     }
@@ -748,12 +754,12 @@ impl Applier {
     /// Apply's health flag and its metric, together.
     fn set_running(&self, running: bool) {
         self.ctx.health.apply_running.store(running, Ordering::Relaxed);
-        self.ctx.metrics.component_running.with_label_values(&[&self.ctx.site, "apply"]).set(running as i64);
+        self.ctx.metrics.running(&self.ctx.site, Component::Apply, running);
     }
 
-    fn count(&self, counts: HashMap<(String, String, &'static str), u64>) {
+    fn count(&self, counts: HashMap<(String, String, Outcome), u64>) {
         for ((origin, entity, outcome), n) in counts {
-            self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &origin, &entity, outcome]).inc_by(n);
+            self.ctx.metrics.records(&self.ctx.site, &origin, &entity, outcome, n);
         }
     }
 
@@ -771,7 +777,7 @@ impl Applier {
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
         origin: &str,
         records: &[&ChangeRecord],
-    ) -> Result<Vec<&'static str>, ApplyError> {
+    ) -> Result<Vec<Outcome>, ApplyError> {
         match self.apply_what_can(tx, origin, records).await? {
             (outcomes, waiting, _) if waiting.is_empty() => Ok(outcomes),
             (_, _, why) => Err(ApplyError::Wait(why)),
@@ -788,8 +794,8 @@ impl Applier {
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
         origin: &str,
         records: &[&ChangeRecord],
-    ) -> Result<(Vec<&'static str>, Vec<usize>, String), ApplyError> {
-        let mut outcomes: Vec<&'static str> = vec!["skipped"; records.len()];
+    ) -> Result<(Vec<Outcome>, Vec<usize>, String), ApplyError> {
+        let mut outcomes: Vec<Outcome> = vec![Outcome::Skipped; records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
         loop {
             let mut deferred = Vec::new();
@@ -813,13 +819,8 @@ impl Applier {
                     continue;
                 };
                 match self.apply_one(tx, origin, plan, r).await {
-                    Ok(Outcome::Applied) => {
-                        outcomes[i] = "applied";
-                        progressed = true;
-                    }
-                    Ok(Outcome::Skipped) => progressed = true,
-                    Ok(Outcome::ConflictLost) => {
-                        outcomes[i] = "conflict_lost";
+                    Ok(o) => {
+                        outcomes[i] = o;
                         progressed = true;
                     }
                     Err(ApplyError::Wait(why)) => {
@@ -1005,7 +1006,7 @@ fn row_keys(_origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
 #[derive(Default)]
 struct BatchTally {
     /// Records by (origin, entity, outcome).
-    counts: HashMap<(String, String, &'static str), u64>,
+    counts: HashMap<(String, String, Outcome), u64>,
     /// Indexes of the source transactions applied (for their latency).
     applied_txns: Vec<usize>,
     /// (origin, stream) -> (sequence, GTID, source time) of the last transaction applied.
@@ -1017,7 +1018,7 @@ struct BatchTally {
 }
 
 impl BatchTally {
-    fn count(&mut self, origin: &str, entity: String, outcome: &'static str) {
+    fn count(&mut self, origin: &str, entity: String, outcome: Outcome) {
         *self.counts.entry((origin.to_string(), entity, outcome)).or_default() += 1;
     }
 }

@@ -122,7 +122,7 @@ impl Applier {
                             )
                             .await
                             .map_err(ApplyError::Database)?;
-                        self.ctx.metrics.apply_records.with_label_values(&[&self.ctx.site, &p.origin, entity, "dead_letter"]).inc();
+                        self.ctx.metrics.records(&self.ctx.site, &p.origin, entity, Outcome::DeadLetter, 1);
                     }
                     self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
                     tx.commit().await.map_err(ApplyError::Database)?;

@@ -67,16 +67,8 @@ pub enum BatchWrite {
     Delete(Vec<SqlValue>),
 }
 
-/// What happened to one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Written.
-    Applied,
-    /// Deliberately not written (on_delete = ignore, nothing to do).
-    Skipped,
-    /// Not written: the local row holds a later version (last writer wins).
-    ConflictLost,
-}
+/// What applying one record did.
+pub use crate::telemetry::Outcome;
 
 impl EntityPlan {
     /// Binds an entity to its table; fails if a configured column is missing there.

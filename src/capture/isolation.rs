@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::control::{Control, StoppedEntities};
 use crate::position::{Gtid, GtidState};
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{ErrorKind, Health, Metrics};
 
 use super::CaptureError;
 
@@ -120,7 +120,7 @@ impl Isolation {
             "capture of this entity stopped; the other entities go on. Fix the cause, then run `sitesync resume --entity {entity}`: its changes since are read again"
         );
         self.metrics.capture_entity_stopped.with_label_values(&[&self.site, entity]).set(1);
-        self.metrics.errors.with_label_values(&[&self.site, "decode"]).inc();
+        self.metrics.error(&self.site, ErrorKind::Decode);
         if let Some(c) = self.catch_up.as_mut() {
             c.entities.remove(entity);
         }

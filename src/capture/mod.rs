@@ -41,7 +41,7 @@ use crate::position::{Gtid, GtidState};
 use crate::preflight;
 use crate::record::{self, Op};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{Component, ErrorKind, Health, Metrics};
 use publisher::{Checkpoint, Publisher};
 use entity::EntityTable;
 use envelope::{Encoded, SiteParts};
@@ -293,7 +293,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
                     backoff = Duration::from_millis(200);
                 }
                 set_running(&ctx, false);
-                ctx.metrics.errors.with_label_values(&[&ctx.site, "database"]).inc();
+                ctx.metrics.error(&ctx.site, ErrorKind::Database);
                 tracing::warn!(site = %ctx.site, error = %e, retry_in_ms = backoff.as_millis() as u64, "binlog connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -333,7 +333,7 @@ async fn check_tables(ctx: &CaptureContext, pool: &sqlx::MySqlPool) -> Result<()
 /// Capture's health flag and its metric, together.
 fn set_running(ctx: &CaptureContext, running: bool) {
     ctx.health.capture_running.store(running, Ordering::Relaxed);
-    ctx.metrics.component_running.with_label_values(&[&ctx.site, "capture"]).set(running as i64);
+    ctx.metrics.running(&ctx.site, Component::Capture, running);
 }
 
 impl Reader {
