@@ -155,12 +155,7 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
         Err(e) => out.push(Finding::fail("settings", format!("cannot read the server's variables: {e}"))),
     }
 
-    let user: String = conn
-        .query_first("SELECT CURRENT_USER()")
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let user: String = conn.query_first("SELECT CURRENT_USER()").await.ok().flatten().unwrap_or_default();
     let grantee = match user.rsplit_once('@') {
         Some((u, h)) => format!("'{u}'@'{h}'"),
         None => "<user>".to_string(),
@@ -180,16 +175,12 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
     };
 
     if !tables.is_empty() {
-        let present: Vec<String> = conn
-            .exec("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", (app_db,))
-            .await
-            .unwrap_or_default();
-        let db_exists: Option<String> = conn
-            .exec_first("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (app_db,))
-            .await
-            .ok()
-            .flatten();
-        let missing: Vec<String> = tables.iter().filter(|(_, t)| !present.contains(t)).map(|(e, t)| format!("{t} (entities.{e})")).collect();
+        let present: Vec<String> =
+            conn.exec("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?", (app_db,)).await.unwrap_or_default();
+        let db_exists: Option<String> =
+            conn.exec_first("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (app_db,)).await.ok().flatten();
+        let missing: Vec<String> =
+            tables.iter().filter(|(_, t)| !present.contains(t)).map(|(e, t)| format!("{t} (entities.{e})")).collect();
         out.push(if db_exists.is_none() {
             Finding::fail(
                 "tables",
@@ -512,7 +503,10 @@ pub fn judge_grants(grants: &[String], app_db: &str, control_db: &str, tables: &
             };
             applies
                 && privileges.iter().any(|p| {
-                    p == "ALL" || p == "ALL PRIVILEGES" || p == privilege || (privilege == "REPLICATION SLAVE" && p == "REPLICATION REPLICA")
+                    p == "ALL"
+                        || p == "ALL PRIVILEGES"
+                        || p == privilege
+                        || (privilege == "REPLICATION SLAVE" && p == "REPLICATION REPLICA")
                 })
         })
     };
@@ -588,9 +582,16 @@ mod tests {
 
     #[test]
     fn root_passes_and_missing_privileges_are_named() {
-        let root = lines(&["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION", "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION"]);
+        let root = lines(&[
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION",
+            "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION",
+        ]);
         assert!(failed(&judge_grants(&root, "lims", "sitesync", &[], "x")).is_empty());
-        let some = lines(&["GRANT USAGE ON *.* TO `u`@`%`", "GRANT SELECT ON `lims`.* TO `u`@`%`", "GRANT SELECT (`a`, `b`), INSERT ON `sitesync`.`t` TO `u`@`%`"]);
+        let some = lines(&[
+            "GRANT USAGE ON *.* TO `u`@`%`",
+            "GRANT SELECT ON `lims`.* TO `u`@`%`",
+            "GRANT SELECT (`a`, `b`), INSERT ON `sitesync`.`t` TO `u`@`%`",
+        ]);
         let f = judge_grants(&some, "lims", "sitesync", &[], "'u'@'%'");
         assert_eq!(failed(&f), vec!["grant replication", "grant application", "grant control"]);
         let app = f.iter().find(|f| f.name == "grant application").unwrap();
@@ -608,7 +609,11 @@ mod tests {
         let f = judge_grants(&g, "li_ms", "ctl", &[], "u");
         assert_eq!(failed(&f), vec!["grant control"]);
         assert!(!db_matches("li\\_%", "lixms"));
-        let t = lines(&["GRANT REPLICATION REPLICA ON *.* TO u", "GRANT SELECT, INSERT, UPDATE, DELETE ON `app`.`user` TO u", "GRANT ALL ON `c`.* TO u"]);
+        let t = lines(&[
+            "GRANT REPLICATION REPLICA ON *.* TO u",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON `app`.`user` TO u",
+            "GRANT ALL ON `c`.* TO u",
+        ]);
         let tables = vec![("user".to_string(), "user".to_string())];
         assert!(failed(&judge_grants(&t, "app", "c", &tables, "u")).is_empty());
     }

@@ -17,10 +17,13 @@ use crate::{apply, capture, kafka, preflight, telemetry};
 /// Runs the command `cli` names.
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let config = Arc::new(Config::load(&cli.config)?);
-    let site = cli
-        .site
-        .clone()
-        .ok_or_else(|| anyhow!("--site (or SITESYNC_SITE) is required; sites in {}: {}", cli.config.display(), config.sites.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+    let site = cli.site.clone().ok_or_else(|| {
+        anyhow!(
+            "--site (or SITESYNC_SITE) is required; sites in {}: {}",
+            cli.config.display(),
+            config.sites.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
     config.site(&site)?;
     match cli.command {
         Command::Check => check(&config, &site).await,
@@ -218,7 +221,10 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
 async fn resume(config: &Config, site: &str, entities: &[String]) -> Result<ExitCode> {
     for e in entities {
         if !config.entities.contains_key(e) {
-            anyhow::bail!("--entity {e}: no such entity; defined entities: {}", config.entities.keys().cloned().collect::<Vec<_>>().join(", "));
+            anyhow::bail!(
+                "--entity {e}: no such entity; defined entities: {}",
+                config.entities.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
     }
     let ctl = control_of(config, site).await?;
@@ -239,13 +245,20 @@ async fn resume(config: &Config, site: &str, entities: &[String]) -> Result<Exit
 async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: bool) -> Result<ExitCode> {
     for e in entities {
         if !config.entities.contains_key(e) {
-            return Err(anyhow!("--entity {e}: no such entity in {}; entities: {}", config.path.display(), config.entities.keys().cloned().collect::<Vec<_>>().join(", ")));
+            return Err(anyhow!(
+                "--entity {e}: no such entity in {}; entities: {}",
+                config.path.display(),
+                config.entities.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
     }
     let ctl = control_of(config, site).await?;
     let requests = ctl.snapshots();
     let id = requests.request(&entities.join(",")).await?;
-    println!("snapshot {id} requested at site {site} ({})", if entities.is_empty() { "all entities".to_string() } else { entities.join(", ") });
+    println!(
+        "snapshot {id} requested at site {site} ({})",
+        if entities.is_empty() { "all entities".to_string() } else { entities.join(", ") }
+    );
     if no_wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -256,7 +269,10 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
         let (status, done, total, message) = (request.status, request.rows_done, request.rows_total, request.message);
         let line = match status.as_str() {
             "requested" => format!("waiting for the capture of site {site} to start it (is `sitesync run` running there?)"),
-            "running" => format!("running: {done} of {total} rows published ({:.0}%)", if total > 0 { 100.0 * done as f64 / total as f64 } else { 100.0 }),
+            "running" => format!(
+                "running: {done} of {total} rows published ({:.0}%)",
+                if total > 0 { 100.0 * done as f64 / total as f64 } else { 100.0 }
+            ),
             other => format!("{other}: {}", message.clone().unwrap_or_default()),
         };
         if line != last {

@@ -18,14 +18,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Settings the delivery guarantees depend on: a user property may not override them.
 /// An idempotent producer still leaves a gap when a message times out (librdkafka's
 /// "Message timeout considerations"): records never time out, capture waits for Kafka instead.
-const PRODUCER_GUARANTEES: &[(&str, &str)] = &[
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    ("message.timeout.ms", "0"),
-    ("enable.gapless.guarantee", "true"),
-];
-const CONSUMER_GUARANTEES: &[(&str, &str)] =
-    &[("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")];
+const PRODUCER_GUARANTEES: &[(&str, &str)] =
+    &[("enable.idempotence", "true"), ("acks", "all"), ("message.timeout.ms", "0"), ("enable.gapless.guarantee", "true")];
+const CONSUMER_GUARANTEES: &[(&str, &str)] = &[("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")];
 
 /// A Kafka operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +54,14 @@ impl TransportError {
         match self {
             TransportError::Kafka { source, .. } => matches!(
                 source.rdkafka_error_code(),
-                Some(Code::BrokerTransportFailure | Code::AllBrokersDown | Code::OperationTimedOut | Code::RequestTimedOut | Code::Resolve | Code::NetworkException)
+                Some(
+                    Code::BrokerTransportFailure
+                        | Code::AllBrokersDown
+                        | Code::OperationTimedOut
+                        | Code::RequestTimedOut
+                        | Code::Resolve
+                        | Code::NetworkException
+                )
             ),
             TransportError::Conflict { .. } => false,
         }
@@ -133,9 +135,8 @@ pub async fn create_topics(
     topics: &[String],
     retention_ms: i64,
 ) -> Result<Vec<(String, &'static str)>, TransportError> {
-    let admin: AdminClient<DefaultClientContext> = base(kafka, &[])?
-        .create()
-        .map_err(|source| TransportError::Kafka { what: "creating the admin client".into(), source })?;
+    let admin: AdminClient<DefaultClientContext> =
+        base(kafka, &[])?.create().map_err(|source| TransportError::Kafka { what: "creating the admin client".into(), source })?;
     let max = MAX_MESSAGE_BYTES.to_string();
     let retention = retention_ms.to_string();
     let new: Vec<NewTopic> = topics
@@ -147,38 +148,24 @@ pub async fn create_topics(
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(new.iter(), &opts)
-        .await
-        .map_err(|source| TransportError::Kafka { what: "creating topics".into(), source })?;
+    let results =
+        admin.create_topics(new.iter(), &opts).await.map_err(|source| TransportError::Kafka { what: "creating topics".into(), source })?;
     let mut out = Vec::new();
     for r in results {
         match r {
             Ok(t) => out.push((t, "created")),
             Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((t, "exists")),
-            Err((t, code)) => {
-                return Err(TransportError::Kafka {
-                    what: format!("creating topic {t}"),
-                    source: KafkaError::AdminOp(code),
-                })
-            }
+            Err((t, code)) => return Err(TransportError::Kafka { what: format!("creating topic {t}"), source: KafkaError::AdminOp(code) }),
         }
     }
     Ok(out)
 }
 
 /// Topic -> partition count, for the topics that exist (blocking; run off the async runtime).
-pub fn topic_partitions(
-    kafka: &KafkaConfig,
-    topics: &[String],
-    timeout: Duration,
-) -> Result<Vec<(String, Option<usize>)>, TransportError> {
-    let consumer: BaseConsumer = base(kafka, &[])?
-        .create()
-        .map_err(|source| TransportError::Kafka { what: "creating a metadata client".into(), source })?;
-    let md = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|source| TransportError::Kafka { what: "fetching metadata".into(), source })?;
+pub fn topic_partitions(kafka: &KafkaConfig, topics: &[String], timeout: Duration) -> Result<Vec<(String, Option<usize>)>, TransportError> {
+    let consumer: BaseConsumer =
+        base(kafka, &[])?.create().map_err(|source| TransportError::Kafka { what: "creating a metadata client".into(), source })?;
+    let md = consumer.fetch_metadata(None, timeout).map_err(|source| TransportError::Kafka { what: "fetching metadata".into(), source })?;
     Ok(topics
         .iter()
         .map(|t| {

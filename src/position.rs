@@ -43,9 +43,7 @@ impl GtidState {
         if mysql {
             let mut set = BTreeMap::new();
             for part in parts {
-                let (uuid, intervals) = part
-                    .split_once(':')
-                    .ok_or_else(|| parse_err(text, "set", "expected uuid:interval"))?;
+                let (uuid, intervals) = part.split_once(':').ok_or_else(|| parse_err(text, "set", "expected uuid:interval"))?;
                 if uuid.len() != 36 || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                     return Err(parse_err(text, "set", format!("`{uuid}` is not a server uuid")));
                 }
@@ -105,12 +103,10 @@ impl GtidState {
     /// MySQL: whether `gno` of `uuid` is in the set (used by tests of resume with gaps).
     pub fn contains(&self, gtid: &Gtid) -> bool {
         match (self, gtid) {
-            (GtidState::MariaDb(state), Gtid::MariaDb { domain, seq, .. }) => {
-                state.get(domain).is_some_and(|(_, s)| s >= seq)
+            (GtidState::MariaDb(state), Gtid::MariaDb { domain, seq, .. }) => state.get(domain).is_some_and(|(_, s)| s >= seq),
+            (GtidState::MySql(set), Gtid::MySql { uuid, gno }) => {
+                set.get(uuid).is_some_and(|r| r.iter().any(|(a, b)| a <= gno && gno <= b))
             }
-            (GtidState::MySql(set), Gtid::MySql { uuid, gno }) => set
-                .get(uuid)
-                .is_some_and(|r| r.iter().any(|(a, b)| a <= gno && gno <= b)),
             _ => false,
         }
     }
@@ -134,8 +130,7 @@ impl fmt::Display for GtidState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GtidState::MariaDb(state) => {
-                let parts: Vec<String> =
-                    state.iter().map(|(d, (s, n))| format!("{d}-{s}-{n}")).collect();
+                let parts: Vec<String> = state.iter().map(|(d, (s, n))| format!("{d}-{s}-{n}")).collect();
                 f.write_str(&parts.join(","))
             }
             GtidState::MySql(set) => {

@@ -51,8 +51,7 @@ impl Finding {
 }
 
 async fn var(conn: &mut mysql_async::Conn, name: &str) -> Result<Option<String>, mysql_async::Error> {
-    let row: Option<(String, Option<String>)> =
-        conn.exec_first("SHOW GLOBAL VARIABLES WHERE Variable_name = ?", (name,)).await?;
+    let row: Option<(String, Option<String>)> = conn.exec_first("SHOW GLOBAL VARIABLES WHERE Variable_name = ?", (name,)).await?;
     Ok(row.and_then(|(_, v)| v))
 }
 

@@ -184,10 +184,7 @@ impl ChangeRecord {
             Op::Delete => record.before.is_some(),
         };
         if !image_ok {
-            return Err(RecordError::Inconsistent(format!(
-                "op `{}` lacks its row image",
-                record.op.code()
-            )));
+            return Err(RecordError::Inconsistent(format!("op `{}` lacks its row image", record.op.code())));
         }
         if record.sitesync.key.is_empty() {
             return Err(RecordError::Inconsistent("empty key".into()));
@@ -267,10 +264,7 @@ pub fn key_bytes(entity: &str, key: &Row) -> Vec<u8> {
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -62,9 +62,7 @@ impl Stamp {
 
     /// The total order: version, then depth, then site id.
     pub fn order(&self, other: &Stamp) -> Ordering {
-        compare_versions(&self.version, &other.version)
-            .then(self.depth.cmp(&other.depth))
-            .then_with(|| self.site.cmp(&other.site))
+        compare_versions(&self.version, &other.version).then(self.depth.cmp(&other.depth)).then_with(|| self.site.cmp(&other.site))
     }
 
     /// Whether a change stamped `self` loses to the row version stamped `local`. An equal stamp
@@ -99,7 +97,9 @@ pub struct VersionEntry {
 /// see the same stamp for the same row.
 pub fn of_row(version: &str, content: Option<&str>, recorded: Option<&VersionEntry>, site: &str) -> Stamp {
     match recorded {
-        Some(e) if !e.deleted && e.row_version == version && (content.is_none() || e.content.is_none() || e.content.as_deref() == content) => {
+        Some(e)
+            if !e.deleted && e.row_version == version && (content.is_none() || e.content.is_none() || e.content.as_deref() == content) =>
+        {
             e.stamp.clone()
         }
         Some(e) => Stamp::after(Some(&e.stamp), version, site),

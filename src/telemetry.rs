@@ -385,12 +385,7 @@ impl ReadinessProbe {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    health: Arc<Health>,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Metrics, health: Arc<Health>, shutdown: Shutdown) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     loop {
@@ -424,10 +419,7 @@ pub async fn serve(
                 },
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.write_all(body.as_bytes()).await;
             let _ = stream.shutdown().await;

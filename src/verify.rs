@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::mysql::MySqlPool;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use crate::mysql::schema::{self, TableSchema};
 use crate::config::{Config, EntityConfig, Filter};
 use crate::control;
+use crate::mysql::schema::{self, TableSchema};
 
 /// One difference found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -59,12 +59,7 @@ struct SiteData {
 }
 
 /// Compares `site` with `against` (default: every site it exchanges entities with).
-pub async fn verify(
-    config: &Config,
-    site: &str,
-    entities: &[String],
-    against: &[String],
-) -> Result<Vec<Difference>, VerifyError> {
+pub async fn verify(config: &Config, site: &str, entities: &[String], against: &[String]) -> Result<Vec<Difference>, VerifyError> {
     for e in entities {
         if !config.entities.contains_key(e) {
             return Err(VerifyError::Config(format!("--entity {e}: no such entity in {}", config.path.display())));
@@ -76,17 +71,12 @@ pub async fn verify(
         }
     }
     let entities: Vec<String> = if entities.is_empty() { config.entities.keys().cloned().collect() } else { entities.to_vec() };
-    let others: Vec<String> = if against.is_empty() {
-        config.sites.keys().filter(|s| *s != site).cloned().collect()
-    } else {
-        against.to_vec()
-    };
+    let others: Vec<String> =
+        if against.is_empty() { config.sites.keys().filter(|s| *s != site).cloned().collect() } else { against.to_vec() };
     let mut data: HashMap<String, SiteData> = HashMap::new();
     for s in std::iter::once(site.to_string()).chain(others.iter().cloned()) {
         let url = config.site(&s).map_err(|e| VerifyError::Config(e.to_string()))?.mysql.expose();
-        let pool = control::connect(&s, url, 2)
-            .await
-            .map_err(|e| VerifyError::Site { site: s.clone(), message: e.to_string() })?;
+        let pool = control::connect(&s, url, 2).await.map_err(|e| VerifyError::Site { site: s.clone(), message: e.to_string() })?;
         data.insert(s.clone(), SiteData { pool, db: config.database_of(&s).to_string(), ids: HashMap::new() });
     }
     let mut diffs = Vec::new();
@@ -98,14 +88,25 @@ pub async fn verify(
                 }
                 let source = contents(config, entity, from, &mut data).await?;
                 let target = contents(config, entity, to, &mut data).await?;
-                let filter = config.entities[entity].filter.as_deref().map(Filter::parse).transpose().map_err(|e| VerifyError::Config(e.to_string()))?;
+                let filter = config.entities[entity]
+                    .filter
+                    .as_deref()
+                    .map(Filter::parse)
+                    .transpose()
+                    .map_err(|e| VerifyError::Config(e.to_string()))?;
                 for (key, row) in &source.1 {
                     if let Some(f) = &filter {
                         if !f.matches(&source.0[key]) {
                             continue;
                         }
                     }
-                    let diff = |detail: String| Difference { entity: entity.clone(), from: from.to_string(), to: to.to_string(), key: key.clone(), detail };
+                    let diff = |detail: String| Difference {
+                        entity: entity.clone(),
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        key: key.clone(),
+                        detail,
+                    };
                     match target.1.get(key) {
                         None => diffs.push(diff(format!("missing at {to}"))),
                         Some(other_row) => {
@@ -204,7 +205,13 @@ async fn contents(
         let image: serde_json::Map<String, serde_json::Value> = text
             .iter()
             .map(|(c, v)| {
-                let v = v.clone().map(|s| s.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(serde_json::Value::Number).unwrap_or(serde_json::Value::String(s)));
+                let v = v.clone().map(|s| {
+                    s.parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(serde_json::Value::Number)
+                        .unwrap_or(serde_json::Value::String(s))
+                });
                 (c.to_string(), v.unwrap_or(serde_json::Value::Null))
             })
             .collect();
@@ -235,10 +242,15 @@ async fn natural_key_of(
             return Err(err(format!("{}: references need a one-column primary key", crate::mysql::qualified(&table.db, &table.table))));
         };
         let cols: Vec<String> = cfg.key.iter().map(|k| format!("CAST({} AS CHAR)", quote(k))).collect();
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT CAST({} AS CHAR), {} FROM {}", quote(pk), cols.join(", "), crate::mysql::qualified(&table.db, &table.table))))
-            .fetch_all(&d.pool)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT CAST({} AS CHAR), {} FROM {}",
+            quote(pk),
+            cols.join(", "),
+            crate::mysql::qualified(&table.db, &table.table)
+        )))
+        .fetch_all(&d.pool)
+        .await
+        .map_err(|e| err(e.to_string()))?;
         let mut ids = HashMap::new();
         for r in rows {
             let id: String = r.try_get(0).map_err(|e| err(e.to_string()))?;

@@ -99,12 +99,20 @@ async fn a_natural_key_backlog_in_large_batches_matches_the_origin_row_for_row()
         fed.exec("a", &format!("UPDATE user SET name = CONCAT('two ', token), mtime = 20 WHERE token = 'u{i:03}'")).await;
     }
     // References to rows inserted earlier in the backlog.
-    fed.exec("a", "INSERT INTO user (token, name, mtime, approver_id) SELECT CONCAT('w', LPAD(seq, 3, '0')), 'w', 10, \
-                   (SELECT id FROM user u WHERE u.token = CONCAT('u', LPAD(seq, 3, '0'))) FROM seq_0_to_49").await;
+    fed.exec(
+        "a",
+        "INSERT INTO user (token, name, mtime, approver_id) SELECT CONCAT('w', LPAD(seq, 3, '0')), 'w', 10, \
+                   (SELECT id FROM user u WHERE u.token = CONCAT('u', LPAD(seq, 3, '0'))) FROM seq_0_to_49",
+    )
+    .await;
     // One transaction: a lab pointing at a person, and memberships pointing at both.
     fed.exec("a", "INSERT INTO lab (code, name, pi_id) SELECT 'L1', 'Lab one', id FROM user WHERE token = 'u001'").await;
-    fed.exec("a", "INSERT INTO user_lab (user_id, lab_id, type) SELECT u.id, l.id, 'member' FROM user u, lab l \
-                   WHERE u.token IN ('u002', 'u003') AND l.code = 'L1'").await;
+    fed.exec(
+        "a",
+        "INSERT INTO user_lab (user_id, lab_id, type) SELECT u.id, l.id, 'member' FROM user u, lab l \
+                   WHERE u.token IN ('u002', 'u003') AND l.code = 'L1'",
+    )
+    .await;
     // History meets the backlog: A's version beats B's older one and loses to B's newer one.
     fed.exec("a", "UPDATE user SET name = 'A-old5', mtime = 10 WHERE token = 'old5'").await;
     fed.exec("a", "UPDATE user SET name = 'A-new50', mtime = 20 WHERE token = 'new50'").await;
@@ -159,7 +167,8 @@ async fn a_natural_key_backlog_in_large_batches_matches_the_origin_row_for_row()
     let ids = |rows: Vec<Vec<String>>| rows.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect::<HashMap<_, _>>();
     let a_ids = ids(fed.rows("a", "SELECT id, token FROM user WHERE token <> 'admin'").await);
     let b_ids: HashMap<String, String> = ids(fed.rows("b", "SELECT token, id FROM user").await);
-    let map = ids(fed.rows("b", &format!("SELECT origin_key, local_key FROM `{ctl}`.identity_map WHERE entity = 'user' AND origin = 'a'")).await);
+    let map =
+        ids(fed.rows("b", &format!("SELECT origin_key, local_key FROM `{ctl}`.identity_map WHERE entity = 'user' AND origin = 'a'")).await);
     for (a_id, token) in &a_ids {
         assert_eq!(map.get(a_id), b_ids.get(token), "identity of A's {token} (id {a_id})");
     }

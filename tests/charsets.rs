@@ -25,12 +25,19 @@ fn characters_of(cs: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_character_of_every_character_set_arrives_byte_for_byte() {
-    let server = MySqlPoolOptions::new().max_connections(1).connect(&common::server_url(0)).await.expect("site a's server (deploy/local/stack.sh up)");
-    let charsets: Vec<String> = common::rows(&server, "SELECT CHARACTER_SET_NAME FROM information_schema.CHARACTER_SETS WHERE CHARACTER_SET_NAME <> 'binary' ORDER BY 1")
+    let server = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&common::server_url(0))
         .await
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
+        .expect("site a's server (deploy/local/stack.sh up)");
+    let charsets: Vec<String> = common::rows(
+        &server,
+        "SELECT CHARACTER_SET_NAME FROM information_schema.CHARACTER_SETS WHERE CHARACTER_SET_NAME <> 'binary' ORDER BY 1",
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
     assert!(charsets.len() >= 30, "the server offers {} character sets", charsets.len());
     let mut schema = String::new();
     let mut entities = String::new();
@@ -42,7 +49,8 @@ async fn every_character_of_every_character_set_arrives_byte_for_byte() {
     }
     let names: Vec<String> = charsets.iter().map(|cs| format!("\"cs_{cs}\"")).collect();
     entities.push_str(&format!("[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [{}]\n", names.join(", ")));
-    let mut fed = Federation::new("charsets", Spec { sites: &["a", "b"], schema: &schema, entities_and_routes: &entities, ..Spec::default() }).await;
+    let mut fed =
+        Federation::new("charsets", Spec { sites: &["a", "b"], schema: &schema, entities_and_routes: &entities, ..Spec::default() }).await;
 
     // check learns every character set from the server, and says so before anything runs.
     let out = fed.command("a", &["check"]).output().unwrap();
@@ -70,7 +78,8 @@ async fn every_character_of_every_character_set_arrives_byte_for_byte() {
     fed.start("b", &["run"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     for (cs, _, hex) in &expected {
-        fed.exec("a", &format!("INSERT INTO cs_{cs} (id, v, short) VALUES (1, x'{hex}', LEFT(REVERSE(CONVERT(x'{hex}' USING {cs})), 12))")).await;
+        fed.exec("a", &format!("INSERT INTO cs_{cs} (id, v, short) VALUES (1, x'{hex}', LEFT(REVERSE(CONVERT(x'{hex}' USING {cs})), 12))"))
+            .await;
     }
     let out = fed.command("a", &["snapshot"]).output().unwrap();
     assert!(out.status.success(), "snapshot at a: {}", String::from_utf8_lossy(&out.stderr));
@@ -80,7 +89,11 @@ async fn every_character_of_every_character_set_arrives_byte_for_byte() {
         let sql = format!("SELECT id, MD5(HEX(v)), HEX(short) FROM cs_{cs} ORDER BY id");
         let at_a = fed.rows("a", &sql).await;
         assert_eq!(at_a.len(), 2, "{cs} at a");
-        assert_eq!(fed.rows("a", &format!("SELECT HEX(v) FROM cs_{cs} WHERE id = 1")).await[0][0], *hex, "{cs}: the source stored what the test wrote");
+        assert_eq!(
+            fed.rows("a", &format!("SELECT HEX(v) FROM cs_{cs} WHERE id = 1")).await[0][0],
+            *hex,
+            "{cs}: the source stored what the test wrote"
+        );
         let pool = fed.pool("b").clone();
         let what = format!("{cs}: both rows at b, byte for byte");
         fed.wait_for(Duration::from_secs(90), &what, || {

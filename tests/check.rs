@@ -126,8 +126,7 @@ async fn init(config: &Path, site: &str) {
     assert!(out.status.success(), "init: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-const BINLOG_FLAGS: &[&str] =
-    &["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL"];
+const BINLOG_FLAGS: &[&str] = &["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL"];
 
 // ---- the tests
 
@@ -155,11 +154,31 @@ async fn server_settings_grants_and_server_ids_each_fail_with_their_fix() {
 
     // Binlog settings, one at a time, on this test's own server.
     let cases: &[(&str, &str, &str, &[&str])] = &[
-        ("binlog_format = 'STATEMENT'", "binlog_format = 'ROW'", "binlog_format", &["is STATEMENT", "SET GLOBAL binlog_format = 'ROW'", "binlog_format = ROW under [mysqld]"]),
+        (
+            "binlog_format = 'STATEMENT'",
+            "binlog_format = 'ROW'",
+            "binlog_format",
+            &["is STATEMENT", "SET GLOBAL binlog_format = 'ROW'", "binlog_format = ROW under [mysqld]"],
+        ),
         ("binlog_format = 'MIXED'", "binlog_format = 'ROW'", "binlog_format", &["is MIXED", "SET GLOBAL binlog_format = 'ROW'"]),
-        ("binlog_row_image = 'MINIMAL'", "binlog_row_image = 'FULL'", "binlog_row_image", &["is MINIMAL", "SET GLOBAL binlog_row_image = 'FULL'", "binlog_row_image = FULL under [mysqld]"]),
-        ("binlog_row_metadata = 'MINIMAL'", "binlog_row_metadata = 'FULL'", "binlog_row_metadata", &["is MINIMAL", "SET GLOBAL binlog_row_metadata = 'FULL'", "binlog_row_metadata = FULL under [mysqld]"]),
-        ("binlog_row_metadata = 'NO_LOG'", "binlog_row_metadata = 'FULL'", "binlog_row_metadata", &["is NO_LOG", "SET GLOBAL binlog_row_metadata = 'FULL'"]),
+        (
+            "binlog_row_image = 'MINIMAL'",
+            "binlog_row_image = 'FULL'",
+            "binlog_row_image",
+            &["is MINIMAL", "SET GLOBAL binlog_row_image = 'FULL'", "binlog_row_image = FULL under [mysqld]"],
+        ),
+        (
+            "binlog_row_metadata = 'MINIMAL'",
+            "binlog_row_metadata = 'FULL'",
+            "binlog_row_metadata",
+            &["is MINIMAL", "SET GLOBAL binlog_row_metadata = 'FULL'", "binlog_row_metadata = FULL under [mysqld]"],
+        ),
+        (
+            "binlog_row_metadata = 'NO_LOG'",
+            "binlog_row_metadata = 'FULL'",
+            "binlog_row_metadata",
+            &["is NO_LOG", "SET GLOBAL binlog_row_metadata = 'FULL'"],
+        ),
         ("log_bin_compress = ON", "log_bin_compress = OFF", "log_bin_compress", &["is ON", "SET GLOBAL log_bin_compress = 'OFF'"]),
     ];
     for (set, restore, name, fixes) in cases {
@@ -188,7 +207,11 @@ async fn server_settings_grants_and_server_ids_each_fail_with_their_fix() {
         if let Some(status) = capture.try_wait().unwrap() {
             panic!("capture exited with {status}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
-        assert!(Instant::now() < deadline, "capture never registered as a binlog reader:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "capture never registered as a binlog reader:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let c = check(&config, "a").await;
@@ -278,7 +301,19 @@ async fn uninitialised_site_then_all_pass_after_init_and_kafka_unreachable_fails
     init(&config, "a").await;
     let c = check(&config, "a").await;
     c.assert_passes();
-    for name in ["database", "binlog", "binlog_format", "binlog_row_image", "binlog_row_metadata", "gtid", "server_id", "grant replication", "control tables", "kafka", "topic"] {
+    for name in [
+        "database",
+        "binlog",
+        "binlog_format",
+        "binlog_row_image",
+        "binlog_row_metadata",
+        "gtid",
+        "server_id",
+        "grant replication",
+        "control tables",
+        "kafka",
+        "topic",
+    ] {
         assert!(c.out.contains(&format!("PASS {name}: ")), "no PASS {name}:\n{}", c.out);
     }
 

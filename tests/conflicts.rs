@@ -44,7 +44,9 @@ async fn concurrent_updates_end_identical_by_last_writer_and_verify_lists_differ
             schema: LIMS,
             entities_and_routes: CONFIG,
             // The same admin at both sites, under different ids.
-            seed: |i, _| format!("ALTER TABLE user AUTO_INCREMENT = {}; INSERT INTO user (token, name) VALUES ('admin', 'Admin')", 100 * (i + 1)),
+            seed: |i, _| {
+                format!("ALTER TABLE user AUTO_INCREMENT = {}; INSERT INTO user (token, name) VALUES ('admin', 'Admin')", 100 * (i + 1))
+            },
             ..Spec::default()
         },
     )
@@ -54,7 +56,8 @@ async fn concurrent_updates_end_identical_by_last_writer_and_verify_lists_differ
     let app_a = fed.start("a", &["apply"]);
     let app_b = fed.start("b", &["apply"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('u1', 'one', 1), ('u2', 'two', 1), ('u3', 'three', 1), ('u4', 'four', 1)").await;
+    fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('u1', 'one', 1), ('u2', 'two', 1), ('u3', 'three', 1), ('u4', 'four', 1)")
+        .await;
     let pb = fed.pool("b").clone();
     fed.wait_for(WAIT, "users at B", || {
         let pb = pb.clone();

@@ -76,7 +76,6 @@ fn topic_values(fed: &Federation, site: &str) -> Vec<serde_json::Value> {
     out
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_savepoint_inside_an_applied_transaction_does_not_end_it() {
     let mut fed = Federation::new("savepoint", Spec { schema: LIMS2, entities_and_routes: ENTITIES, ..Spec::default() }).await;
@@ -104,7 +103,8 @@ async fn a_savepoint_inside_an_applied_transaction_does_not_end_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_is_no_reference_and_a_real_dangling_one_still_waits() {
-    let mut fed = Federation::new("noref", Spec { schema: LIMS2, entities_and_routes: ENTITIES, ref_wait_seconds: 3, ..Spec::default() }).await;
+    let mut fed =
+        Federation::new("noref", Spec { schema: LIMS2, entities_and_routes: ENTITIES, ref_wait_seconds: 3, ..Spec::default() }).await;
     fed.start("a", &["run"]);
     fed.start("b", &["run"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -130,7 +130,12 @@ async fn zero_is_no_reference_and_a_real_dangling_one_still_waits() {
     // Later changes to those rows are not held behind anything.
     fed.exec("a", "UPDATE user SET name = 'Administrator', mtime = 2 WHERE token = 'admin'").await;
     fed.exec("a", "UPDATE tag SET name = 'The root' WHERE uuid = 'root'").await;
-    fed.wait_rows("b", "SELECT name FROM user WHERE token = 'admin' UNION ALL SELECT name FROM tag WHERE uuid = 'root'", &[&["Administrator"], &["The root"]]).await;
+    fed.wait_rows(
+        "b",
+        "SELECT name FROM user WHERE token = 'admin' UNION ALL SELECT name FROM tag WHERE uuid = 'root'",
+        &[&["Administrator"], &["The root"]],
+    )
+    .await;
     let ctl = fed.control_db.clone();
     assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{ctl}`.parked")).await, 0, "nothing waits for a row 0");
 
@@ -175,7 +180,12 @@ async fn a_snapshot_publishes_only_the_rows_its_site_owns() {
     // Rows that reach b from a and from c, one of them changed at b afterwards (still a's).
     fed.exec("a", "INSERT INTO user (token, name, mtime) VALUES ('from-a', 'A', 5)").await;
     fed.exec("c", "INSERT INTO tag (uuid, name) VALUES ('from-c', 'C')").await;
-    fed.wait_rows("b", "SELECT token FROM user WHERE token = 'from-a' UNION ALL SELECT uuid FROM tag WHERE uuid = 'from-c'", &[&["from-a"], &["from-c"]]).await;
+    fed.wait_rows(
+        "b",
+        "SELECT token FROM user WHERE token = 'from-a' UNION ALL SELECT uuid FROM tag WHERE uuid = 'from-c'",
+        &[&["from-a"], &["from-c"]],
+    )
+    .await;
     fed.exec("b", "UPDATE user SET name = 'A, renamed at b', mtime = 6 WHERE token = 'from-a'").await;
 
     let out = fed.command("b", &["snapshot"]).output().unwrap();
@@ -193,14 +203,20 @@ async fn a_snapshot_publishes_only_the_rows_its_site_owns() {
         "b publishes its history and nothing it received from a or c"
     );
     for site in ["a", "c"] {
-        fed.wait_rows(site, "SELECT name FROM user WHERE token IN ('b-old', 'from-a') ORDER BY token", &[&["From before"], &["A, renamed at b"]]).await;
+        fed.wait_rows(
+            site,
+            "SELECT name FROM user WHERE token IN ('b-old', 'from-a') ORDER BY token",
+            &[&["From before"], &["A, renamed at b"]],
+        )
+        .await;
         fed.wait_rows(site, "SELECT COUNT(*) FROM tag WHERE uuid = 'b-root'", &[&["1"]]).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_on_top_of_a_received_one_wins_whatever_order_others_see_them_in() {
-    let mut fed = Federation::new("causal", Spec { sites: &["a", "b", "c"], schema: LIMS2, entities_and_routes: ENTITIES, ..Spec::default() }).await;
+    let mut fed =
+        Federation::new("causal", Spec { sites: &["a", "b", "c"], schema: LIMS2, entities_and_routes: ENTITIES, ..Spec::default() }).await;
     // b first hears only from a: it will see a's change before c's, which a's was made on.
     let full = std::fs::read_to_string(&fed.config_path).unwrap();
     let only_from_a = fed.dir.join("b-from-a-only.toml");
@@ -230,7 +246,12 @@ async fn a_change_made_on_top_of_a_received_one_wins_whatever_order_others_see_t
     fed.exec("c", "UPDATE user SET name = 'Q renamed at c', mtime = 1001 WHERE token = 'q7'").await;
     fed.wait_rows("a", "SELECT name FROM user WHERE token = 'q7'", &[&["Q renamed at c"]]).await;
     fed.exec("a", "UPDATE user SET group_id = 0, name = 'Q renamed at c, activated at a', mtime = 1001 WHERE token = 'q7'").await;
-    fed.wait_rows("b", "SELECT name FROM user WHERE token IN ('p354', 'q7') ORDER BY token", &[&["Renamed at a"], &["Q renamed at c, activated at a"]]).await;
+    fed.wait_rows(
+        "b",
+        "SELECT name FROM user WHERE token IN ('p354', 'q7') ORDER BY token",
+        &[&["Renamed at a"], &["Q renamed at c, activated at a"]],
+    )
+    .await;
 
     // Now b hears from c too: c's older changes arrive after a's, and lose to them.
     let mut b_partial = b_partial;

@@ -250,7 +250,8 @@ fn block(lines: &[Line], i: &mut usize, indent: usize) -> Result<Value, String> 
         }
         let (key, rest) = split_key(&line.text).ok_or_else(|| format!("line {}: expected `key: value`, found `{}`", line.no, line.text))?;
         *i += 1;
-        let value = if rest.is_empty() { nested(lines, i, indent)? } else { inline(&rest).map_err(|e| format!("line {}: {e}", line.no))? };
+        let value =
+            if rest.is_empty() { nested(lines, i, indent)? } else { inline(&rest).map_err(|e| format!("line {}: {e}", line.no))? };
         if map.insert(key.clone(), value).is_some() {
             return Err(format!("line {}: duplicate key `{key}`", line.no));
         }
@@ -305,10 +306,14 @@ fn yaml_file(rel: &str) -> Value {
 
 #[test]
 fn the_yaml_reader_refuses_what_it_does_not_understand() {
-    assert_eq!(parse_yaml("a:\n  - x\n  - k: v\n    n: 1\nb: [\"p\", q]\nc: { s: t }\nd:\n").unwrap(),
-        json!({"a": ["x", {"k": "v", "n": 1}], "b": ["p", "q"], "c": {"s": "t"}, "d": null}));
+    assert_eq!(
+        parse_yaml("a:\n  - x\n  - k: v\n    n: 1\nb: [\"p\", q]\nc: { s: t }\nd:\n").unwrap(),
+        json!({"a": ["x", {"k": "v", "n": 1}], "b": ["p", "q"], "c": {"s": "t"}, "d": null})
+    );
     assert_eq!(parse_yaml("k: \"a # b\" # comment\nu: http://h:1/x\n").unwrap(), json!({"k": "a # b", "u": "http://h:1/x"}));
-    for bad in ["a: 1\na: 2\n", "a:\n\t- x\n", "a: &x 1\n", "a: |\n  t\n", "a:\n  b: 1\n c: 2\n", "a: on\n", "a: 1.5\n", "a: [x\n", "- a\nb: 1\n"] {
+    for bad in
+        ["a: 1\na: 2\n", "a:\n\t- x\n", "a: &x 1\n", "a: |\n  t\n", "a:\n  b: 1\n c: 2\n", "a: on\n", "a: 1.5\n", "a: [x\n", "- a\nb: 1\n"]
+    {
         assert!(parse_yaml(bad).is_err(), "accepted {bad:?}");
     }
 }
@@ -320,8 +325,7 @@ const COMPOSE: &str = "deploy/compose/docker-compose.yml";
 const COMPOSE_TOML: &str = "deploy/compose/sitesync.toml";
 
 fn compose_config() -> Config {
-    Config::from_toml(&read(COMPOSE_TOML), Path::new(COMPOSE_TOML), &|_| Some("x".into()))
-        .unwrap_or_else(|e| panic!("{e}"))
+    Config::from_toml(&read(COMPOSE_TOML), Path::new(COMPOSE_TOML), &|_| Some("x".into())).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn str_list(v: &Value) -> Vec<String> {
@@ -398,7 +402,11 @@ fn compose_file_parses_and_names_the_demo_services() {
         let context = base.join(service["build"]["context"].as_str().unwrap());
         let dockerfile = context.join(service["build"]["dockerfile"].as_str().unwrap());
         assert!(dockerfile.is_file(), "{name}: {} is not a file", dockerfile.display());
-        assert_eq!(std::fs::canonicalize(&context).unwrap(), std::fs::canonicalize(repo_path(".")).unwrap(), "{name}: build from the repository root");
+        assert_eq!(
+            std::fs::canonicalize(&context).unwrap(),
+            std::fs::canonicalize(repo_path(".")).unwrap(),
+            "{name}: build from the repository root"
+        );
     }
 }
 
@@ -409,22 +417,38 @@ fn compose_servers_have_the_settings_sitesync_check_wants() {
     let mut server_ids = BTreeSet::new();
     for (name, mysql) in services_by_image(services, "mysql:") {
         let args = str_list(&mysql["command"]);
-        for wanted in ["--log-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL", "--gtid-mode=ON", "--enforce-gtid-consistency=ON"] {
+        for wanted in [
+            "--log-bin",
+            "--binlog-format=ROW",
+            "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL",
+            "--gtid-mode=ON",
+            "--enforce-gtid-consistency=ON",
+        ] {
             assert!(args.iter().any(|a| a == wanted || a.starts_with(&format!("{wanted}="))), "{name}: {wanted} missing from {args:?}");
         }
         let id = args.iter().find_map(|a| a.strip_prefix("--server-id=")).unwrap_or_else(|| panic!("{name}: no --server-id"));
         assert!(server_ids.insert(id.parse::<u32>().unwrap()), "{name}: server id {id} used twice");
         let env = environment(mysql);
         assert_eq!(env.get("MYSQL_DATABASE").map(String::as_str), Some("lims"));
-        assert!(str_list(&mysql["volumes"]).iter().any(|v| v.starts_with("./initdb:/docker-entrypoint-initdb.d")), "{name}: initdb not mounted");
+        assert!(
+            str_list(&mysql["volumes"]).iter().any(|v| v.starts_with("./initdb:/docker-entrypoint-initdb.d")),
+            "{name}: initdb not mounted"
+        );
     }
     let kafka = &services["kafka"];
     let env = environment(kafka);
-    assert!(env["KAFKA_PROCESS_ROLES"].contains("controller") && env["KAFKA_PROCESS_ROLES"].contains("broker"), "KRaft: one node both broker and controller");
+    assert!(
+        env["KAFKA_PROCESS_ROLES"].contains("controller") && env["KAFKA_PROCESS_ROLES"].contains("broker"),
+        "KRaft: one node both broker and controller"
+    );
     let config = compose_config();
     let bootstrap = &config.kafka.bootstrap_servers;
     let advertised = &env["KAFKA_ADVERTISED_LISTENERS"];
-    assert!(advertised.ends_with(&format!("//{bootstrap}")) || advertised.contains(&format!("//{bootstrap},")), "kafka.bootstrap_servers {bootstrap} is not advertised ({advertised})");
+    assert!(
+        advertised.ends_with(&format!("//{bootstrap}")) || advertised.contains(&format!("//{bootstrap},")),
+        "kafka.bootstrap_servers {bootstrap} is not advertised ({advertised})"
+    );
     // The binlog client ids of the sites differ from the servers' own.
     for (id, site) in &config.sites {
         assert!(!server_ids.contains(&site.server_id), "sites.{id}.server_id {} is also a server's --server-id", site.server_id);
@@ -458,7 +482,10 @@ fn compose_sitesync_services_match_the_federation_file() {
         sites_seen.insert(site.clone());
         // The file in the container is the compose sitesync.toml.
         let config_path = &env["SITESYNC_CONFIG"];
-        assert!(str_list(&service["volumes"]).contains(&format!("./sitesync.toml:{config_path}:ro")), "{name}: sitesync.toml not mounted at {config_path}");
+        assert!(
+            str_list(&service["volumes"]).contains(&format!("./sitesync.toml:{config_path}:ro")),
+            "{name}: sitesync.toml not mounted at {config_path}"
+        );
         // Every ${VAR} of the file is set (sitesync expands all of them at start), with the
         // same default as the MySQL container that creates the user.
         for var in &variables {
@@ -467,8 +494,15 @@ fn compose_sitesync_services_match_the_federation_file() {
         let url = site_cfg.mysql.expose();
         let host = url.split('@').nth(1).unwrap().split(':').next().unwrap();
         let mysql = services.get(host).unwrap_or_else(|| panic!("sites.{site}.mysql names host {host}, which is no service"));
-        let password_var = variables.iter().find(|v| text.contains(&format!("${{{v}}}@{host}:"))).unwrap_or_else(|| panic!("no password variable in the URL of {host}"));
-        assert_eq!(compose_default(&environment(mysql)["SITESYNC_PASSWORD"]), compose_default(&env[password_var]), "{name}: password of {host} differs from the one its user is created with");
+        let password_var = variables
+            .iter()
+            .find(|v| text.contains(&format!("${{{v}}}@{host}:")))
+            .unwrap_or_else(|| panic!("no password variable in the URL of {host}"));
+        assert_eq!(
+            compose_default(&environment(mysql)["SITESYNC_PASSWORD"]),
+            compose_default(&env[password_var]),
+            "{name}: password of {host} differs from the one its user is created with"
+        );
         let deps = service["depends_on"].as_object().expect("depends_on with conditions");
         assert_eq!(deps[host]["condition"], "service_healthy", "{name}: waits for {host}");
         assert_eq!(deps["kafka"]["condition"], "service_healthy", "{name}: waits for kafka");
@@ -478,8 +512,14 @@ fn compose_sitesync_services_match_the_federation_file() {
         assert_eq!(service["stop_signal"], "SIGTERM");
         // Prometheus scrapes it at its listen port under its site id.
         let port = site_cfg.listen.expect("listen set").port();
-        assert!(targets.contains(&(format!("{name}:{port}"), site.clone())), "{name}: no Prometheus target {name}:{port} with site={site} in {targets:?}");
-        assert!(str_list(&service["healthcheck"]["test"]).iter().any(|t| t.contains(&format!(":{port}/readyz"))), "{name}: health check is not /readyz on {port}");
+        assert!(
+            targets.contains(&(format!("{name}:{port}"), site.clone())),
+            "{name}: no Prometheus target {name}:{port} with site={site} in {targets:?}"
+        );
+        assert!(
+            str_list(&service["healthcheck"]["test"]).iter().any(|t| t.contains(&format!(":{port}/readyz"))),
+            "{name}: health check is not /readyz on {port}"
+        );
     }
     assert_eq!(sites_seen, config.sites.keys().cloned().collect(), "one sitesync service per site");
 
@@ -492,7 +532,11 @@ fn compose_sitesync_services_match_the_federation_file() {
     let dashboard = mounts.iter().find(|v| v.starts_with("../../grafana/sitesync.json:")).expect("dashboard mounted");
     let dashboard_dir = Path::new(dashboard.split(':').nth(1).unwrap()).parent().unwrap().to_str().unwrap().to_string();
     let provider = yaml_file("deploy/compose/grafana/provisioning/dashboards/sitesync.yml");
-    assert_eq!(provider["providers"][0]["options"]["path"], dashboard_dir.as_str(), "dashboard provider reads where the dashboard is mounted");
+    assert_eq!(
+        provider["providers"][0]["options"]["path"],
+        dashboard_dir.as_str(),
+        "dashboard provider reads where the dashboard is mounted"
+    );
     let datasource = yaml_file("deploy/compose/grafana/provisioning/datasources/prometheus.yml");
     assert_eq!(datasource["datasources"][0]["type"], "prometheus");
     assert_eq!(datasource["datasources"][0]["isDefault"], true, "the dashboard's DS_PROMETHEUS picks the default data source");
@@ -524,7 +568,10 @@ fn compose_federation_file_loads_and_has_the_layout_of_the_examples() {
     let schema = read("deploy/compose/initdb/01-lims.sql");
     for (name, entity) in &config.entities {
         let table = &entity.table;
-        assert!(schema.contains(&format!("CREATE TABLE `{table}`")) || schema.contains(&format!("CREATE TABLE {table} ")), "entities.{name}: table {table} not in initdb/01-lims.sql");
+        assert!(
+            schema.contains(&format!("CREATE TABLE `{table}`")) || schema.contains(&format!("CREATE TABLE {table} ")),
+            "entities.{name}: table {table} not in initdb/01-lims.sql"
+        );
     }
 }
 
@@ -577,7 +624,15 @@ fn systemd_unit_runs_one_site_with_its_environment_file() {
     assert_eq!(cli.site.as_deref(), Some("jinan"));
     assert_eq!(cli.config, Path::new("/etc/sitesync/sitesync.toml"));
     assert_eq!(get(service, "EnvironmentFile"), vec!["/etc/sitesync/%i.env"]);
-    for (key, value) in [("Restart", "on-failure"), ("KillSignal", "SIGTERM"), ("TimeoutStopSec", "60"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"), ("ProtectHome", "yes")] {
+    for (key, value) in [
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+        ("TimeoutStopSec", "60"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+    ] {
         assert_eq!(get(service, key), vec![value], "{key}");
     }
     let user = get(service, "User");
@@ -596,7 +651,11 @@ fn systemd_unit_runs_one_site_with_its_environment_file() {
         .map(|l| l.split('=').next().unwrap().to_string())
         .collect();
     assert!(set.contains("SITESYNC_JINAN_PASSWORD"), "{set:?}");
-    assert_eq!(variables_of("config/shandong.toml"), set.iter().filter(|v| v.ends_with("_PASSWORD")).cloned().collect(), "site.env.example: the variables of config/shandong.toml");
+    assert_eq!(
+        variables_of("config/shandong.toml"),
+        set.iter().filter(|v| v.ends_with("_PASSWORD")).cloned().collect(),
+        "site.env.example: the variables of config/shandong.toml"
+    );
 }
 
 #[test]
@@ -691,7 +750,10 @@ fn invocations(rel: &str, text: &str) -> Vec<Invocation> {
                 }
             }
             let Some(first) = rest.next() else {
-                assert!(options.iter().all(|o| ["--help", "-h", "--version", "-V"].contains(&o.as_str())), "{rel}: `{code}`: options but no command");
+                assert!(
+                    options.iter().all(|o| ["--help", "-h", "--version", "-V"].contains(&o.as_str())),
+                    "{rel}: `{code}`: options but no command"
+                );
                 continue;
             };
             if first.starts_with('<') {
@@ -700,20 +762,26 @@ fn invocations(rel: &str, text: &str) -> Vec<Invocation> {
             if options.is_empty() && !first.chars().all(|c| c.is_ascii_lowercase()) {
                 continue; // the binary as an argument: `install target/release/sitesync /usr/local/bin/`
             }
-            let mut cmd = root.find_subcommand(first).unwrap_or_else(|| panic!("{rel}: `{code}`: sitesync has no command `{first}`")).clone();
+            let mut cmd =
+                root.find_subcommand(first).unwrap_or_else(|| panic!("{rel}: `{code}`: sitesync has no command `{first}`")).clone();
             let mut path = vec![first.to_string()];
             if cmd.has_subcommands() {
                 let Some(sub) = rest.next() else { panic!("{rel}: `{code}`: `sitesync {first}` needs a subcommand") };
                 cmd = cmd.find_subcommand(sub).unwrap_or_else(|| panic!("{rel}: `{code}`: `sitesync {first}` has no `{sub}`")).clone();
                 path.push(sub.to_string());
             }
-            let own: BTreeMap<String, bool> = cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (format!("--{l}"), a.get_action().takes_values()))).collect();
+            let own: BTreeMap<String, bool> =
+                cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (format!("--{l}"), a.get_action().takes_values()))).collect();
             let positionals = cmd.get_positionals().count();
             let mut seen_positionals = 0;
             while let Some(t) = rest.next() {
                 if t.starts_with("--") || (t.starts_with('-') && t.len() == 2) {
                     let name = t.split('=').next().unwrap();
-                    let takes = own.get(name).or_else(|| globals.get(name)).copied().unwrap_or_else(|| panic!("{rel}: `{code}`: `sitesync {}` has no option {name}", path.join(" ")));
+                    let takes = own
+                        .get(name)
+                        .or_else(|| globals.get(name))
+                        .copied()
+                        .unwrap_or_else(|| panic!("{rel}: `{code}`: `sitesync {}` has no option {name}", path.join(" ")));
                     options.push(name.to_string());
                     if takes && !t.contains('=') {
                         rest.next();
@@ -766,7 +834,11 @@ fn runbooks_use_every_command_and_only_existing_ones() {
             for arg in cmd.get_arguments().filter(|a| !a.is_global_set()) {
                 if let Some(long) = arg.get_long() {
                     let option = format!("--{long}");
-                    assert!(found.iter().any(|f| &f.command == command && f.options.contains(&option)), "{rel} never shows `sitesync {} {option}`", command.join(" "));
+                    assert!(
+                        found.iter().any(|f| &f.command == command && f.options.contains(&option)),
+                        "{rel} never shows `sitesync {} {option}`",
+                        command.join(" ")
+                    );
                 }
             }
         }
@@ -784,10 +856,15 @@ fn the_runbook_scanner_catches_invented_commands_and_options() {
     let ok = invocations("t", "```sh\nsitesync --site a status --json   # fine\nuseradd --system sitesync\ninstall -m 0755 target/release/sitesync /usr/local/bin/sitesync\n```\nRun `sitesync dlq drop 3`, `sitesync verify [--entity E]... [--json]`, `sitesync [--site ID] <command>`.");
     assert_eq!(ok.len(), 3);
     assert_eq!(ok[2], Invocation { command: vec!["verify".into()], options: vec!["--entity".into(), "--json".into()] });
-    for bad in ["`sitesync dlq redo 3`", "`sitesync snapshot --all`", "`sitesync restart`", "`sitesync --sites a run`", "`sitesync status extra`"] {
+    for bad in
+        ["`sitesync dlq redo 3`", "`sitesync snapshot --all`", "`sitesync restart`", "`sitesync --sites a run`", "`sitesync status extra`"]
+    {
         let caught = std::panic::catch_unwind(|| invocations("t", bad)).is_err();
         assert!(caught, "accepted {bad}");
     }
     // DlqAction is what the runbooks' `dlq` lines are checked against.
-    assert!(matches!(Cli::try_parse_from(["sitesync", "dlq", "drop", "1"]).unwrap().command, Command::Dlq { action: DlqAction::Drop { id: 1 } }));
+    assert!(matches!(
+        Cli::try_parse_from(["sitesync", "dlq", "drop", "1"]).unwrap().command,
+        Command::Dlq { action: DlqAction::Drop { id: 1 } }
+    ));
 }

@@ -29,7 +29,9 @@ async fn own_user(fed: &Federation) -> String {
 
 /// Kills the server side of `user`'s binlog connections (the dump threads); returns how many.
 async fn cut_binlog_connection(fed: &Federation, user: &str) -> usize {
-    let threads = fed.rows("a", &format!("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%' AND USER = '{user}'")).await;
+    let threads = fed
+        .rows("a", &format!("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%' AND USER = '{user}'"))
+        .await;
     for row in &threads {
         fed.exec("a", &format!("KILL {}", row[0])).await;
     }
@@ -66,7 +68,9 @@ async fn binlog_connection_cut_mid_burst_and_rotation_lose_nothing_and_apply_onc
     let pb = fed.pool("b").clone();
     fed.wait_for(WAIT, "B holds every row after the cuts", || {
         let pb = pb.clone();
-        async move { common::rows(&pb, "SELECT COUNT(*), CAST(SUM(n) AS CHAR) FROM person").await == vec![vec![ROWS.to_string(), ROWS.to_string()]] }
+        async move {
+            common::rows(&pb, "SELECT COUNT(*), CAST(SUM(n) AS CHAR) FROM person").await == vec![vec![ROWS.to_string(), ROWS.to_string()]]
+        }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -26,11 +26,9 @@ fn rss_mib(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_frozen_for_a_minute_loses_nothing_and_capture_memory_stays_bounded() {
     let kafka = KafkaNode::start("outage");
-    let mut fed = Federation::new(
-        "outage",
-        Spec { schema: SCHEMA, entities_and_routes: CONFIG, kafka: Some(kafka.bootstrap()), ..Spec::default() },
-    )
-    .await;
+    let mut fed =
+        Federation::new("outage", Spec { schema: SCHEMA, entities_and_routes: CONFIG, kafka: Some(kafka.bootstrap()), ..Spec::default() })
+            .await;
     let capture = fed.start("a", &["capture"]);
     fed.start("b", &["apply"]);
     tokio::time::sleep(Duration::from_secs(1)).await;

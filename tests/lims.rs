@@ -18,7 +18,15 @@ async fn lims(test: &str, file: &str, ref_wait_seconds: u64) -> Federation {
     let sites: Vec<&str> = sites.iter().map(String::as_str).collect();
     Federation::new(
         test,
-        Spec { sites: &sites[..sites.len().min(3)], schema: LIMS, entities_and_routes: &entities, ref_wait_seconds, seed: history, kafka: None, servers: &[] },
+        Spec {
+            sites: &sites[..sites.len().min(3)],
+            schema: LIMS,
+            entities_and_routes: &entities,
+            ref_wait_seconds,
+            seed: history,
+            kafka: None,
+            servers: &[],
+        },
     )
     .await
 }
@@ -65,13 +73,27 @@ async fn shandong_people_and_tree_replicate_under_each_sites_own_ids() {
     fed.exec(a, &format!("INSERT INTO user (token, name, email, avatar, creator_id, mtime) VALUES ('alice', 'Alice', 'alice@a', x'89504E47', {admin_a}, 10)")).await;
     fed.exec(a, "INSERT INTO user_password VALUES ('alice', 'hash-1')").await;
     for site in [b, c] {
-        wait_rows(&mut fed, site, "SELECT u.name, u.email, c.token, u.avatar IS NULL FROM user u JOIN user c ON c.id = u.creator_id WHERE u.token = 'alice'", vec![vec!["Alice", "alice@a", "admin", "1"]]).await;
+        wait_rows(
+            &mut fed,
+            site,
+            "SELECT u.name, u.email, c.token, u.avatar IS NULL FROM user u JOIN user c ON c.id = u.creator_id WHERE u.token = 'alice'",
+            vec![vec!["Alice", "alice@a", "admin", "1"]],
+        )
+        .await;
         wait_rows(&mut fed, site, "SELECT password_hash FROM user_password WHERE token = 'alice'", vec![vec!["hash-1"]]).await;
     }
     let (alice_a, alice_b) = (id_of(&fed, a, "alice").await, id_of(&fed, b, "alice").await);
     assert_ne!(alice_a, alice_b, "the sites' existing rows give alice different ids");
     // The identity map records the correspondence.
-    let map = fed.rows(b, &format!("SELECT local_key FROM `{}`.identity_map WHERE entity = 'user' AND origin = 'jinan' AND origin_key = '{alice_a}'", fed.control_db)).await;
+    let map = fed
+        .rows(
+            b,
+            &format!(
+                "SELECT local_key FROM `{}`.identity_map WHERE entity = 'user' AND origin = 'jinan' AND origin_key = '{alice_a}'",
+                fed.control_db
+            ),
+        )
+        .await;
     assert_eq!(map, vec![vec![alice_b.to_string()]]);
 
     // B's own avatar survives A's updates; B's update (activation) reaches A and C.
@@ -85,11 +107,15 @@ async fn shandong_people_and_tree_replicate_under_each_sites_own_ids() {
     assert_eq!(fed.rows(a, "SELECT HEX(avatar) FROM user WHERE token = 'alice'").await, vec![vec!["89504E47".to_string()]]);
 
     // The organisation tree, children written before their parents in one transaction.
-    fed.exec(a, "START TRANSACTION; \
+    fed.exec(
+        a,
+        "START TRANSACTION; \
         INSERT INTO tag (id, uuid, name, parent_id) VALUES (902, 'u-chem-lab', 'Chemistry lab', 901); \
         INSERT INTO tag (id, uuid, name, parent_id) VALUES (901, 'u-chem', 'Chemistry', 900); \
         INSERT INTO tag (id, uuid, name, parent_id) VALUES (900, 'u-root', 'University', NULL); \
-        COMMIT").await;
+        COMMIT",
+    )
+    .await;
     let tree = "SELECT t.uuid, COALESCE(p.uuid, '-') FROM tag t LEFT JOIN tag p ON p.id = t.parent_id ORDER BY t.uuid";
     for site in [b, c] {
         wait_rows(&mut fed, site, tree, vec![vec!["u-chem", "u-root"], vec!["u-chem-lab", "u-chem"], vec!["u-root", "-"]]).await;
@@ -141,10 +167,19 @@ async fn guangdong_colleges_instruments_gather_at_the_university() {
     fed.exec(phys, "INSERT INTO equipment (ref_no, name) VALUES ('P-1', 'Laser')").await;
     fed.exec(univ, "INSERT INTO equipment (ref_no, name) VALUES ('U-1', 'Cluster')").await;
     let list = "SELECT e.ref_no, COALESCE(e.source_site, '-'), COALESCE(t.uuid, '-') FROM equipment e LEFT JOIN tag t ON t.id = e.group_id ORDER BY e.ref_no";
-    wait_rows(&mut fed, univ, list, vec![vec!["C-1", "chem", "g-univ"], vec!["C-2", "chem", "-"], vec!["P-1", "phys", "-"], vec!["U-1", "-", "-"]]).await;
+    wait_rows(
+        &mut fed,
+        univ,
+        list,
+        vec![vec!["C-1", "chem", "g-univ"], vec!["C-2", "chem", "-"], vec!["P-1", "phys", "-"], vec!["U-1", "-", "-"]],
+    )
+    .await;
     // Many-to-one only: colleges do not receive each other's or the university's instruments.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(fed.rows(chem, "SELECT ref_no FROM equipment ORDER BY ref_no").await, vec![vec!["C-1".to_string()], vec!["C-2".to_string()]]);
+    assert_eq!(
+        fed.rows(chem, "SELECT ref_no FROM equipment ORDER BY ref_no").await,
+        vec![vec!["C-1".to_string()], vec!["C-2".to_string()]]
+    );
     assert_eq!(fed.rows(phys, "SELECT ref_no FROM equipment").await, vec![vec!["P-1".to_string()]]);
     // Instruments may be deleted; people are never deleted through sync.
     fed.exec(chem, "DELETE FROM equipment WHERE ref_no = 'C-2'").await;
@@ -184,7 +219,13 @@ async fn zhejiang_labs_and_memberships_wait_for_the_people_they_reference() {
     // Memberships carry both ids translated; a lab deleted at B is only deactivated at A.
     let (carol_b, lab_b) = (id_of(&fed, b, "carol").await, fed.scalar(b, "SELECT id FROM lab WHERE code = 'L-1'").await);
     fed.exec(b, &format!("INSERT INTO user_lab (user_id, lab_id, type) VALUES ({carol_b}, {lab_b}, 'member')")).await;
-    wait_rows(&mut fed, a, "SELECT u.token, l.code, ul.type FROM user_lab ul JOIN user u ON u.id = ul.user_id JOIN lab l ON l.id = ul.lab_id", vec![vec!["carol", "L-1", "member"]]).await;
+    wait_rows(
+        &mut fed,
+        a,
+        "SELECT u.token, l.code, ul.type FROM user_lab ul JOIN user u ON u.id = ul.user_id JOIN lab l ON l.id = ul.lab_id",
+        vec![vec!["carol", "L-1", "member"]],
+    )
+    .await;
     fed.exec(b, "UPDATE lab SET atime = 5 WHERE code = 'L-1'").await;
     wait_rows(&mut fed, a, "SELECT atime FROM lab WHERE code = 'L-1'", vec![vec!["5"]]).await;
     fed.exec(b, "DELETE FROM lab WHERE code = 'L-1'").await;
@@ -193,7 +234,13 @@ async fn zhejiang_labs_and_memberships_wait_for_the_people_they_reference() {
     // Every instrument of Yuquan appears at Zijingang, not the other way.
     fed.exec(a, "INSERT INTO equipment (ref_no, name) VALUES ('Y-1', 'TEM')").await;
     fed.exec(b, "INSERT INTO equipment (ref_no, name) VALUES ('Z-1', 'SEM')").await;
-    wait_rows(&mut fed, b, "SELECT ref_no, COALESCE(source_site, '-') FROM equipment ORDER BY ref_no", vec![vec!["Y-1", "yuquan"], vec!["Z-1", "-"]]).await;
+    wait_rows(
+        &mut fed,
+        b,
+        "SELECT ref_no, COALESCE(source_site, '-') FROM equipment ORDER BY ref_no",
+        vec![vec!["Y-1", "yuquan"], vec!["Z-1", "-"]],
+    )
+    .await;
     assert_eq!(fed.scalar(a, "SELECT COUNT(*) FROM equipment").await, 1);
 }
 
@@ -216,7 +263,8 @@ async fn a_reference_that_never_arrives_becomes_a_dead_letter_with_its_reason() 
     wait_rows(&mut fed, b, "SELECT name FROM user WHERE token = 'dave'", vec![vec!["Dave"]]).await;
     // status shows it; dlq drop removes it.
     let out = fed.command(b, &["status", "--json"]).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(status["dead_letters"], 1);
     assert_eq!(status["apply"][0]["origin"], "yuquan");
     assert!(status["apply"][0]["next_offset"].as_i64().unwrap() > 0);
@@ -258,7 +306,9 @@ fn zhejiang_history(i: usize, site: &str) -> String {
             sql.push(format!("INSERT INTO user (token, name, mtime) VALUES ('y-{n}', 'Yuquan {n}', 1)"));
         }
         sql.push("INSERT INTO lab (code, name, pi_id) SELECT 'L-A', 'Alice Lab', id FROM user WHERE token = 'alice'".into());
-        sql.push("INSERT INTO user_lab (user_id, lab_id) SELECT u.id, l.id FROM user u, lab l WHERE u.token = 'bob' AND l.code = 'L-A'".into());
+        sql.push(
+            "INSERT INTO user_lab (user_id, lab_id) SELECT u.id, l.id FROM user u, lab l WHERE u.token = 'bob' AND l.code = 'L-A'".into(),
+        );
     } else {
         sql.push("INSERT INTO user (token, name, mtime) VALUES ('alice', 'Alice Z', 1), ('carol', 'Carol', 1)".into());
         sql.push("INSERT INTO lab (code, name, pi_id) SELECT 'L-Z', 'Carol Lab', id FROM user WHERE token = 'carol'".into());
@@ -309,13 +359,27 @@ async fn zhejiang_history_on_both_sides_merges_by_natural_key_through_snapshots(
     assert_eq!(fed.rows(a, "SELECT name FROM user WHERE token = 'alice'").await, vec![vec!["Alice Z".to_string()]]);
     assert_eq!(fed.rows(b, "SELECT name FROM user WHERE token = 'y-9'").await, vec![vec!["Yuquan 9 v2".to_string()]]);
     let alice_a = id_of(&fed, a, "alice").await;
-    let linked = fed.rows(b, &format!("SELECT local_key FROM `{}`.identity_map WHERE entity = 'user' AND origin = 'yuquan' AND origin_key = '{alice_a}'", fed.control_db)).await;
+    let linked = fed
+        .rows(
+            b,
+            &format!(
+                "SELECT local_key FROM `{}`.identity_map WHERE entity = 'user' AND origin = 'yuquan' AND origin_key = '{alice_a}'",
+                fed.control_db
+            ),
+        )
+        .await;
     assert_eq!(linked, vec![vec![id_of(&fed, b, "alice").await.to_string()]]);
     // Labs and memberships arrive with their references translated.
     let labs = "SELECT l.code, u.token FROM lab l JOIN user u ON u.id = l.pi_id ORDER BY l.code";
     wait_rows(&mut fed, b, labs, vec![vec!["L-A", "alice"], vec!["L-Z", "carol"]]).await;
     wait_rows(&mut fed, a, labs, vec![vec!["L-A", "alice"], vec!["L-Z", "carol"]]).await;
-    wait_rows(&mut fed, b, "SELECT u.token, l.code FROM user_lab ul JOIN user u ON u.id = ul.user_id JOIN lab l ON l.id = ul.lab_id", vec![vec!["bob", "L-A"]]).await;
+    wait_rows(
+        &mut fed,
+        b,
+        "SELECT u.token, l.code FROM user_lab ul JOIN user u ON u.id = ul.user_id JOIN lab l ON l.id = ul.lab_id",
+        vec![vec!["bob", "L-A"]],
+    )
+    .await;
 
     // verify agrees, apart from the local-only seed rows that were never snapshotted at B's side
     // (the B snapshot covered user and lab: everything is merged).

@@ -123,10 +123,7 @@ fn knobs() -> Knobs {
         .ok()
         .map(|s| s.trim().parse().expect("SITESYNC_MESH_SEED: an unsigned integer"))
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_000);
-    let mut txns = std::env::var("SITESYNC_MESH_TXNS")
-        .ok()
-        .map(|s| s.trim().parse().expect("SITESYNC_MESH_TXNS: a number"))
-        .unwrap_or(150);
+    let mut txns = std::env::var("SITESYNC_MESH_TXNS").ok().map(|s| s.trim().parse().expect("SITESYNC_MESH_TXNS: a number")).unwrap_or(150);
     if std::env::var("SITESYNC_MESH_LONG").is_ok_and(|v| v == "1") {
         txns *= 10;
     }
@@ -391,7 +388,11 @@ fn cell(row: &MySqlRow, i: usize) -> Option<String> {
     panic!("column {i}: select it as text")
 }
 
-async fn fetch<'c, X: sqlx::Executor<'c, Database = MySql>>(x: X, sql: String, binds: &[Bind]) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+async fn fetch<'c, X: sqlx::Executor<'c, Database = MySql>>(
+    x: X,
+    sql: String,
+    binds: &[Bind],
+) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
     let rows = query(sql, binds).fetch_all(x).await?;
     Ok(rows.iter().map(|r| (0..r.len()).map(|i| cell(r, i)).collect()).collect())
 }
@@ -502,7 +503,15 @@ fn history(i: usize) -> Vec<HRow> {
     // The organisation tree: local-only tags under the shared root, then the shared ones.
     for n in 0..1 + i {
         let uuid = format!("h-{site}-tag-{n}");
-        add(E::Tag, uuid.clone(), false, false, false, vec![("uuid", S(uuid)), ("name", S(format!("Hist tag {site} {n}"))), ("parent_id", Ref(E::Tag, "org-root".into()))], None);
+        add(
+            E::Tag,
+            uuid.clone(),
+            false,
+            false,
+            false,
+            vec![("uuid", S(uuid)), ("name", S(format!("Hist tag {site} {n}"))), ("parent_id", Ref(E::Tag, "org-root".into()))],
+            None,
+        );
     }
     for (uuid, name, parent) in [
         ("org-root", "University", None),
@@ -533,7 +542,9 @@ fn history(i: usize) -> Vec<HRow> {
         let cols = vec![("user_id", Ref(E::User, token.clone())), ("lab_id", Ref(E::Lab, code.clone())), ("type", s(kind))];
         add(E::UserLab, format!("{token}|{code}"), false, false, false, cols, None);
     }
-    for (token, uuid, shared) in [(format!("h-{site}-0"), "org-s1", false), ("hot-0".into(), "org-s1", true), ("admin".into(), "org-root", true)] {
+    for (token, uuid, shared) in
+        [(format!("h-{site}-0"), "org-s1", false), ("hot-0".into(), "org-s1", true), ("admin".into(), "org-root", true)]
+    {
         let cols = vec![("user_id", Ref(E::User, token.clone())), ("tag_id", Ref(E::Tag, uuid.into()))];
         add(E::UserTag, format!("{token}|{uuid}"), shared, false, false, cols, None);
     }
@@ -541,7 +552,12 @@ fn history(i: usize) -> Vec<HRow> {
     for n in 0..if i == UNIV { 1 } else { 3 } {
         let ref_no = format!("E-{site}-h{n}");
         let group = if n == 2 || i == UNIV { NoRef } else { Ref(E::Lab, format!("h-{site}-L{}", n % 2)) };
-        let cols = vec![("ref_no", S(ref_no.clone())), ("name", S(format!("Hist instrument {site} {n}"))), ("group_id", group), ("mtime", I(1000))];
+        let cols = vec![
+            ("ref_no", S(ref_no.clone())),
+            ("name", S(format!("Hist instrument {site} {n}"))),
+            ("group_id", group),
+            ("mtime", I(1000)),
+        ];
         add(E::Equipment, ref_no, false, false, false, cols, None);
     }
     rows
@@ -550,7 +566,8 @@ fn history(i: usize) -> Vec<HRow> {
 /// `Spec::seed`: site `i`'s history as SQL.
 fn history_sql(i: usize, _site: &str) -> String {
     let rows = history(i);
-    let id_of = |e: E, key: &str| rows.iter().find(|r| r.e == e && r.key == key).unwrap_or_else(|| panic!("history: no {} {key}", e.name())).id;
+    let id_of =
+        |e: E, key: &str| rows.iter().find(|r| r.e == e && r.key == key).unwrap_or_else(|| panic!("history: no {} {key}", e.name())).id;
     let mut sql = Vec::new();
     for r in &rows {
         let mut cols = vec!["id".to_string()];
@@ -601,13 +618,31 @@ struct ORow {
 
 /// What a site's application did in one transaction, as the oracle records it at commit.
 enum OOp {
-    Insert { id: String, e: E, image: Image, public: bool, frozen: bool },
+    Insert {
+        id: String,
+        e: E,
+        image: Image,
+        public: bool,
+        frozen: bool,
+    },
     /// `changed`: the columns the statement set; the others must be as the site last wrote them.
-    Update { id: String, changed: &'static [&'static str], image: Image },
-    Delete { id: String },
-    Avatar { id: String, token: String, hex: String },
+    Update {
+        id: String,
+        changed: &'static [&'static str],
+        image: Image,
+    },
+    Delete {
+        id: String,
+    },
+    Avatar {
+        id: String,
+        token: String,
+        hex: String,
+    },
     /// The site takes the row over (it changes it on top of the previous owner's last change).
-    HandIn { id: String },
+    HandIn {
+        id: String,
+    },
 }
 
 #[derive(Default)]
@@ -712,7 +747,8 @@ impl Oracle {
                     Some(v) => [self.text(v)].into(),
                     None => BTreeSet::new(),
                 };
-                combos = combos.iter().flat_map(|c| parts.iter().map(move |p| if n == 0 { p.clone() } else { format!("{c}|{p}") })).collect();
+                combos =
+                    combos.iter().flat_map(|c| parts.iter().map(move |p| if n == 0 { p.clone() } else { format!("{c}|{p}") })).collect();
             }
             out.extend(combos);
         }
@@ -748,7 +784,10 @@ impl Oracle {
                     if self.rows.contains_key(&id) {
                         self.sanity.push(format!("{name} inserted {id}, which the oracle already holds"));
                     }
-                    self.rows.insert(id.clone(), ORow { e, creator: Some(site), owner: Some(site), hot: false, images: vec![(Some(site), Some(image))] });
+                    self.rows.insert(
+                        id.clone(),
+                        ORow { e, creator: Some(site), owner: Some(site), hot: false, images: vec![(Some(site), Some(image))] },
+                    );
                     *self.wrote[site].entry(id.clone()).or_default() += 1;
                     self.owned[site].insert(id);
                 }
@@ -806,7 +845,8 @@ impl Oracle {
         let mut last: Vec<&(Option<usize>, Option<Image>)> = row.images[n.saturating_sub(3)..].iter().collect();
         if row.hot {
             // The newest by version instead: which writes tie for the win.
-            let mtime = |i: &Option<Image>| i.as_ref().and_then(|i| i.get("mtime")).map(|m| self.text(m).parse::<i64>().unwrap_or(0)).unwrap_or(0);
+            let mtime =
+                |i: &Option<Image>| i.as_ref().and_then(|i| i.get("mtime")).map(|m| self.text(m).parse::<i64>().unwrap_or(0)).unwrap_or(0);
             last = row.images.iter().collect();
             last.sort_by_key(|(w, i)| std::cmp::Reverse((mtime(i), *w)));
             last.truncate(4);
@@ -832,7 +872,13 @@ impl Oracle {
         let mut out = String::new();
         for (id, row) in &self.rows {
             let site = |s: Option<usize>| s.map_or("*", |s| SITES[s]);
-            out.push_str(&format!("{id} [{}] created at {}, owned by {}{}\n", row.e.name(), site(row.creator), site(row.owner), if row.hot { ", hot" } else { "" }));
+            out.push_str(&format!(
+                "{id} [{}] created at {}, owned by {}{}\n",
+                row.e.name(),
+                site(row.creator),
+                site(row.owner),
+                if row.hot { ", hot" } else { "" }
+            ));
             for (w, image) in &row.images {
                 match image {
                     Some(i) => out.push_str(&format!("    {}: {:?}\n", w.map_or("history", |w| SITES[w]), self.display(row.e, i))),
@@ -987,7 +1033,15 @@ impl Model {
                 E::User if r.shared && r.key == "admin" => m.admin = r.id,
                 E::User if r.shared => m.hot.push((r.id, r.key.clone())),
                 E::User => {
-                    let u = MUser { token: r.key.clone(), temp, private: !r.public, frozen: r.frozen, created: false, mine: true, connectable: true };
+                    let u = MUser {
+                        token: r.key.clone(),
+                        temp,
+                        private: !r.public,
+                        frozen: r.frozen,
+                        created: false,
+                        mine: true,
+                        connectable: true,
+                    };
                     m.users.insert(r.id, u);
                 }
                 E::Lab => {
@@ -1166,7 +1220,9 @@ impl Gen {
         self.stats.snapshot = match tokio::process::Command::from(cmd).output().await {
             Ok(out) if out.status.success() && self.snapshot_before => "taken before the workload".to_string(),
             Ok(out) if out.status.success() => format!("asked before transaction {n}"),
-            Ok(out) => format!("FAILED before transaction {n}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            Ok(out) => {
+                format!("FAILED before transaction {n}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            }
             Err(e) => format!("FAILED to start: {e}"),
         };
     }
@@ -1203,7 +1259,18 @@ impl Gen {
         let total: u64 = OPS.iter().map(|(_, w)| w).sum();
         for _ in 0..8 {
             let mut roll = self.rng.next() % total;
-            let op = OPS.iter().find(|(_, w)| if roll < *w { true } else { roll -= w; false }).unwrap().0;
+            let op = OPS
+                .iter()
+                .find(|(_, w)| {
+                    if roll < *w {
+                        true
+                    } else {
+                        roll -= w;
+                        false
+                    }
+                })
+                .unwrap()
+                .0;
             let done = match op {
                 "insert user" => self.insert_user(tx, p, ops).await?,
                 "insert lab" => self.insert_lab(tx, p, ops).await?,
@@ -1370,7 +1437,14 @@ impl Gen {
         let active = self.rng.chance(60);
         let sql = "INSERT INTO lab (code, name, pi_id, creator_id, is_temporary, atime, mtime) VALUES (?, ?, ?, ?, ?, IF(?, UNIX_TIMESTAMP(), 0), UNIX_TIMESTAMP())";
         let name = format!("Lab of {}", self.rng.name());
-        let binds = [Bind::S(Some(code.clone())), Bind::S(Some(name)), Bind::I(pi), Bind::I(creator), Bind::I(Some(temp as i64)), Bind::I(Some(active as i64))];
+        let binds = [
+            Bind::S(Some(code.clone())),
+            Bind::S(Some(name)),
+            Bind::I(pi),
+            Bind::I(creator),
+            Bind::I(Some(temp as i64)),
+            Bind::I(Some(active as i64)),
+        ];
         let id = exec(&mut **tx, sql.into(), &binds).await? as i64;
         let identity = ident(E::Lab, &code);
         p.labs.insert(id, MLab { temp, private, created: true, mine: true, connectable: true });
@@ -1481,7 +1555,8 @@ impl Gen {
         let candidates: Vec<i64> = p.labs.iter().filter(|(_, l)| l.mine && l.private).map(|(id, _)| *id).collect();
         let Some(id) = self.rng.pick(&candidates) else { return Ok(false) };
         let code = format!("L-{}-{}", self.site(), self.next_n());
-        exec(&mut **tx, "UPDATE lab SET code = ?, mtime = UNIX_TIMESTAMP() WHERE id = ?".into(), &[Bind::S(Some(code)), Bind::I(Some(id))]).await?;
+        exec(&mut **tx, "UPDATE lab SET code = ?, mtime = UNIX_TIMESTAMP() WHERE id = ?".into(), &[Bind::S(Some(code)), Bind::I(Some(id))])
+            .await?;
         let image = read_back(tx, E::Lab, id, p).await?;
         ops.push(OOp::Update { id: p.ids[&(E::Lab, id)].clone(), changed: &["code", "mtime"], image });
         Ok(true)
@@ -1496,7 +1571,8 @@ impl Gen {
             (_, _, Some(l)) => (E::Lab, l),
             _ => return Ok(false),
         };
-        exec(&mut **tx, format!("UPDATE `{}` SET is_temporary = 0, mtime = UNIX_TIMESTAMP() WHERE id = ?", e.name()), &[Bind::I(Some(id))]).await?;
+        exec(&mut **tx, format!("UPDATE `{}` SET is_temporary = 0, mtime = UNIX_TIMESTAMP() WHERE id = ?", e.name()), &[Bind::I(Some(id))])
+            .await?;
         match e {
             E::User => p.users.get_mut(&id).unwrap().temp = false,
             _ => p.labs.get_mut(&id).unwrap().temp = false,
@@ -1525,7 +1601,12 @@ impl Gen {
             return Ok(false);
         }
         let kind = self.rng.pick(&["member", "pi", "manager"]).unwrap();
-        let id = exec(&mut **tx, "INSERT INTO user_lab (user_id, lab_id, type) VALUES (?, ?, ?)".into(), &[Bind::I(Some(user)), Bind::I(Some(lab)), Bind::S(Some(kind.into()))]).await? as i64;
+        let id = exec(
+            &mut **tx,
+            "INSERT INTO user_lab (user_id, lab_id, type) VALUES (?, ?, ?)".into(),
+            &[Bind::I(Some(user)), Bind::I(Some(lab)), Bind::S(Some(kind.into()))],
+        )
+        .await? as i64;
         let identity = format!("user_lab:{}:{id}", self.site());
         p.user_labs.insert(id, (user, lab));
         p.ids.insert((E::UserLab, id), identity.clone());
@@ -1547,7 +1628,8 @@ impl Gen {
         if p.user_tags.values().any(|pair| *pair == (user, tag)) {
             return Ok(false);
         }
-        let id = exec(&mut **tx, "INSERT INTO user_tag (user_id, tag_id) VALUES (?, ?)".into(), &[Bind::I(Some(user)), Bind::I(Some(tag))]).await? as i64;
+        let id = exec(&mut **tx, "INSERT INTO user_tag (user_id, tag_id) VALUES (?, ?)".into(), &[Bind::I(Some(user)), Bind::I(Some(tag))])
+            .await? as i64;
         let identity = format!("user_tag:{}:{id}", self.site());
         p.user_tags.insert(id, (user, tag));
         p.ids.insert((E::UserTag, id), identity.clone());
@@ -1580,9 +1662,16 @@ impl Gen {
 
     /// A leaf tag this site created, its memberships first.
     async fn delete_tag(&mut self, tx: &mut Tx, p: &mut Model, ops: &mut Vec<OOp>) -> Res<bool> {
-        let leaves: Vec<i64> = p.tags.iter().filter(|(id, t)| t.created && !p.tags.values().any(|c| c.parent == **id)).map(|(id, _)| *id).collect();
+        let leaves: Vec<i64> =
+            p.tags.iter().filter(|(id, t)| t.created && !p.tags.values().any(|c| c.parent == **id)).map(|(id, _)| *id).collect();
         let Some(id) = self.rng.pick(&leaves) else { return Ok(false) };
-        let refs = count(tx, "SELECT CAST((SELECT COUNT(*) FROM tag WHERE parent_id = ?) + (SELECT COUNT(*) FROM `user` WHERE group_id = ?) AS CHAR)", id, 2).await?;
+        let refs = count(
+            tx,
+            "SELECT CAST((SELECT COUNT(*) FROM tag WHERE parent_id = ?) + (SELECT COUNT(*) FROM `user` WHERE group_id = ?) AS CHAR)",
+            id,
+            2,
+        )
+        .await?;
         if refs != 0 {
             return Ok(false);
         }
@@ -1646,7 +1735,13 @@ impl Gen {
     async fn delete_lab(&mut self, tx: &mut Tx, p: &mut Model, ops: &mut Vec<OOp>) -> Res<bool> {
         let ids: Vec<i64> = p.labs.iter().filter(|(_, l)| l.created && l.mine && l.private).map(|(id, _)| *id).collect();
         let Some(id) = self.rng.pick(&ids) else { return Ok(false) };
-        let refs = count(tx, "SELECT CAST((SELECT COUNT(*) FROM user_lab WHERE lab_id = ?) + (SELECT COUNT(*) FROM equipment WHERE group_id = ?) AS CHAR)", id, 2).await?;
+        let refs = count(
+            tx,
+            "SELECT CAST((SELECT COUNT(*) FROM user_lab WHERE lab_id = ?) + (SELECT COUNT(*) FROM equipment WHERE group_id = ?) AS CHAR)",
+            id,
+            2,
+        )
+        .await?;
         if refs != 0 {
             return Ok(false);
         }
@@ -1691,7 +1786,8 @@ impl Gen {
     /// a second, then hands it to another site, which activates it as soon as the rename has
     /// arrived there: the same mtime, the later change.
     async fn hand_off(&mut self) {
-        let users: Vec<i64> = self.m.users.iter().filter(|(_, u)| u.mine && !u.private && !u.frozen && !u.temp).map(|(id, _)| *id).collect();
+        let users: Vec<i64> =
+            self.m.users.iter().filter(|(_, u)| u.mine && !u.private && !u.frozen && !u.temp).map(|(id, _)| *id).collect();
         let labs: Vec<i64> = self.m.labs.iter().filter(|(_, l)| l.mine && !l.private && !l.temp).map(|(id, _)| *id).collect();
         let (e, id) = match (self.rng.chance(60), self.rng.pick(&users), self.rng.pick(&labs)) {
             (true, Some(u), _) | (false, Some(u), None) => (E::User, u),
@@ -1706,7 +1802,12 @@ impl Gen {
         let name = format!("Renamed {}", self.rng.name());
         let result: Res<Image> = async {
             let mut tx = self.pool.begin().await?;
-            exec(&mut *tx, format!("UPDATE `{}` SET name = ?, atime = 0, mtime = UNIX_TIMESTAMP() WHERE id = ?", e.name()), &[Bind::S(Some(name)), Bind::I(Some(id))]).await?;
+            exec(
+                &mut *tx,
+                format!("UPDATE `{}` SET name = ?, atime = 0, mtime = UNIX_TIMESTAMP() WHERE id = ?", e.name()),
+                &[Bind::S(Some(name)), Bind::I(Some(id))],
+            )
+            .await?;
             let image = read_back(&mut tx, e, id, &p).await?;
             tx.commit().await?;
             Ok(image)
@@ -1757,14 +1858,26 @@ impl Gen {
                 tokio::time::sleep(Duration::from_millis(15)).await;
             };
             let Some(local) = local else {
-                self.stats.handoffs_lost.push(format!("{} {} from {}: not arrived within 3 s (expected {:?}, here {:?})", h.e.name(), h.key, SITES[h.from], h.expected, seen));
+                self.stats.handoffs_lost.push(format!(
+                    "{} {} from {}: not arrived within 3 s (expected {:?}, here {:?})",
+                    h.e.name(),
+                    h.key,
+                    SITES[h.from],
+                    h.expected,
+                    seen
+                ));
                 continue;
             };
             let mut p = self.m.clone();
             p.ids.insert((h.e, local), h.id.clone());
             let result: Res<Image> = async {
                 let mut tx = self.pool.begin().await?;
-                exec(&mut *tx, format!("UPDATE `{}` SET atime = UNIX_TIMESTAMP(), mtime = UNIX_TIMESTAMP() WHERE id = ?", h.e.name()), &[Bind::I(Some(local))]).await?;
+                exec(
+                    &mut *tx,
+                    format!("UPDATE `{}` SET atime = UNIX_TIMESTAMP(), mtime = UNIX_TIMESTAMP() WHERE id = ?", h.e.name()),
+                    &[Bind::I(Some(local))],
+                )
+                .await?;
                 let image = read_back(&mut tx, h.e, local, &p).await?;
                 tx.commit().await?;
                 Ok(image)
@@ -1782,7 +1895,18 @@ impl Gen {
             }
             match h.e {
                 E::User => {
-                    p.users.insert(local, MUser { token: h.key.clone(), temp: false, private: false, frozen: false, created: false, mine: true, connectable: false });
+                    p.users.insert(
+                        local,
+                        MUser {
+                            token: h.key.clone(),
+                            temp: false,
+                            private: false,
+                            frozen: false,
+                            created: false,
+                            mine: true,
+                            connectable: false,
+                        },
+                    );
                 }
                 _ => {
                     p.labs.insert(local, MLab { temp: false, private: false, created: false, mine: true, connectable: false });
@@ -1791,7 +1915,11 @@ impl Gen {
             self.m = p;
             self.stats.committed += 1;
             self.stats.handoffs_taken += 1;
-            self.shared.oracle.lock().unwrap().apply(self.i, vec![OOp::HandIn { id: h.id.clone() }, OOp::Update { id: h.id, changed: &["atime", "mtime"], image }]);
+            self.shared
+                .oracle
+                .lock()
+                .unwrap()
+                .apply(self.i, vec![OOp::HandIn { id: h.id.clone() }, OOp::Update { id: h.id, changed: &["atime", "mtime"], image }]);
         }
     }
 }
@@ -1851,7 +1979,9 @@ async fn read_states(fed: &Federation) -> Vec<State> {
     for site in SITES {
         let mut state = State::new();
         for e in ENTITIES {
-            let rows = fetch(fed.pool(site), select_sql(e, "ORDER BY t.id"), &[]).await.unwrap_or_else(|err| panic!("{site}: reading {}: {err}", e.name()));
+            let rows = fetch(fed.pool(site), select_sql(e, "ORDER BY t.id"), &[])
+                .await
+                .unwrap_or_else(|err| panic!("{site}: reading {}: {err}", e.name()));
             let mut by_key = BTreeMap::new();
             for cells in rows {
                 let row = parse_row(e, &cells);
@@ -1926,11 +2056,17 @@ fn check_converge(states: &[State], exp: &[Expected], oracle: &Oracle) -> Check 
                 let values: BTreeSet<&String> = present.iter().map(|s| &rows[*s].unwrap().vals[n]).collect();
                 if values.len() > 1 {
                     let id = (0..3).find_map(|s| exp[s][&e].get(key).map(|(id, _)| id.clone())).unwrap_or_default();
-                    check.fail(format!("diverged {}.{c}", e.name()), format!("{} {key}: column {c} differs: {} {}", e.name(), at_sites(states, e, key, n), oracle.recent(&id)));
+                    check.fail(
+                        format!("diverged {}.{c}", e.name()),
+                        format!("{} {key}: column {c} differs: {} {}", e.name(), at_sites(states, e, key, n), oracle.recent(&id)),
+                    );
                 }
             }
             let known = (0..3).any(|s| exp[s][&e].contains_key(key));
-            let missing: Vec<&str> = (0..3).filter(|s| rows[*s].is_none() && (exp[*s][&e].contains_key(key) || (!known && e != E::Equipment))).map(|s| SITES[s]).collect();
+            let missing: Vec<&str> = (0..3)
+                .filter(|s| rows[*s].is_none() && (exp[*s][&e].contains_key(key) || (!known && e != E::Equipment)))
+                .map(|s| SITES[s])
+                .collect();
             if !missing.is_empty() {
                 let held: Vec<&str> = present.iter().map(|s| SITES[*s]).collect();
                 check.fail(format!("not everywhere {}", e.name()), format!("{} {key}: held at {held:?}, missing at {missing:?}", e.name()));
@@ -1953,7 +2089,10 @@ fn check_oracle(states: &[State], exp: &[Expected], oracle: &Oracle) -> Check {
                         Want::Exact(v) => format!("{v:?}"),
                         Want::OneOf(v) => format!("one of {} values", v.len()),
                     };
-                    check.fail(format!("missing {} at {site}", e.name()), format!("{site}: {} {key} ({id}) missing, expected {what}", e.name()));
+                    check.fail(
+                        format!("missing {} at {site}", e.name()),
+                        format!("{site}: {} {key} ({id}) missing, expected {what}", e.name()),
+                    );
                     continue;
                 };
                 match want {
@@ -1965,18 +2104,28 @@ fn check_oracle(states: &[State], exp: &[Expected], oracle: &Oracle) -> Check {
                             .filter(|(n, _)| v[*n] != row.vals[*n])
                             .map(|(n, (c, _))| format!("{c}: expected '{}', {}", v[n], at_sites(states, e, key, n)))
                             .collect();
-                        let cols: Vec<&str> = e.cols().iter().enumerate().filter(|(n, _)| v[*n] != row.vals[*n]).map(|(_, (c, _))| *c).collect();
-                        check.fail(format!("wrong {}.{} at {site}", e.name(), cols.join("+")), format!("{site}: {} {key} ({id}): {} {}", e.name(), diffs.join("; "), oracle.recent(id)));
+                        let cols: Vec<&str> =
+                            e.cols().iter().enumerate().filter(|(n, _)| v[*n] != row.vals[*n]).map(|(_, (c, _))| *c).collect();
+                        check.fail(
+                            format!("wrong {}.{} at {site}", e.name(), cols.join("+")),
+                            format!("{site}: {} {key} ({id}): {} {}", e.name(), diffs.join("; "), oracle.recent(id)),
+                        );
                     }
                     Want::OneOf(vs) if !vs.contains(&row.vals) => {
-                        check.fail(format!("hot {} not a written value at {site}", e.name()), format!("{site}: {} {key}: {:?} is none of the {} values written", e.name(), row.vals, vs.len()));
+                        check.fail(
+                            format!("hot {} not a written value at {site}", e.name()),
+                            format!("{site}: {} {key}: {:?} is none of the {} values written", e.name(), row.vals, vs.len()),
+                        );
                     }
                     _ => {}
                 }
             }
             for (key, row) in actual {
                 if !exp[s][&e].contains_key(key) {
-                    check.fail(format!("unexpected {} at {site}", e.name()), format!("{site}: {} {key} should not be here: {:?}", e.name(), row.vals));
+                    check.fail(
+                        format!("unexpected {} at {site}", e.name()),
+                        format!("{site}: {} {key} should not be here: {:?}", e.name(), row.vals),
+                    );
                 }
             }
         }
@@ -2019,7 +2168,10 @@ fn check_equipment(states: &[State], exp: &[Expected], oracle: &Oracle) -> Check
             let want = match from {
                 Some(c) if c != s && s == UNIV => SITES[c].to_string(),
                 Some(c) if c != s => {
-                    check.fail(format!("{site} holds another's instrument"), format!("{site}: holds {ref_no} of {} (source_site {})", SITES[c], row.extra));
+                    check.fail(
+                        format!("{site} holds another's instrument"),
+                        format!("{site}: holds {ref_no} of {} (source_site {})", SITES[c], row.extra),
+                    );
                     continue;
                 }
                 Some(_) => "NULL".to_string(),
@@ -2074,11 +2226,17 @@ async fn check_control(fed: &Federation) -> Check {
     for site in SITES {
         let parked = fed.rows(site, &format!("SELECT origin, CAST(kafka_offset AS CHAR), reason, LEFT(REPLACE(row_keys, '\\n', ' '), 200) FROM `{ctl}`.parked ORDER BY id")).await;
         for r in parked {
-            check.fail(format!("parked at {site}: {}", shape(&r[2])), format!("{site}: parked from {} at offset {}: {} [rows {}]", r[0], r[1], r[2], r[3]));
+            check.fail(
+                format!("parked at {site}: {}", shape(&r[2])),
+                format!("{site}: parked from {} at offset {}: {} [rows {}]", r[0], r[1], r[2], r[3]),
+            );
         }
         let dead = fed.rows(site, &format!("SELECT COALESCE(origin, '?'), COALESCE(entity, '?'), CAST(kafka_offset AS CHAR), reason FROM `{ctl}`.dead_letters ORDER BY id")).await;
         for r in dead {
-            check.fail(format!("dead letter at {site}: {}", shape(&r[3])), format!("{site}: dead letter from {} ({}) at offset {}: {}", r[0], r[1], r[2], r[3]));
+            check.fail(
+                format!("dead letter at {site}: {}", shape(&r[3])),
+                format!("{site}: dead letter from {} ({}) at offset {}: {}", r[0], r[1], r[2], r[3]),
+            );
         }
     }
     check
@@ -2212,7 +2370,13 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
             let op = json_text(&value["op"]);
             *ops.entry(op.clone()).or_default() += 1;
             let Some(e) = value["sitesync"]["entity"].as_str().and_then(E::by_name) else {
-                check.fail(format!("unreadable record on {site}"), format!("{site}@{offset}: not a change record of a known entity: {}", value.to_string().chars().take(200).collect::<String>()));
+                check.fail(
+                    format!("unreadable record on {site}"),
+                    format!(
+                        "{site}@{offset}: not a change record of a known entity: {}",
+                        value.to_string().chars().take(200).collect::<String>()
+                    ),
+                );
                 continue;
             };
             let key = record_key(e, value);
@@ -2240,7 +2404,10 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
                     *unnamed_refs.entry(site).or_default() += 1;
                 }
                 if first && !unnamed && !wrote.contains(&(e, key.clone())) {
-                    check.fail(format!("echo on {site}: {} op {op}", e.name()), format!("{site}@{offset}: op {op} {} {key}: {}", e.name(), describe(e, &key)));
+                    check.fail(
+                        format!("echo on {site}: {} op {op}", e.name()),
+                        format!("{site}@{offset}: op {op} {} {key}: {}", e.name(), describe(e, &key)),
+                    );
                 }
                 if first {
                     streamed.entry((e, key.clone())).or_default().push(*offset);
@@ -2255,7 +2422,13 @@ fn check_topics(fed: &Federation, oracle: &Oracle) -> (Check, String) {
             if made > 0 && offsets.len() > made {
                 check.fail(
                     format!("echo on {site}: more records than changes, {}", e.name()),
-                    format!("{site}: {} {key}: {} records (offsets {:?}), its application made {made} change(s): {}", e.name(), offsets.len(), offsets, describe(e, &key)),
+                    format!(
+                        "{site}: {} {key}: {} records (offsets {:?}), its application made {made} change(s): {}",
+                        e.name(),
+                        offsets.len(),
+                        offsets,
+                        describe(e, &key)
+                    ),
                 );
             }
         }
@@ -2296,7 +2469,14 @@ async fn mesh(test: &str, kill: bool) {
         // anywhere in the first third of the workload (over a minute into a long run): longer
         // than that, or they would become dead letters by design. A change still parked at the
         // end fails the `control` check all the same.
-        Spec { sites: &SITES, schema: &schema, entities_and_routes: ENTITIES_AND_ROUTES, ref_wait_seconds: 600, seed: history_sql, ..Spec::default() },
+        Spec {
+            sites: &SITES,
+            schema: &schema,
+            entities_and_routes: ENTITIES_AND_ROUTES,
+            ref_wait_seconds: 600,
+            seed: history_sql,
+            ..Spec::default()
+        },
     )
     .await;
     let mut runs: Vec<usize> = SITES.iter().map(|s| fed.start(s, &["run"])).collect();
@@ -2332,7 +2512,11 @@ async fn mesh(test: &str, kill: bool) {
         while shared.progress[victim].load(SeqCst) < k.txns / 2 && shared.done.load(SeqCst) < 3 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!("{test}: kill -9 of `sitesync run` at {} after {} of its transactions", SITES[victim], shared.progress[victim].load(SeqCst));
+        eprintln!(
+            "{test}: kill -9 of `sitesync run` at {} after {} of its transactions",
+            SITES[victim],
+            shared.progress[victim].load(SeqCst)
+        );
         fed.kill9(runs[victim]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         runs[victim] = fed.start(SITES[victim], &["run"]);
@@ -2400,7 +2584,10 @@ async fn mesh(test: &str, kill: bool) {
     let after = watermarks(&fed);
     for s in 0..3 {
         if after[s] != before[s] {
-            quiet.fail(format!("topic {} grew", SITES[s]), format!("topic {}: {} records, {} five seconds later", SITES[s], before[s], after[s]));
+            quiet.fail(
+                format!("topic {} grew", SITES[s]),
+                format!("topic {}: {} records, {} five seconds later", SITES[s], before[s], after[s]),
+            );
         }
     }
 
@@ -2439,7 +2626,11 @@ async fn mesh(test: &str, kill: bool) {
     let all = fed.dir.join("mesh-failures.tsv");
     std::fs::write(&all, failed.iter().map(|c| c.full()).collect::<String>()).unwrap();
     if !failed.is_empty() {
-        eprintln!("{test}: every failure, one a line: {}; every write of every row: {}", all.display(), fed.dir.join("mesh-oracle.txt").display());
+        eprintln!(
+            "{test}: every failure, one a line: {}; every write of every row: {}",
+            all.display(),
+            fed.dir.join("mesh-oracle.txt").display()
+        );
     }
     eprintln!("{test}: seed {} took {:.1} s", k.seed, started.elapsed().as_secs_f64());
     if !failed.is_empty() {

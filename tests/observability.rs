@@ -16,7 +16,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SCHEMA: &str = "CREATE TABLE person (id INT NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL, n INT NOT NULL DEFAULT 0) ENGINE=InnoDB";
+const SCHEMA: &str =
+    "CREATE TABLE person (id INT NOT NULL PRIMARY KEY, name VARCHAR(100) NOT NULL, n INT NOT NULL DEFAULT 0) ENGINE=InnoDB";
 
 const TWO_WAY: &str = common::PERSON_TWO_WAY;
 
@@ -131,9 +132,8 @@ impl PrometheusServer {
 
     /// GET of an API path; the JSON answer (whatever its status: errors are JSON too).
     async fn api(&self, path_and_query: &str) -> Value {
-        let (status, body) = http_get(&self.addr, path_and_query)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path_and_query} from prometheus: {e}"));
+        let (status, body) =
+            http_get(&self.addr, path_and_query).await.unwrap_or_else(|e| panic!("GET {path_and_query} from prometheus: {e}"));
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path_and_query}: HTTP {status}, not JSON ({e}): {body}"))
     }
 
@@ -187,11 +187,8 @@ async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut body = raw[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status line"))?;
+    let status: u16 =
+        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status line"))?;
     let mut chunked = false;
     let mut length = None;
     for line in lines {
@@ -209,8 +206,7 @@ async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("truncated chunk size"))?;
             let size_text = String::from_utf8_lossy(&rest[..eol]).to_string();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| bad("bad chunk size"))?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad("bad chunk size"))?;
             rest = &rest[eol + 2..];
             if size == 0 {
                 break;
@@ -322,8 +318,7 @@ async fn scrape(addr: &str) -> Option<String> {
 /// Returns the federation and (site, listen address) of each site.
 async fn busy_federation(test: &str) -> (Federation, Vec<(String, String)>) {
     let mut fed = Federation::new(test, Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: TWO_WAY, ..Spec::default() }).await;
-    let sites: Vec<(String, String)> =
-        fed.sites.iter().map(|s| (s.clone(), format!("127.0.0.1:{}", free_port()))).collect();
+    let sites: Vec<(String, String)> = fed.sites.iter().map(|s| (s.clone(), format!("127.0.0.1:{}", free_port()))).collect();
     let mut toml = std::fs::read_to_string(&fed.config_path).unwrap();
     for (site, addr) in &sites {
         let header = format!("[sites.{site}]\n");
@@ -371,11 +366,11 @@ async fn busy_federation(test: &str) -> (Federation, Vec<(String, String)>) {
         }
     })
     .await;
+    assert_eq!(fed.rows("a", "SELECT id, name FROM person WHERE id = 100").await, vec![vec!["100".to_string(), "From b".to_string()]]);
     assert_eq!(
-        fed.rows("a", "SELECT id, name FROM person WHERE id = 100").await,
-        vec![vec!["100".to_string(), "From b".to_string()]]
+        fed.rows("b", "SELECT id FROM person ORDER BY id").await,
+        vec![vec!["1".to_string()], vec!["2".to_string()], vec!["100".to_string()]]
     );
-    assert_eq!(fed.rows("b", "SELECT id FROM person ORDER BY id").await, vec![vec!["1".to_string()], vec!["2".to_string()], vec!["100".to_string()]]);
     (fed, sites)
 }
 
@@ -565,12 +560,8 @@ async fn prometheus_answers_every_dashboard_query_with_data() {
     let deadline = Instant::now() + WAIT;
     loop {
         let rules = prom.api("/api/v1/rules").await;
-        let all: Vec<&Value> = rules["data"]["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
-            .collect();
+        let all: Vec<&Value> =
+            rules["data"]["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array().into_iter().flatten()).collect();
         assert!(all.len() >= 4, "alert rules not loaded: {rules}");
         let bad: Vec<&&Value> = all.iter().filter(|r| r["health"] == "err").collect();
         assert!(bad.is_empty(), "alert rules fail on live data: {bad:?}");

@@ -171,7 +171,8 @@ async fn count(pool: &sqlx::MySqlPool, sql: &str) -> i64 {
 /// at debug level, never print the password, nor the URL that holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_or_errors() {
-    let mut fed = Federation::new("secrets", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: TWO_WAY, ..Spec::default() }).await;
+    let mut fed =
+        Federation::new("secrets", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: TWO_WAY, ..Spec::default() }).await;
     let tag = fed.app_db.trim_start_matches("t_secrets_").to_string();
     let user = format!("sstest_{tag}");
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -304,7 +305,11 @@ async fn readyz_follows_the_database() {
     let config = fed.dir.join("readyz.toml");
     let text = std::fs::read_to_string(&fed.config_path).unwrap();
     let server_id = 3_000_000 + std::process::id() % 10_000 * 10; // apart from the harness's ids
-    let text = text.replacen("[sites.b]\n", &format!("[sites.a]\nmysql = \"{}/{app}\"\nserver_id = {server_id}\nlisten = \"{listen}\"\n\n[sites.b]\n", db.url()), 1);
+    let text = text.replacen(
+        "[sites.b]\n",
+        &format!("[sites.a]\nmysql = \"{}/{app}\"\nserver_id = {server_id}\nlisten = \"{listen}\"\n\n[sites.b]\n", db.url()),
+        1,
+    );
     std::fs::write(&config, text).unwrap();
     let (code, out) = finish(sitesync(&config, "a", &["init"]), fed.dir.join("readyz-init.log"), WAIT).await;
     assert_eq!(code, 0, "{out}");
@@ -364,8 +369,10 @@ async fn readyz_follows_the_database() {
 async fn sigterm_mid_burst_drains_exits_zero_and_loses_nothing() {
     const ROWS: i32 = 1200;
     const LIMIT: Duration = Duration::from_secs(15);
-    let fed = Federation::new("sigterm", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: ONE_WAY, ..Spec::default() }).await;
-    let run = |fed: &Federation, site: &str, n: usize| Proc::spawn(fed.command(site, &["run"]), fed.dir.join(format!("{site}-run-{n}.log")));
+    let fed =
+        Federation::new("sigterm", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: ONE_WAY, ..Spec::default() }).await;
+    let run =
+        |fed: &Federation, site: &str, n: usize| Proc::spawn(fed.command(site, &["run"]), fed.dir.join(format!("{site}-run-{n}.log")));
     // Started means: capture streams the binlog, apply consumes.
     let wait_started = |a: &mut Proc, b: &mut Proc| {
         let deadline = Instant::now() + WAIT;
@@ -439,11 +446,16 @@ async fn sigterm_mid_burst_drains_exits_zero_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_kafka_unreachable_exits_in_bounded_time_and_loses_nothing() {
     const ROWS: i64 = 20;
-    let fed = Federation::new("sigkafka", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: ONE_WAY, ..Spec::default() }).await;
+    let fed =
+        Federation::new("sigkafka", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: ONE_WAY, ..Spec::default() }).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let nokafka = fed.dir.join("nokafka.toml");
     let text = std::fs::read_to_string(&fed.config_path).unwrap();
-    std::fs::write(&nokafka, text.replacen(&format!("bootstrap_servers = \"{}\"", common::kafka()), &format!("bootstrap_servers = \"127.0.0.1:{closed}\""), 1)).unwrap();
+    std::fs::write(
+        &nokafka,
+        text.replacen(&format!("bootstrap_servers = \"{}\"", common::kafka()), &format!("bootstrap_servers = \"127.0.0.1:{closed}\""), 1),
+    )
+    .unwrap();
 
     let mut a = Proc::spawn(sitesync(&nokafka, "a", &["capture"]), fed.dir.join("a-capture-nokafka.log"));
     let deadline = Instant::now() + WAIT;

@@ -59,7 +59,8 @@ async fn references_to_history_find_their_rows_whatever_the_key_type() {
             // The same rows at both sites under different ids; A's session writes the shift in
             // +09:00, B's in UTC: the same instant.
             seed: |i, _| {
-                let (offset, zone, local) = if i == 0 { (100, "+09:00", "2024-03-01 17:00:00.125") } else { (500, "+00:00", "2024-03-01 08:00:00.125") };
+                let (offset, zone, local) =
+                    if i == 0 { (100, "+09:00", "2024-03-01 17:00:00.125") } else { (500, "+00:00", "2024-03-01 08:00:00.125") };
                 format!(
                     "SET time_zone = '{zone}';
                      ALTER TABLE device AUTO_INCREMENT = {offset}; ALTER TABLE shift AUTO_INCREMENT = {offset};
@@ -88,13 +89,7 @@ async fn references_to_history_find_their_rows_whatever_the_key_type() {
         async move { common::rows(&pb, q).await.len() == 1 }
     })
     .await;
-    assert_eq!(
-        fed.rows("b", q).await,
-        [["r1", "00FF1000", "2024-03-01 08:00:00.125", "6ccd780c-baba-1026-9564-5b8c656024db", "42"]]
-    );
+    assert_eq!(fed.rows("b", q).await, [["r1", "00FF1000", "2024-03-01 08:00:00.125", "6ccd780c-baba-1026-9564-5b8c656024db", "42"]]);
     // B's own ids, not A's.
-    assert_eq!(
-        fed.rows("b", "SELECT device_id, shift_id, badge_id, room_id FROM reading").await,
-        [["500", "500", "500", "500"]]
-    );
+    assert_eq!(fed.rows("b", "SELECT device_id, shift_id, badge_id, room_id FROM reading").await, [["500", "500", "500", "500"]]);
 }

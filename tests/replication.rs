@@ -90,7 +90,9 @@ async fn two_way_route_echoes_nothing_and_converges_after_bursts() {
     let pb = fed.pool("b").clone();
     fed.wait_for(WAIT, "A's burst at B", || {
         let pb = pb.clone();
-        async move { common::rows(&pb, "SELECT COUNT(*), CAST(SUM(n) AS CHAR) FROM person").await == vec![vec!["50".to_string(), "25".to_string()]] }
+        async move {
+            common::rows(&pb, "SELECT COUNT(*), CAST(SUM(n) AS CHAR) FROM person").await == vec![vec!["50".to_string(), "25".to_string()]]
+        }
     })
     .await;
     // B applied everything; give its capture time to (wrongly) publish anything.
@@ -124,22 +126,19 @@ async fn burst(pool: sqlx::MySqlPool, from: i32, rows: i32) {
     for chunk in (from..from + rows).collect::<Vec<_>>().chunks(5) {
         let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'p{i}')")).collect();
         common::exec(&pool, &format!("INSERT INTO person (id, name) VALUES {}", values.join(", "))).await;
-        common::exec(&pool, &format!("UPDATE person SET n = n + 1 WHERE id IN ({})", chunk.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))).await;
+        common::exec(
+            &pool,
+            &format!("UPDATE person SET n = n + 1 WHERE id IN ({})", chunk.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+        )
+        .await;
     }
 }
 
 async fn exactly_once_after_kill(test: &str, kill_capture: bool) {
     const ROWS: i32 = 1500;
-    let mut fed = Federation::new(
-        test,
-        Spec {
-            sites: &["a", "b"],
-            schema: SCHEMA,
-            entities_and_routes: common::PERSON_A_TO_B,
-            ..Spec::default()
-        },
-    )
-    .await;
+    let mut fed =
+        Federation::new(test, Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: common::PERSON_A_TO_B, ..Spec::default() })
+            .await;
     let mut capture = fed.start("a", &["capture"]);
     let mut apply = fed.start("b", &["apply"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -187,16 +186,9 @@ async fn applier_killed_mid_burst_loses_nothing_and_applies_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_reads_zero_when_idle_and_grows_when_the_origin_capture_stops() {
-    let mut fed = Federation::new(
-        "lag",
-        Spec {
-            sites: &["a", "b"],
-            schema: SCHEMA,
-            entities_and_routes: common::PERSON_A_TO_B,
-            ..Spec::default()
-        },
-    )
-    .await;
+    let mut fed =
+        Federation::new("lag", Spec { sites: &["a", "b"], schema: SCHEMA, entities_and_routes: common::PERSON_A_TO_B, ..Spec::default() })
+            .await;
     let addr = fed.listen("b");
     let capture = fed.start("a", &["capture"]);
     fed.start("b", &["apply"]);

@@ -20,6 +20,12 @@ if ! pkg-config --exists openssl 2>/dev/null; then
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config; }
 fi
 cargo test --locked --all-targets -- --test-threads="${SITESYNC_TEST_THREADS:-4}" "$@"
+# Formatting (rustfmt.toml), where the toolchain has rustfmt.
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --check
+else
+    echo "tests/run.sh: cargo fmt is not installed; formatting not checked" >&2
+fi
 # Lints, where the toolchain has clippy (rustup's default profile does).
 if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --locked --all-targets -- -D warnings

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{Federation, Spec};
 
-const SCHEMA: &str = "CREATE TABLE person (id INT NOT NULL PRIMARY KEY, a VARCHAR(20) NOT NULL, b VARCHAR(20) NULL, c INT NULL) ENGINE=InnoDB";
+const SCHEMA: &str =
+    "CREATE TABLE person (id INT NOT NULL PRIMARY KEY, a VARCHAR(20) NOT NULL, b VARCHAR(20) NULL, c INT NULL) ENGINE=InnoDB";
 const CONFIG: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
 const WAIT: Duration = Duration::from_secs(60);
 const ALL: &str = "SELECT * FROM person ORDER BY id";
@@ -37,15 +38,25 @@ async fn ddl_at_the_origin_then_at_the_target_loses_and_misplaces_nothing() {
     fed.exec("a", "UPDATE person SET a = 'a1x' WHERE id = 1").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(fed.scalar("b", "SELECT COUNT(*) FROM person").await, 1, "the new row waits for its column");
-    assert_eq!(fed.rows("b", "SELECT a FROM person WHERE id = 1").await, vec![vec!["a1".to_string()]], "later changes wait behind it, in order");
+    assert_eq!(
+        fed.rows("b", "SELECT a FROM person WHERE id = 1").await,
+        vec![vec!["a1".to_string()]],
+        "later changes wait behind it, in order"
+    );
     fed.exec("b", "ALTER TABLE person ADD COLUMN d VARCHAR(20) NULL").await;
     wait_equal(&mut fed, "after ADD COLUMN at both").await;
 
     // One ALTER that drops a column and adds another (same count), RENAME, MODIFY: at both.
     for (ddl, insert) in [
-        ("ALTER TABLE person DROP COLUMN b, ADD COLUMN e VARCHAR(20) NULL AFTER a", "INSERT INTO person (id, a, e, c, d) VALUES (10, 'a10', 'e10', 10, 'd10')"),
+        (
+            "ALTER TABLE person DROP COLUMN b, ADD COLUMN e VARCHAR(20) NULL AFTER a",
+            "INSERT INTO person (id, a, e, c, d) VALUES (10, 'a10', 'e10', 10, 'd10')",
+        ),
         ("ALTER TABLE person RENAME COLUMN c TO n", "INSERT INTO person (id, a, e, n, d) VALUES (11, 'a11', 'e11', 11, 'd11')"),
-        ("ALTER TABLE person MODIFY COLUMN a VARCHAR(50) NOT NULL", "INSERT INTO person (id, a, e, n, d) VALUES (12, 'a-longer-than-twenty-chars', 'e12', 12, 'd12')"),
+        (
+            "ALTER TABLE person MODIFY COLUMN a VARCHAR(50) NOT NULL",
+            "INSERT INTO person (id, a, e, n, d) VALUES (12, 'a-longer-than-twenty-chars', 'e12', 12, 'd12')",
+        ),
     ] {
         fed.exec("a", ddl).await;
         fed.exec("a", insert).await;
@@ -63,7 +74,10 @@ async fn ddl_at_the_origin_then_at_the_target_loses_and_misplaces_nothing() {
     let pb = fed.pool("b").clone();
     fed.wait_for(WAIT, "the row written before the DDL", || {
         let pb = pb.clone();
-        async move { common::rows(&pb, "SELECT a, e, n, d FROM person WHERE id = 100").await == vec![vec!["old-shape".to_string(), "e100".into(), "100".into(), "d100".into()]] }
+        async move {
+            common::rows(&pb, "SELECT a, e, n, d FROM person WHERE id = 100").await
+                == vec![vec!["old-shape".to_string(), "e100".into(), "100".into(), "d100".into()]]
+        }
     })
     .await;
     assert_eq!(fed.scalar("b", "SELECT COUNT(*) FROM person WHERE id = 101").await, 0);
@@ -81,7 +95,8 @@ async fn ddl_at_the_origin_then_at_the_target_loses_and_misplaces_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_that_waited_too_long_is_a_dead_letter_and_replays_once_the_column_exists() {
-    let mut fed = Federation::new("replay", Spec { schema: SCHEMA, entities_and_routes: CONFIG, ref_wait_seconds: 2, ..Spec::default() }).await;
+    let mut fed =
+        Federation::new("replay", Spec { schema: SCHEMA, entities_and_routes: CONFIG, ref_wait_seconds: 2, ..Spec::default() }).await;
     fed.start("a", &["capture"]);
     fed.start("b", &["run"]);
     tokio::time::sleep(Duration::from_millis(500)).await;

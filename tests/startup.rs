@@ -11,7 +11,8 @@ use common::{Federation, Spec};
 
 const CONFIG: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
 const SCHEMA: &str = "CREATE TABLE person (id INT PRIMARY KEY, name VARCHAR(50) NOT NULL) ENGINE=InnoDB";
-const BINLOG: &[&str] = &["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL", "--server-id=77"];
+const BINLOG: &[&str] =
+    &["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL", "--server-id=77"];
 
 async fn wait_person(fed: &mut Federation, site: &str, expected: &str) {
     let pool = fed.pool(site).clone();
@@ -23,11 +24,14 @@ async fn wait_person(fed: &mut Federation, site: &str, expected: &str) {
     .await;
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_started_while_kafka_is_down_waits_not_ready_and_replicates_once_it_is_back() {
     let kafka = KafkaNode::start("startup");
-    let mut fed = Federation::new("kafkadown", Spec { schema: SCHEMA, entities_and_routes: CONFIG, kafka: Some(kafka.bootstrap()), ..Spec::default() }).await;
+    let mut fed = Federation::new(
+        "kafkadown",
+        Spec { schema: SCHEMA, entities_and_routes: CONFIG, kafka: Some(kafka.bootstrap()), ..Spec::default() },
+    )
+    .await;
     let listen = fed.listen("b");
     kafka.freeze();
     fed.start("a", &["run"]);

@@ -31,7 +31,9 @@ async fn a_generated_value_the_origin_stored_outside_strict_mode_is_stored_and_a
     let pool = fed.pool("b").clone();
     fed.wait_for(WAIT, "both rows at b", || {
         let pool = pool.clone();
-        async move { common::rows(&pool, "SELECT id, i, note FROM t ORDER BY id").await == vec![vec!["1", "2147483647", "x"], vec!["2", "5", ""]] }
+        async move {
+            common::rows(&pool, "SELECT id, i, note FROM t ORDER BY id").await == vec![vec!["1", "2147483647", "x"], vec!["2", "5", ""]]
+        }
     })
     .await;
 
@@ -46,8 +48,6 @@ async fn a_generated_value_the_origin_stored_outside_strict_mode_is_stored_and_a
     .await;
     assert_eq!(fed.scalar("b", "SELECT COUNT(*) FROM t WHERE id = 3").await, 0);
 }
-
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_dropped_at_both_sites_leaves_the_rest_of_an_earlier_change_to_apply() {
@@ -140,7 +140,12 @@ async fn names_with_backticks_quotes_and_spaces_replicate() {
     fed.exec("a", "INSERT INTO `a``b` VALUES (2, 'live', 7, 0), (3, 'temporary', 7, 1); UPDATE `a``b` SET `it's \"v\"` = 'live, changed' WHERE `id``x` = 2").await;
     let out = fed.command("a", &["snapshot"]).output().unwrap();
     assert!(out.status.success(), "snapshot at a: {}", String::from_utf8_lossy(&out.stderr));
-    fed.wait_rows("b", "SELECT `id``x`, `it's \"v\"`, `sk``ip` FROM `a``b` ORDER BY 1", &[&["1", "history", "0"], &["2", "live, changed", "0"]]).await;
+    fed.wait_rows(
+        "b",
+        "SELECT `id``x`, `it's \"v\"`, `sk``ip` FROM `a``b` ORDER BY 1",
+        &[&["1", "history", "0"], &["2", "live, changed", "0"]],
+    )
+    .await;
     fed.exec("a", "DELETE FROM `a``b` WHERE `id``x` = 1").await;
     fed.wait_rows("b", "SELECT `id``x` FROM `a``b` ORDER BY 1", &[&["2"]]).await;
     let out = fed.command("b", &["verify"]).output().unwrap();
@@ -177,7 +182,12 @@ async fn an_undecodable_table_stops_its_entity_alone_and_resumes_where_it_stoppe
     fed.exec("a", "UPDATE t2 SET n = 10 WHERE id = 1; INSERT INTO t1 VALUES (2, 2); INSERT INTO t3 VALUES (2, 2)").await;
     fed.exec("a", "BEGIN; INSERT INTO t1 VALUES (3, 3); INSERT INTO t2 VALUES (3, 'mixed', 3); INSERT INTO t3 VALUES (3, 3); COMMIT").await;
     fed.exec("a", "DELETE FROM t2 WHERE id = 1").await;
-    fed.wait_rows("b", "SELECT id FROM t1 UNION ALL SELECT 10 + id FROM t3 ORDER BY 1", &[&["1"], &["2"], &["3"], &["11"], &["12"], &["13"]]).await;
+    fed.wait_rows(
+        "b",
+        "SELECT id FROM t1 UNION ALL SELECT 10 + id FROM t3 ORDER BY 1",
+        &[&["1"], &["2"], &["3"], &["11"], &["12"], &["13"]],
+    )
+    .await;
     fed.assert_running();
     assert_eq!(fed.rows("b", "SELECT id, n FROM t2").await, vec![vec!["1", "1"]], "t2 stopped at the undecodable row");
     assert!(fed.logs_contain("capture of this entity stopped"), "a log line says so");
@@ -187,10 +197,12 @@ async fn an_undecodable_table_stops_its_entity_alone_and_resumes_where_it_stoppe
     // HTTP on a loaded test machine may take a few tries (the first /readyz builds its Kafka probe).
     let get = |path: &str| {
         (0..20)
-            .find_map(|_| common::http_get(http, path).or_else(|| {
-                std::thread::sleep(Duration::from_millis(500));
-                None
-            }))
+            .find_map(|_| {
+                common::http_get(http, path).or_else(|| {
+                    std::thread::sleep(Duration::from_millis(500));
+                    None
+                })
+            })
             .unwrap_or_else(|| panic!("{path} at {http} does not answer"))
     };
     let metrics = get("/metrics");
@@ -200,7 +212,9 @@ async fn an_undecodable_table_stops_its_entity_alone_and_resumes_where_it_stoppe
 
     // A restart keeps it stopped; the fix here: t2's text column stays at its site.
     assert!(fed.stop(a).success());
-    let config = std::fs::read_to_string(&fed.config_path).unwrap().replace("[entities.t2]\ntable = \"t2\"\n", "[entities.t2]\ntable = \"t2\"\nexclude = [\"v\"]\n");
+    let config = std::fs::read_to_string(&fed.config_path)
+        .unwrap()
+        .replace("[entities.t2]\ntable = \"t2\"\n", "[entities.t2]\ntable = \"t2\"\nexclude = [\"v\"]\n");
     std::fs::write(&fed.config_path, config).unwrap();
     fed.start("a", &["run"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;

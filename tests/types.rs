@@ -159,7 +159,7 @@ fn row_min() -> Vec<(&'static str, String)> {
         ("dt0", s("'1000-01-01 00:00:00'")),
     ];
     for n in 1..=6 {
-        cols.push(([ "dt1", "dt2", "dt3", "dt4", "dt5", "dt6"][n - 1], format!("'1000-01-01 00:00:00.{}'", "0".repeat(n))));
+        cols.push((["dt1", "dt2", "dt3", "dt4", "dt5", "dt6"][n - 1], format!("'1000-01-01 00:00:00.{}'", "0".repeat(n))));
     }
     // 1970-01-01 00:00:01 UTC, the smallest TIMESTAMP, as a +09:00 session writes it.
     cols.push(("ts0", s("'1970-01-01 09:00:01'")));
@@ -498,11 +498,8 @@ async fn wait_equal(fed: &mut Federation, table: &str, order_by: &str, what: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_column_type_arrives_byte_for_byte() {
     let schema = schema();
-    let mut fed = Federation::new(
-        "types",
-        Spec { sites: &["a", "b"], schema: &schema, entities_and_routes: ROUTE, ..Spec::default() },
-    )
-    .await;
+    let mut fed =
+        Federation::new("types", Spec { sites: &["a", "b"], schema: &schema, entities_and_routes: ROUTE, ..Spec::default() }).await;
     fed.start("a", &["capture"]);
     fed.start("b", &["apply"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -587,7 +584,8 @@ fn load_schema(name: &str) -> Value {
 fn record_structs_match_the_schemas() {
     use sitesync::record::{self, ChangeRecord, Op, RefKey, SitesyncMeta, Source, TransactionInfo};
     let (value_schema, key_schema) = (load_schema("record-value.schema.json"), load_schema("record-key.schema.json"));
-    let row = |pairs: &[(&str, Value)]| -> serde_json::Map<String, Value> { pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
+    let row =
+        |pairs: &[(&str, Value)]| -> serde_json::Map<String, Value> { pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
     let key = row(&[("token", Value::from("alice"))]);
     let record = ChangeRecord {
         op: Op::Update,
@@ -770,8 +768,27 @@ mod schema_check {
     use serde_json::Value;
 
     const KNOWN: &[&str] = &[
-        "$schema", "$id", "$defs", "$ref", "$comment", "title", "description", "examples", "type", "properties", "required",
-        "additionalProperties", "enum", "const", "items", "minimum", "minLength", "anyOf", "oneOf", "format", "default",
+        "$schema",
+        "$id",
+        "$defs",
+        "$ref",
+        "$comment",
+        "title",
+        "description",
+        "examples",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "enum",
+        "const",
+        "items",
+        "minimum",
+        "minLength",
+        "anyOf",
+        "oneOf",
+        "format",
+        "default",
     ];
 
     pub fn validate(root: &Value, schema: &Value, v: &Value, path: &str) -> Result<(), String> {

@@ -167,7 +167,13 @@ impl Applier {
         }
     }
 
-    async fn push(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending, entity: &str, op: RowOp) -> Result<(), ApplyError> {
+    async fn push(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        pending: &mut Pending,
+        entity: &str,
+        op: RowOp,
+    ) -> Result<(), ApplyError> {
         if pending.entity != entity {
             self.flush_ops(tx, pending).await?;
             pending.entity = entity.to_string();
@@ -198,10 +204,13 @@ impl Applier {
             let (rows, began, kind) = (statement.len(), std::time::Instant::now(), statement[0].kind());
             let result = match &statement[0] {
                 RowOp::Delete(_) => {
-                    let keys: Vec<Vec<SqlValue>> = statement.into_iter().map(|op| match op {
-                        RowOp::Delete(k) => k,
-                        _ => unreachable!("one kind per statement"),
-                    }).collect();
+                    let keys: Vec<Vec<SqlValue>> = statement
+                        .into_iter()
+                        .map(|op| match op {
+                            RowOp::Delete(k) => k,
+                            _ => unreachable!("one kind per statement"),
+                        })
+                        .collect();
                     plan.delete_rows(tx, &keys).await
                 }
                 RowOp::Upsert { columns, .. } | RowOp::Insert { columns, .. } => {
@@ -225,7 +234,8 @@ impl Applier {
                         }
                     }
                     let created = self.absent_rows(tx, &plan, &columns, &rows, &creating).await.map_err(needs_care_on_schema)?;
-                    let written = if insert { plan.insert_rows(tx, &columns, &rows).await } else { plan.upsert_rows(tx, &columns, &rows).await };
+                    let written =
+                        if insert { plan.insert_rows(tx, &columns, &rows).await } else { plan.upsert_rows(tx, &columns, &rows).await };
                     match written {
                         Ok(()) if !created.is_empty() => {
                             let entries: Vec<(&str, &str, &str)> =
@@ -311,10 +321,9 @@ fn in_rounds(pk: &[String], ops: Vec<RowOp>) -> Vec<Vec<RowOp>> {
     let key_of = |op: &RowOp| -> Option<String> {
         let values: Vec<&SqlValue> = match op {
             RowOp::Delete(k) => k.iter().collect(),
-            RowOp::Upsert { columns, values, .. } | RowOp::Insert { columns, values, .. } => pk
-                .iter()
-                .map(|c| columns.iter().position(|x| x == c).map(|i| &values[i]))
-                .collect::<Option<Vec<_>>>()?,
+            RowOp::Upsert { columns, values, .. } | RowOp::Insert { columns, values, .. } => {
+                pk.iter().map(|c| columns.iter().position(|x| x == c).map(|i| &values[i])).collect::<Option<Vec<_>>>()?
+            }
         };
         Some(row_key_of_texts(values.into_iter().map(sql_text)))
     };

@@ -20,11 +20,11 @@ use sqlx::{AssertSqlSafe, MySql, Row as _, Transaction};
 use super::target::{arguments, to_sql, SqlValue};
 use super::writer::{incoming_loses, local_id_value, row_key_of_texts, row_key_text, sql_text, where_clause, EntityPlan, Plans};
 use super::{Applier, ApplyError, CompleteTxn};
-use crate::control::statement_chunks;
 use crate::config::OnDelete;
+use crate::control::statement_chunks;
 use crate::control::VersionEntry;
-use crate::stamp::Stamp;
 use crate::record::{ChangeRecord, Op, RefKey};
+use crate::stamp::Stamp;
 
 /// A row's key: columns and values.
 type Key = Vec<(String, SqlValue)>;
@@ -42,9 +42,12 @@ enum LocalRow {
     /// `id`: this site's primary key as text (None: inserted by this batch, not read back yet,
     /// or a composite key). `version`: the version column as text (None: not read).
     /// `content`: the row's digest (last writer wins; None: not read, or written by this batch).
-    Present { id: Option<String>, version: Option<String>, content: Option<String> },
+    Present {
+        id: Option<String>,
+        version: Option<String>,
+        content: Option<String>,
+    },
 }
-
 
 /// An identity-map entry to write: the origin's row `origin_key` became the local row whose
 /// key is `row_key`.
@@ -338,10 +341,11 @@ impl EntityPlan {
             parts.push(format!("(SELECT {i}, {id}, {version} FROM {} WHERE {} LIMIT 1{lock})", self.target.qualified(), where_clause(key)));
             values.extend(key.iter().map(|(_, v)| v.clone()));
         }
-        let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as_with(AssertSqlSafe(parts.join(" UNION ALL ")), arguments(values)?)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(ApplyError::classify)?;
+        let rows: Vec<(i64, Option<String>, Option<String>)> =
+            sqlx::query_as_with(AssertSqlSafe(parts.join(" UNION ALL ")), arguments(values)?)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(ApplyError::classify)?;
         Ok(rows.into_iter().map(|(i, id, version)| (i as usize, id, version)).collect())
     }
 }
@@ -429,8 +433,10 @@ impl Applier {
             // A row absent under its key but known to the identity map is here under another
             // key (renamed at the origin since): the per-record path finds it.
             for ((entity, origin), ids) in origin_ids.iter().filter(|((e, _), _)| *e == plan.name) {
-                let absent: Vec<&(String, String)> =
-                    ids.iter().filter(|(_, row_key)| matches!(known.rows.get(&(entity.clone(), row_key.clone())), Some(LocalRow::Absent))).collect();
+                let absent: Vec<&(String, String)> = ids
+                    .iter()
+                    .filter(|(_, row_key)| matches!(known.rows.get(&(entity.clone(), row_key.clone())), Some(LocalRow::Absent)))
+                    .collect();
                 if absent.is_empty() {
                     continue;
                 }
@@ -485,7 +491,9 @@ impl Applier {
         let mut entries = Vec::with_capacity(identities.len());
         for i in &identities {
             match known.rows.get(&(i.entity.clone(), i.row_key.clone())) {
-                Some(LocalRow::Present { id: Some(id), .. }) => entries.push((i.entity.as_str(), i.origin.as_str(), i.origin_key.as_str(), id.as_str())),
+                Some(LocalRow::Present { id: Some(id), .. }) => {
+                    entries.push((i.entity.as_str(), i.origin.as_str(), i.origin_key.as_str(), id.as_str()))
+                }
                 // Every decided row's id is known once its insert was read back.
                 _ => return Err(ApplyError::NeedsCare),
             }

@@ -20,8 +20,8 @@ mod replay;
 mod target;
 mod writer;
 
-pub use target::{TargetColumn, TargetTable};
 pub use replay::{replay, Replayed};
+pub use target::{TargetColumn, TargetTable};
 pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
 use sqlx::{MySql, Transaction};
@@ -37,10 +37,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::control::{self, Control, ControlError, NewDeadLetter, NewParked};
 use crate::position::TxnId;
-use assemble::{CompleteTxn, Incoming};
 use crate::record::{self, ChangeRecord, RecordHead};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Component, ErrorKind, Health, Metrics};
+use assemble::{CompleteTxn, Incoming};
 
 /// Why a record or the applier failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +95,7 @@ impl ApplyError {
                 // Deadlock, lock wait timeout, server shutting down, read-only: retry.
                 Some(1213 | 1205 | 1053 | 1290 | 1836) => return ApplyError::Database(e),
                 // Unknown column: the table changed since it was read; read it again and wait.
-                Some(1054) => {
-                    return ApplyError::MissingColumn { column: None, message: format!("local table changed: {}", db.message()) }
-                }
+                Some(1054) => return ApplyError::MissingColumn { column: None, message: format!("local table changed: {}", db.message()) },
                 Some(_) => return ApplyError::Definite(format!("local database refused the change: {}", db.message())),
                 None => {}
             }
@@ -164,7 +162,9 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     let site_cfg = config.site(&ctx.site).map_err(|e| ApplyError::Config(e.to_string()))?;
     let url = site_cfg.mysql.expose();
     let connect = || control::connect(&ctx.site, url, 4);
-    let Some(pool) = crate::shutdown::retry_while_unreachable(&ctx.shutdown, "the database", &ctx.site, ControlError::is_unreachable, connect).await else {
+    let Some(pool) =
+        crate::shutdown::retry_while_unreachable(&ctx.shutdown, "the database", &ctx.site, ControlError::is_unreachable, connect).await
+    else {
         return Ok(());
     };
     let pool = pool?;
@@ -185,12 +185,12 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     }
     let plans = load_plans(&config, &ctx.site, &pool, &origins).await?;
 
-    let consumer: StreamConsumer = crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
-        .map_err(|e| ApplyError::Config(e.to_string()))?
-        .create()
-        .map_err(ApplyError::Kafka)?;
-    let stored: HashMap<(String, i32), i64> =
-        control.load_offsets().await?.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let consumer: StreamConsumer =
+        crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
+            .map_err(|e| ApplyError::Config(e.to_string()))?
+            .create()
+            .map_err(ApplyError::Kafka)?;
+    let stored: HashMap<(String, i32), i64> = control.load_offsets().await?.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
     let topics: Vec<String> = origins.iter().map(|o| config.topic_of(o)).collect();
     // A topic created a moment ago (init, a broker still loading) may not be in the metadata
     // yet: look again for a while before calling it missing.
@@ -206,9 +206,8 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     };
     let mut tpl = TopicPartitionList::new();
     for (topic, count) in &partitions {
-        let count = count.ok_or_else(|| {
-            ApplyError::Config(format!("topic {topic} does not exist: run `sitesync init` at its site (or here) first"))
-        })?;
+        let count = count
+            .ok_or_else(|| ApplyError::Config(format!("topic {topic} does not exist: run `sitesync init` at its site (or here) first")))?;
         for p in 0..count as i32 {
             let offset = match stored.get(&(topic.clone(), p)) {
                 Some(o) => Offset::Offset(*o),
@@ -228,17 +227,14 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
                     tpl.add_partition_offset(&topic, p, Offset::End).map_err(ApplyError::Kafka)?;
                 }
             }
-            None => tracing::warn!(site = %ctx.site, topic = %topic, "heartbeat topic missing (run `sitesync init`): lag of an idle origin cannot be told from a stopped one"),
+            None => {
+                tracing::warn!(site = %ctx.site, topic = %topic, "heartbeat topic missing (run `sitesync init`): lag of an idle origin cannot be told from a stopped one")
+            }
         }
     }
     consumer.assign(&tpl).map_err(ApplyError::Kafka)?;
 
-    let progress = control
-        .load_progress()
-        .await?
-        .into_iter()
-        .map(|(origin, stream, seq, _)| ((origin, stream), seq))
-        .collect();
+    let progress = control.load_progress().await?.into_iter().map(|(origin, stream, seq, _)| ((origin, stream), seq)).collect();
     let parked = control.list_parked().await?;
     let parked_keys = parked.iter().flat_map(|p| p.row_keys.lines().map(|k| scoped(&p.origin, k)).collect::<Vec<_>>()).collect();
     let mut applier = Applier {
@@ -282,15 +278,21 @@ async fn metadata(ctx: &ApplyContext, topics: &[String]) -> Option<Result<Vec<(S
         }
     };
     let kafka = format!("Kafka at {}", ctx.config.kafka.bootstrap_servers);
-    crate::shutdown::retry_while_unreachable(&ctx.shutdown, &kafka, &ctx.site, |e| matches!(e, ApplyError::Transport(t) if t.is_unreachable()), attempt).await
+    crate::shutdown::retry_while_unreachable(
+        &ctx.shutdown,
+        &kafka,
+        &ctx.site,
+        |e| matches!(e, ApplyError::Transport(t) if t.is_unreachable()),
+        attempt,
+    )
+    .await
 }
 
 /// The entities applied at `site` from `origins`, and the ones they reference (to find this
 /// site's ids), bound to their local tables; every configured column must exist there.
 async fn load_plans(config: &Config, site: &str, pool: &sqlx::MySqlPool, origins: &[String]) -> Result<Plans, ApplyError> {
     let db = config.database_of(site).to_string();
-    let routed: Vec<&String> =
-        config.entities.keys().filter(|name| origins.iter().any(|o| config.routes_entity(o, site, name))).collect();
+    let routed: Vec<&String> = config.entities.keys().filter(|name| origins.iter().any(|o| config.routes_entity(o, site, name))).collect();
     let mut needed: Vec<&String> = routed.clone();
     for name in &routed {
         for target in config.entities[*name].refs.values().map(|r| &r.entity) {
@@ -469,10 +471,7 @@ impl Applier {
 
     fn already_applied(&self, txn: &CompleteTxn) -> bool {
         match &txn.txn {
-            Some((id, _)) => self
-                .progress
-                .get(&(txn.origin.clone(), id.stream.clone()))
-                .is_some_and(|seq| *seq >= id.seq),
+            Some((id, _)) => self.progress.get(&(txn.origin.clone(), id.stream.clone())).is_some_and(|seq| *seq >= id.seq),
             None => false,
         }
     }
@@ -686,7 +685,13 @@ impl Applier {
 
     /// The careful path: per record inside a savepoint; a transaction waiting for referenced
     /// rows, or behind a parked change of its rows, is parked.
-    async fn apply_careful_txn(&mut self, tx: &mut Transaction<'_, MySql>, index: usize, t: &CompleteTxn, tally: &mut BatchTally) -> Result<(), ApplyError> {
+    async fn apply_careful_txn(
+        &mut self,
+        tx: &mut Transaction<'_, MySql>,
+        index: usize,
+        t: &CompleteTxn,
+        tally: &mut BatchTally,
+    ) -> Result<(), ApplyError> {
         let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
         let all: Vec<usize> = (0..records.len()).collect();
         // A snapshot chunk does not wait behind parked changes of its rows: it is the state
@@ -866,7 +871,15 @@ impl Applier {
         let chosen: Vec<&ChangeRecord> = which.iter().map(|&i| &records[i]).collect();
         let keys = row_keys(&t.origin, &chosen);
         let offset = t.records[which[0]].offset;
-        let parked = NewParked { origin: &t.origin, topic: &t.topic, partition: t.partition, offset, row_keys: &keys.join("\n"), records: &json, reason };
+        let parked = NewParked {
+            origin: &t.origin,
+            topic: &t.topic,
+            partition: t.partition,
+            offset,
+            row_keys: &keys.join("\n"),
+            records: &json,
+            reason,
+        };
         self.control.insert_parked(tx, &parked).await.map_err(ApplyError::Database)?;
         tracing::info!(site = %self.ctx.site, origin = %t.origin, offset, records = which.len(), reason = %reason, "transaction waits for the rows it references");
         Ok(keys.iter().map(|k| scoped(&t.origin, k)).collect())

@@ -54,7 +54,8 @@ impl Applier {
                             self.control.shrink_parked(&mut tx, p.id, &rest_keys.join("\n"), &json).await.map_err(ApplyError::Database)?;
                             still.extend(rest_keys.iter().map(|k| scoped(&p.origin, k)));
                         }
-                        let applied = outcomes.into_iter().enumerate().filter(|(i, _)| !waiting.contains(i)).map(|(_, o)| o).collect::<Vec<_>>();
+                        let applied =
+                            outcomes.into_iter().enumerate().filter(|(i, _)| !waiting.contains(i)).map(|(_, o)| o).collect::<Vec<_>>();
                         let mut counts = HashMap::new();
                         for (i, o) in (0..records.len()).filter(|i| !waiting.contains(i)).zip(applied) {
                             *counts.entry((p.origin.clone(), records[i].sitesync.entity.clone(), o)).or_default() += 1;

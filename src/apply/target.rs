@@ -88,11 +88,9 @@ impl TargetTable {
 
     /// The column `name`, or a definite error naming it.
     pub fn column(&self, name: &str) -> Result<&TargetColumn, ApplyError> {
-        self.columns.get(name).ok_or_else(|| {
-            ApplyError::MissingColumn {
-                column: Some(name.to_string()),
-                message: format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table),
-            }
+        self.columns.get(name).ok_or_else(|| ApplyError::MissingColumn {
+            column: Some(name.to_string()),
+            message: format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table),
         })
     }
 
@@ -153,23 +151,19 @@ pub fn to_sql(col: &TargetColumn, value: &Value) -> Result<SqlValue, ApplyError>
                 SqlValue::Double(n.as_f64().ok_or_else(|| bad("unrepresentable number"))?)
             }
         }
-        Value::String(s) if is_binary_type(&col.data_type) => SqlValue::Bytes(
-            base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad("binary value is not base64"))?,
-        ),
+        Value::String(s) if is_binary_type(&col.data_type) => {
+            SqlValue::Bytes(base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad("binary value is not base64"))?)
+        }
         Value::String(s) if col.data_type == "timestamp" => {
             // `YYYY-MM-DDTHH:MM:SS[.f]Z` in UTC; the session's time zone is UTC.
             SqlValue::Text(s.trim_end_matches('Z').replacen('T', " ", 1))
         }
-        Value::String(s) if col.data_type == "enum" && s.is_empty() && !col.members.iter().any(String::is_empty) => {
-            SqlValue::Int(0)
-        }
-        Value::String(s) if is_text_type(&col.data_type) => {
-            match TextEncoding::of_charset(col.charset.as_deref().unwrap_or("")) {
-                TextEncoding::Gbk => SqlValue::Bytes(TextEncoding::Gbk.encode(s).map_err(|e| bad(&e))?),
-                TextEncoding::Binary => SqlValue::Bytes(TextEncoding::Binary.encode(s).map_err(|e| bad(&e))?),
-                _ => SqlValue::Text(s.clone()),
-            }
-        }
+        Value::String(s) if col.data_type == "enum" && s.is_empty() && !col.members.iter().any(String::is_empty) => SqlValue::Int(0),
+        Value::String(s) if is_text_type(&col.data_type) => match TextEncoding::of_charset(col.charset.as_deref().unwrap_or("")) {
+            TextEncoding::Gbk => SqlValue::Bytes(TextEncoding::Gbk.encode(s).map_err(|e| bad(&e))?),
+            TextEncoding::Binary => SqlValue::Bytes(TextEncoding::Binary.encode(s).map_err(|e| bad(&e))?),
+            _ => SqlValue::Text(s.clone()),
+        },
         Value::String(s) => SqlValue::Text(s.clone()),
         other => SqlValue::Text(other.to_string()),
     })
@@ -229,7 +223,10 @@ mod tests {
     #[test]
     fn text_is_written_in_the_column_character_set() {
         // gbk: the bytes of capture's table, including a character MySQL cannot convert.
-        assert_eq!(to_sql(&text_col("varchar", "gbk", "varchar(10)"), &json!("中\u{E4C6}a")).unwrap(), SqlValue::Bytes(vec![0xD6, 0xD0, 0xA1, 0x40, b'a']));
+        assert_eq!(
+            to_sql(&text_col("varchar", "gbk", "varchar(10)"), &json!("中\u{E4C6}a")).unwrap(),
+            SqlValue::Bytes(vec![0xD6, 0xD0, 0xA1, 0x40, b'a'])
+        );
         assert!(to_sql(&text_col("varchar", "gbk", "varchar(10)"), &json!("😀")).is_err(), "no gbk for it: refused");
         assert_eq!(to_sql(&text_col("varchar", "latin1", "varchar(10)"), &json!("é")).unwrap(), SqlValue::Text("é".into()));
         assert_eq!(to_sql(&text_col("enum", "gbk", "enum('甲','乙')"), &json!("乙")).unwrap(), SqlValue::Bytes(vec![0xD2, 0xD2]));

@@ -14,8 +14,8 @@ use super::target::{arguments, bind, needs_lenient_mode, to_sql, SqlValue, Targe
 use super::ApplyError;
 use crate::config::{EntityConfig, OnDelete, RefTarget};
 use crate::control::{self, VersionEntry};
-use crate::stamp::Stamp;
 use crate::record::{ChangeRecord, Op, RefKey};
+use crate::stamp::Stamp;
 
 /// A statement prefix that writes ENUM's error value, which strict mode refuses.
 const LENIENT: &str = "SET STATEMENT sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION' FOR ";
@@ -72,34 +72,25 @@ pub use crate::telemetry::Outcome;
 
 impl EntityPlan {
     /// Binds an entity to its table; fails if a configured column is missing there.
-    pub fn new(
-        name: &str,
-        config: &EntityConfig,
-        target: TargetTable,
-        control_db: &str,
-        local_site: &str,
-    ) -> Result<Self, ApplyError> {
+    pub fn new(name: &str, config: &EntityConfig, target: TargetTable, control_db: &str, local_site: &str) -> Result<Self, ApplyError> {
         let key_columns = if config.key.is_empty() { target.primary_key.clone() } else { config.key.clone() };
         if key_columns.is_empty() {
-            return Err(ApplyError::Schema(format!(
-                "entities.{name}: {} has no primary key; set `key`",
-                target.qualified()
-            )));
+            return Err(ApplyError::Schema(format!("entities.{name}: {} has no primary key; set `key`", target.qualified())));
         }
         for col in &key_columns {
-            target.column(col).map_err(|_| {
-                ApplyError::Schema(format!("entities.{name}.key: {} has no column `{col}`", target.qualified()))
-            })?;
+            target
+                .column(col)
+                .map_err(|_| ApplyError::Schema(format!("entities.{name}.key: {} has no column `{col}`", target.qualified())))?;
         }
         if let Some(col) = &config.origin_column {
-            target.column(col).map_err(|_| {
-                ApplyError::Schema(format!("entities.{name}.origin_column: {} has no column `{col}`", target.qualified()))
-            })?;
+            target
+                .column(col)
+                .map_err(|_| ApplyError::Schema(format!("entities.{name}.origin_column: {} has no column `{col}`", target.qualified())))?;
         }
         for col in config.refs.keys() {
-            target.column(col).map_err(|_| {
-                ApplyError::Schema(format!("entities.{name}.refs: {} has no column `{col}`", target.qualified()))
-            })?;
+            target
+                .column(col)
+                .map_err(|_| ApplyError::Schema(format!("entities.{name}.refs: {} has no column `{col}`", target.qualified())))?;
         }
         let mut sorted_key = key_columns.clone();
         sorted_key.sort();
@@ -264,7 +255,11 @@ impl EntityPlan {
             return Ok(None);
         };
         let present = format!("SELECT CAST({pk} AS CHAR) FROM {} WHERE {pk} = ?", self.target.qualified(), pk = quote(pk));
-        let id = sqlx::query_scalar::<_, String>(AssertSqlSafe(present)).bind(local_key).fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
+        let id = sqlx::query_scalar::<_, String>(AssertSqlSafe(present))
+            .bind(local_key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(ApplyError::classify)?;
         Ok(id.map(local_id_value))
     }
 
@@ -315,7 +310,10 @@ impl EntityPlan {
             self.target.qualified(),
             where_clause(key)
         );
-        let q = sqlx::query_as_with::<_, (Option<String>, Option<String>), _>(AssertSqlSafe(sql), arguments(key.iter().map(|(_, v)| v.clone()))?);
+        let q = sqlx::query_as_with::<_, (Option<String>, Option<String>), _>(
+            AssertSqlSafe(sql),
+            arguments(key.iter().map(|(_, v)| v.clone()))?,
+        );
         let row_key = row_key_text(key);
         let found = q.fetch_optional(&mut **tx).await.map_err(ApplyError::classify)?;
         let (local, content) = match found {
@@ -424,7 +422,20 @@ impl EntityPlan {
                 // Last writer wins for deletes too: a row updated here after the version the
                 // deleting site saw is kept (the update reaches that site and recreates it).
                 if let Some(conflict) = &self.config.conflict {
-                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &before, &key, &key, &conflict.version_column, true, false).await? {
+                    if !self
+                        .incoming_wins(
+                            tx,
+                            origin,
+                            record.sitesync.stamp.as_ref(),
+                            &before,
+                            &key,
+                            &key,
+                            &conflict.version_column,
+                            true,
+                            false,
+                        )
+                        .await?
+                    {
                         return Ok(Outcome::ConflictLost);
                     }
                 }
@@ -464,7 +475,20 @@ impl EntityPlan {
                 };
                 if let Some(conflict) = &self.config.conflict {
                     let snapshot = record.op == Op::Read;
-                    if !self.incoming_wins(tx, origin, record.sitesync.stamp.as_ref(), &after, &where_key, &after_key, &conflict.version_column, false, snapshot).await? {
+                    if !self
+                        .incoming_wins(
+                            tx,
+                            origin,
+                            record.sitesync.stamp.as_ref(),
+                            &after,
+                            &where_key,
+                            &after_key,
+                            &conflict.version_column,
+                            false,
+                            snapshot,
+                        )
+                        .await?
+                    {
                         // The rows are still the same entity: link them.
                         if !self.key_is_primary {
                             self.remember_identity(tx, origin, origin_after, &where_key).await?;
@@ -540,7 +564,10 @@ impl EntityPlan {
         let updates: Vec<String> = columns
             .iter()
             .filter(|c| !self.target.primary_key.contains(c))
-            .map(|c| { let q = quote(c); format!("{q} = VALUES({q})") })
+            .map(|c| {
+                let q = quote(c);
+                format!("{q} = VALUES({q})")
+            })
             .collect();
         let on_duplicate = match (upsert, updates.is_empty()) {
             (false, _) => String::new(),
@@ -587,7 +614,9 @@ impl EntityPlan {
             match binds(sqlx::query(AssertSqlSafe(sql))).execute(&mut **tx).await {
                 Ok(done) => return Ok(done.rows_affected()),
                 Err(e) if !self.refuses_a_generated_value(&e) => return Err(ApplyError::classify(e)),
-                Err(e) => tracing::debug!(table = %self.target.qualified(), error = %e, "a generated column's value is refused in strict mode; writing as the origin did"),
+                Err(e) => {
+                    tracing::debug!(table = %self.target.qualified(), error = %e, "a generated column's value is refused in strict mode; writing as the origin did")
+                }
             }
         }
         let relaxed = format!("{LENIENT}{sql}");
@@ -668,9 +697,10 @@ impl EntityPlan {
     /// they do in the database (no collation, no padding), so changes to different keys can be
     /// reordered safely.
     pub(super) fn integer_key(&self) -> bool {
-        self.target.primary_key.iter().all(|c| {
-            self.target.columns.get(c).is_some_and(|col| crate::mysql::types::TypeFamily::of(&col.data_type).is_integer())
-        })
+        self.target
+            .primary_key
+            .iter()
+            .all(|c| self.target.columns.get(c).is_some_and(|col| crate::mysql::types::TypeFamily::of(&col.data_type).is_integer()))
     }
 
     /// Whether every record of this entity is written by primary key as it is (see
@@ -760,11 +790,7 @@ pub(super) use crate::stamp::row_key_of_texts;
 
 /// The wait for a referenced row that is not here yet.
 pub(super) fn not_arrived(col: &str, target: &EntityPlan, rk: &RefKey) -> ApplyError {
-    ApplyError::Wait(format!(
-        "`{col}` refers to {} {} which has not arrived here yet",
-        target.name,
-        Value::Object(rk.key.clone())
-    ))
+    ApplyError::Wait(format!("`{col}` refers to {} {} which has not arrived here yet", target.name, Value::Object(rk.key.clone())))
 }
 
 pub(super) fn where_clause(key: &[(String, SqlValue)]) -> String {
@@ -782,4 +808,3 @@ pub(super) fn sql_text(v: &SqlValue) -> String {
         SqlValue::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
     }
 }
-

@@ -37,11 +37,7 @@ pub struct DecodeError {
 }
 
 /// Encodes one column value. `encoding` is the text encoding of the column's character set.
-pub fn encode_value(
-    col: &ColumnInfo,
-    encoding: TextEncoding,
-    value: &BinlogValue<'_>,
-) -> Result<Value, DecodeError> {
+pub fn encode_value(col: &ColumnInfo, encoding: TextEncoding, value: &BinlogValue<'_>) -> Result<Value, DecodeError> {
     let err = |reason: String| DecodeError { column: col.name.clone(), reason };
     let v = match value {
         BinlogValue::Value(v) => v,
@@ -50,9 +46,7 @@ pub fn encode_value(
             let json: Value = dom.into();
             return Ok(Value::String(json.to_string()));
         }
-        BinlogValue::JsonDiff(_) => {
-            return Err(err("partial JSON update; set binlog_row_value_options='' on the server".into()))
-        }
+        BinlogValue::JsonDiff(_) => return Err(err("partial JSON update; set binlog_row_value_options='' on the server".into())),
     };
     let text = |b: &[u8]| -> Result<String, DecodeError> {
         if col.charset == 0 && (col.ctype.is_character_type() || col.ctype.is_enum_or_set_type()) {
@@ -157,9 +151,7 @@ pub fn encode_value(
             }
             Value::String(chosen.join(","))
         }
-        (MYSQL_TYPE_JSON, MyValue::Bytes(b)) => {
-            Value::String(String::from_utf8(b.clone()).map_err(|_| err("JSON is not UTF-8".into()))?)
-        }
+        (MYSQL_TYPE_JSON, MyValue::Bytes(b)) => Value::String(String::from_utf8(b.clone()).map_err(|_| err("JSON is not UTF-8".into()))?),
         (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
         (MYSQL_TYPE_STRING, MyValue::Bytes(b)) if col.charset == BINARY_CHARSET => {
             // BINARY(n), and MariaDB's UUID, INET6, INET4: the binlog drops the trailing 0x00
@@ -175,10 +167,7 @@ pub fn encode_value(
 
 /// The bytes of an ENUM or SET member as [`ColumnInfo::members`] holds them (one char per byte).
 pub fn member_bytes(member: &str) -> Result<Vec<u8>, String> {
-    member
-        .chars()
-        .map(|c| u8::try_from(c as u32).map_err(|_| format!("ENUM/SET member `{member}` is not held as bytes")))
-        .collect()
+    member.chars().map(|c| u8::try_from(c as u32).map_err(|_| format!("ENUM/SET member `{member}` is not held as bytes"))).collect()
 }
 
 /// The row images of a rows event: `(before, after)` per row, as mysql_common's
@@ -484,10 +473,22 @@ mod tests {
 
     #[test]
     fn temporal_values_keep_their_precision() {
-        assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_DATETIME2, vec![3], false), MyValue::Date(2024, 2, 29, 23, 59, 58, 123_000)), Value::from("2024-02-29 23:59:58.123"));
-        assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_TIME2, vec![6], false), MyValue::Time(true, 1, 10, 0, 1, 5)), Value::from("-34:00:01.000005"));
-        assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![2], false), MyValue::Bytes(b"1700000000.120000".to_vec())), Value::from("2023-11-14T22:13:20.12Z"));
-        assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![0], false), MyValue::Bytes(b"0".to_vec())), Value::from("0000-00-00T00:00:00Z"));
+        assert_eq!(
+            enc(&col(ColumnType::MYSQL_TYPE_DATETIME2, vec![3], false), MyValue::Date(2024, 2, 29, 23, 59, 58, 123_000)),
+            Value::from("2024-02-29 23:59:58.123")
+        );
+        assert_eq!(
+            enc(&col(ColumnType::MYSQL_TYPE_TIME2, vec![6], false), MyValue::Time(true, 1, 10, 0, 1, 5)),
+            Value::from("-34:00:01.000005")
+        );
+        assert_eq!(
+            enc(&col(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![2], false), MyValue::Bytes(b"1700000000.120000".to_vec())),
+            Value::from("2023-11-14T22:13:20.12Z")
+        );
+        assert_eq!(
+            enc(&col(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![0], false), MyValue::Bytes(b"0".to_vec())),
+            Value::from("0000-00-00T00:00:00Z")
+        );
         assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_YEAR, vec![], false), MyValue::Bytes(b"1900".to_vec())), Value::from(0));
         assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_NEWDATE, vec![], false), MyValue::Date(0, 0, 0, 0, 0, 0, 0)), Value::from("0000-00-00"));
     }
@@ -503,7 +504,10 @@ mod tests {
         s.charset = 45;
         s.members = vec!["x".into(), "y".into(), "z".into()];
         assert_eq!(enc(&s, MyValue::Bytes(vec![0b101])), Value::from("x,z"));
-        assert_eq!(enc(&col(ColumnType::MYSQL_TYPE_BIT, vec![0, 8], false), MyValue::Bytes(vec![0x80, 0, 0, 0, 0, 0, 0, 1])), Value::from(0x8000_0000_0000_0001u64));
+        assert_eq!(
+            enc(&col(ColumnType::MYSQL_TYPE_BIT, vec![0, 8], false), MyValue::Bytes(vec![0x80, 0, 0, 0, 0, 0, 0, 1])),
+            Value::from(0x8000_0000_0000_0001u64)
+        );
         let mut b = col(ColumnType::MYSQL_TYPE_BLOB, vec![2], false);
         b.charset = BINARY_CHARSET;
         assert_eq!(encode_value(&b, TextEncoding::Binary, &BinlogValue::Value(MyValue::Bytes(vec![0, 255]))).unwrap(), Value::from("AP8="));
@@ -576,7 +580,10 @@ mod tests {
         assert_eq!(read(ColumnType::MYSQL_TYPE_INT24, vec![], true, &[0xFD, 0xFF, 0xFF]), Value::from(16_777_213));
         assert_eq!(read(ColumnType::MYSQL_TYPE_TIME2, vec![1], false, &[0x7F, 0xFF, 0xFF, 0xF6]), Value::from("-00:00:00.1"));
         assert_eq!(read(ColumnType::MYSQL_TYPE_TIME, vec![], false, &(-8_385_959i32).to_le_bytes()[..3]), Value::from("-838:59:59"));
-        assert_eq!(read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![3], false, &[0xFF, 0xFF, 0xFF, 0xFF, 0x27, 0x06]), Value::from("2106-02-07T06:28:15.999Z"));
+        assert_eq!(
+            read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![3], false, &[0xFF, 0xFF, 0xFF, 0xFF, 0x27, 0x06]),
+            Value::from("2106-02-07T06:28:15.999Z")
+        );
         assert_eq!(read(ColumnType::MYSQL_TYPE_TIMESTAMP2, vec![0], false, &[0, 0, 0, 0]), Value::from("0000-00-00T00:00:00Z"));
         assert_eq!(read(ColumnType::MYSQL_TYPE_LONGLONG, vec![], true, &[0xFF; 8]).to_string(), "18446744073709551615");
     }

@@ -139,13 +139,15 @@ impl Reader {
         };
         for col in key_columns.iter().chain(entity.exclude.iter()) {
             if info.index_of(col).is_none() {
-                return Err(CaptureError::Config(format!(
-                    "entities.{name}: table {}.{} has no column `{col}`",
-                    info.db, info.table
-                )));
+                return Err(CaptureError::Config(format!("entities.{name}: table {}.{} has no column `{col}`", info.db, info.table)));
             }
         }
-        let filter = entity.filter.as_deref().map(Filter::parse).transpose().map_err(|e| CaptureError::Config(format!("entities.{name}.filter: {e}")))?;
+        let filter = entity
+            .filter
+            .as_deref()
+            .map(Filter::parse)
+            .transpose()
+            .map_err(|e| CaptureError::Config(format!("entities.{name}.filter: {e}")))?;
         if let Some(f) = &filter {
             for col in f.columns() {
                 if info.index_of(col).is_none() {
@@ -179,10 +181,7 @@ impl Reader {
         let mut translated_refs = Vec::new();
         for (col, target) in &entity.refs {
             let Some(i) = info.index_of(col) else {
-                return Err(CaptureError::Config(format!(
-                    "entities.{name}.refs: table {}.{} has no column `{col}`",
-                    info.db, info.table
-                )));
+                return Err(CaptureError::Config(format!("entities.{name}.refs: table {}.{} has no column `{col}`", info.db, info.table)));
             };
             if self.refs.translates(&target.entity) {
                 translated_refs.push((i, target.clone()));

@@ -323,8 +323,20 @@ mod tests {
     use serde_json::json;
 
     fn info() -> TableInfo {
-        let col = |name: &str| ColumnInfo { name: name.into(), ctype: ColumnType::MYSQL_TYPE_VARCHAR, meta: vec![], unsigned: false, charset: 45, members: vec![] };
-        TableInfo { db: "d\"b".into(), table: "tâble".into(), columns: ["id", "na\"me", "avatar", "ts", "n"].iter().map(|n| col(n)).collect(), primary_key: vec![0] }
+        let col = |name: &str| ColumnInfo {
+            name: name.into(),
+            ctype: ColumnType::MYSQL_TYPE_VARCHAR,
+            meta: vec![],
+            unsigned: false,
+            charset: 45,
+            members: vec![],
+        };
+        TableInfo {
+            db: "d\"b".into(),
+            table: "tâble".into(),
+            columns: ["id", "na\"me", "avatar", "ts", "n"].iter().map(|n| col(n)).collect(),
+            primary_key: vec![0],
+        }
     }
 
     fn map(image: &Image, info: &TableInfo) -> Row {
@@ -357,7 +369,14 @@ mod tests {
             (Op::Delete, Some(before.clone()), None, refs.clone(), Some("x"), "true"),
         ] {
             let key_image = after.as_ref().or(before.as_ref()).unwrap();
-            let change = Change { op, before: before.clone(), after: after.clone(), key: table.key_json(key_image), refs: refs.clone(), stamp: stamp_of(op) };
+            let change = Change {
+                op,
+                before: before.clone(),
+                after: after.clone(),
+                key: table.key_json(key_image),
+                refs: refs.clone(),
+                stamp: stamp_of(op),
+            };
             let place = Place {
                 server_id: 4_294_967_295,
                 gtid,
@@ -420,7 +439,10 @@ mod tests {
     fn strings_are_written_as_serde_json_writes_them() {
         let mut texts: Vec<String> = (0..=0x7Fu8).map(|b| format!("{}", b as char)).collect();
         texts.extend(["", "plain ascii text, long enough for two chunks of sixteen", "é中😀\u{2028}\u{7f}"].map(String::from));
-        texts.extend(["\u{0}!\u{1f}\u{20}#[]\u{80}ÿ", " !#$%&'()*+,-./[]^_`{|}~\u{7f}\u{80}\u{ff}", "\u{100}\u{2020}\u{225c}\u{5c00}"].map(String::from));
+        texts.extend(
+            ["\u{0}!\u{1f}\u{20}#[]\u{80}ÿ", " !#$%&'()*+,-./[]^_`{|}~\u{7f}\u{80}\u{ff}", "\u{100}\u{2020}\u{225c}\u{5c00}"]
+                .map(String::from),
+        );
         for c in (0..0x20u8).chain([b'"', b'\\']) {
             for at in [0, 1, 15, 16, 17, 31, 40] {
                 let mut t: String = "x".repeat(41);

@@ -9,8 +9,8 @@
 
 mod decode;
 mod entity;
-mod isolation;
 mod envelope;
+mod isolation;
 mod publisher;
 mod refs;
 mod rows;
@@ -18,9 +18,9 @@ mod snapshot;
 mod stamps;
 mod table;
 
-pub use decode::encode_value;
 use crate::mysql::charset;
 pub use crate::mysql::charset::{latin1_to_string, TextEncoding};
+pub use decode::encode_value;
 pub use table::{ColumnInfo, TableInfo};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -42,9 +42,9 @@ use crate::preflight;
 use crate::record::{self, Op};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Component, ErrorKind, Health, Metrics};
-use publisher::{Checkpoint, Publisher};
 use entity::EntityTable;
 use envelope::{Encoded, SiteParts};
+use publisher::{Checkpoint, Publisher};
 use refs::RefResolver;
 
 /// Why capture stopped.
@@ -108,10 +108,9 @@ impl CaptureError {
     /// Whether reconnecting may help (network, server restart).
     fn is_transient(&self) -> bool {
         match self {
-            CaptureError::Source { source, .. } => matches!(
-                source,
-                mysql_async::Error::Io(_) | mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed)
-            ),
+            CaptureError::Source { source, .. } => {
+                matches!(source, mysql_async::Error::Io(_) | mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))
+            }
             _ => false,
         }
     }
@@ -152,9 +151,6 @@ enum TableRole {
     /// Anything else.
     Other,
 }
-
-
-
 
 /// The transaction being read.
 #[derive(Default)]
@@ -227,7 +223,9 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     let site_cfg = ctx.config.site(&ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.clone();
     let url = site_cfg.mysql.expose();
     let connect = || control::connect(&ctx.site, url, 2);
-    let Some(pool) = crate::shutdown::retry_while_unreachable(&ctx.shutdown, "the database", &ctx.site, ControlError::is_unreachable, connect).await else {
+    let Some(pool) =
+        crate::shutdown::retry_while_unreachable(&ctx.shutdown, "the database", &ctx.site, ControlError::is_unreachable, connect).await
+    else {
         return Ok(());
     };
     let pool = pool?;
@@ -249,8 +247,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         Duration::from_millis(ctx.config.capture.checkpoint_interval_ms),
     );
 
-    let opts = Opts::from_url(site_cfg.mysql.expose())
-        .map_err(|e| CaptureError::Config(format!("sites.{}.mysql: {e}", ctx.site)))?;
+    let opts = Opts::from_url(site_cfg.mysql.expose()).map_err(|e| CaptureError::Config(format!("sites.{}.mysql: {e}", ctx.site)))?;
     let mut reader = Reader {
         db: ctx.config.database_of(&ctx.site).to_string(),
         control_db: ctx.config.federation.control_database.clone(),
@@ -263,11 +260,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         txn: None,
         last_source_ts_ms: 0,
         warned_tables: HashSet::new(),
-        refs: RefResolver::new(
-            mysql_async::Pool::new(opts.clone()),
-            ctx.config.database_of(&ctx.site).to_string(),
-            ctx.config.clone(),
-        ),
+        refs: RefResolver::new(mysql_async::Pool::new(opts.clone()), ctx.config.database_of(&ctx.site).to_string(), ctx.config.clone()),
         pool: mysql_async::Pool::new(opts.clone()),
         pool_opts: opts.clone(),
         charset_names: HashMap::new(),
@@ -342,20 +335,11 @@ impl Reader {
     }
 
     /// Connects, checks the server, and streams until shutdown or error.
-    async fn stream(
-        &mut self,
-        opts: &Opts,
-        ctl: &Control,
-        publisher: &mut Publisher,
-        first: bool,
-    ) -> Result<Ended, CaptureError> {
+    async fn stream(&mut self, opts: &Opts, ctl: &Control, publisher: &mut Publisher, first: bool) -> Result<Ended, CaptureError> {
         let mut conn = Conn::new(opts.clone()).await.map_err(|e| self.source_err(e))?;
         let settings = preflight::read_settings(&mut conn).await.map_err(|e| self.source_err(e))?;
-        let problems: Vec<String> = preflight::judge(&settings)
-            .into_iter()
-            .filter(|f| !f.ok)
-            .map(|f| format!("{}: {}", f.name, f.detail))
-            .collect();
+        let problems: Vec<String> =
+            preflight::judge(&settings).into_iter().filter(|f| !f.ok).map(|f| format!("{}: {}", f.name, f.detail)).collect();
         if !problems.is_empty() {
             return Err(CaptureError::ServerSettings { site: self.ctx.site.clone(), problems });
         }
@@ -366,20 +350,17 @@ impl Reader {
         // Character sets sitesync has no table of are learnt from this server, for those the
         // application database uses now (see mysql::charset).
         let in_use = charset::in_use(&mut conn, &self.db).await.map_err(|e| self.source_err(e))?;
-        let learnt = charset::load(&mut conn, &in_use)
-            .await
-            .map_err(|e| match e {
-                charset::LoadError::Server { source, .. } => self.source_err(source),
-                table => CaptureError::Config(format!("site {}: {table}", self.ctx.site)),
-            })?;
-        let unsupported: Vec<&String> = in_use.iter().filter(|cs| learnt.get(*cs).is_none_or(|e| *e == TextEncoding::Unsupported)).collect();
+        let learnt = charset::load(&mut conn, &in_use).await.map_err(|e| match e {
+            charset::LoadError::Server { source, .. } => self.source_err(source),
+            table => CaptureError::Config(format!("site {}: {table}", self.ctx.site)),
+        })?;
+        let unsupported: Vec<&String> =
+            in_use.iter().filter(|cs| learnt.get(*cs).is_none_or(|e| *e == TextEncoding::Unsupported)).collect();
         if !unsupported.is_empty() {
             tracing::warn!(site = %self.ctx.site, charsets = ?unsupported, "character sets in use that sitesync cannot carry exactly: a value in one stops its entity (`sitesync check` names the columns)");
         }
-        self.encodings = collations
-            .iter()
-            .map(|(id, cs, _)| (*id, learnt.get(cs).copied().unwrap_or_else(|| TextEncoding::of_charset(cs))))
-            .collect();
+        self.encodings =
+            collations.iter().map(|(id, cs, _)| (*id, learnt.get(cs).copied().unwrap_or_else(|| TextEncoding::of_charset(cs)))).collect();
         self.charset_names = collations.into_iter().map(|(id, _, name)| (name, id)).collect();
 
         if first {
@@ -422,9 +403,7 @@ impl Reader {
         let request = if settings.mariadb {
             conn.query_drop("SET @mariadb_slave_capability = 4").await.map_err(|e| self.source_err(e))?;
             conn.exec_drop("SET @slave_connect_state = ?", (gtid_text.as_str(),)).await.map_err(|e| self.source_err(e))?;
-            conn.query_drop("SET @slave_gtid_strict_mode = 1, @slave_gtid_ignore_duplicates = 0")
-                .await
-                .map_err(|e| self.source_err(e))?;
+            conn.query_drop("SET @slave_gtid_strict_mode = 1, @slave_gtid_ignore_duplicates = 0").await.map_err(|e| self.source_err(e))?;
             request
         } else {
             sids = gtid_text
@@ -448,9 +427,7 @@ impl Reader {
             let event = match next {
                 Some(Ok(event)) => event,
                 Some(Err(e)) => return Err(self.map_stream_err(e, &gtid_text)),
-                None => {
-                    return Err(self.source_err(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed)))
-                }
+                None => return Err(self.source_err(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))),
             };
             self.on_event(&stream, event, publisher).await?;
             if self.isolation.rewind && self.txn.is_none() && self.snapshot.is_none() {
@@ -466,10 +443,7 @@ impl Reader {
                 if s.message.contains("server_id") || s.message.contains("same server") {
                     return CaptureError::Config(format!(
                         "site `{}`: another binlog reader uses server_id {}: give each reader its own sites.{}.server_id ({})",
-                        self.ctx.site,
-                        self.ctx.config.sites[&self.ctx.site].server_id,
-                        self.ctx.site,
-                        s.message
+                        self.ctx.site, self.ctx.config.sites[&self.ctx.site].server_id, self.ctx.site, s.message
                     ));
                 }
                 return CaptureError::PositionPurged {
@@ -500,8 +474,10 @@ impl Reader {
         match kind {
             // MariaDB GTID: starts a transaction.
             162 => {
-                let (gtid, flags) = Gtid::from_mariadb_event(event.data(), header.server_id()).ok_or_else(|| {
-                    CaptureError::Binlog { file: self.file.clone(), pos: end_pos, reason: "truncated GTID event".into() }
+                let (gtid, flags) = Gtid::from_mariadb_event(event.data(), header.server_id()).ok_or_else(|| CaptureError::Binlog {
+                    file: self.file.clone(),
+                    pos: end_pos,
+                    reason: "truncated GTID event".into(),
                 })?;
                 self.begin(gtid, header.server_id(), flags & 1 != 0)?;
             }
@@ -671,7 +647,13 @@ impl Reader {
             let now = record::now_ms();
             self.heartbeat(publisher, if now - ts_ms < 2000 { now } else { ts_ms });
         }
-        let kind = if txn.echo { "echo" } else if published { "published" } else { "unrelated" };
+        let kind = if txn.echo {
+            "echo"
+        } else if published {
+            "published"
+        } else {
+            "unrelated"
+        };
         self.ctx.metrics.capture_transactions.with_label_values(&[&self.ctx.site, kind]).inc();
         self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(ts as f64);
         if published {
@@ -738,11 +720,7 @@ fn statement_words(query: &str, n: usize) -> Vec<String> {
     while let Some(rest) = q.strip_prefix("/*") {
         q = rest.split_once("*/").map(|(_, r)| r.trim_start()).unwrap_or("");
     }
-    q.split(|c: char| !c.is_ascii_alphabetic() && c != '_')
-        .filter(|w| !w.is_empty())
-        .take(n)
-        .map(str::to_ascii_uppercase)
-        .collect()
+    q.split(|c: char| !c.is_ascii_alphabetic() && c != '_').filter(|w| !w.is_empty()).take(n).map(str::to_ascii_uppercase).collect()
 }
 
 /// Whether a logged statement changes rows (statement-based logging of DML).
@@ -750,7 +728,6 @@ fn is_row_change_statement(query: &str) -> bool {
     let word = statement_words(query, 1);
     matches!(word.first().map(String::as_str), Some("INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"))
 }
-
 
 #[cfg(test)]
 mod tests {

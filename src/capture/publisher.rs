@@ -217,10 +217,7 @@ impl Publisher {
         }
         let cp = self.acked.lock().expect("acked lock").checkpoint.clone();
         if let Some(cp) = cp {
-            self.control
-                .save_checkpoint(&self.site, &cp.gtid, &cp.file, cp.pos, cp.source_ts_ms)
-                .await
-                .map_err(CaptureError::Control)?;
+            self.control.save_checkpoint(&self.site, &cp.gtid, &cp.file, cp.pos, cp.source_ts_ms).await.map_err(CaptureError::Control)?;
         }
         tracked
     }

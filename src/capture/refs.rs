@@ -6,9 +6,9 @@
 //! database (its current natural key). Only entities with a configured natural key need this:
 //! where the primary key is the key, ids are the same at every site.
 
+use crate::mysql::quote;
 use crate::mysql::schema::{self, TableSchema};
 use crate::mysql::types::TypeFamily;
-use crate::mysql::quote;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -214,9 +214,9 @@ impl RefResolver {
             return Ok(e.clone());
         }
         let schema = self.schema(entity, table).await?;
-        let described = schema.column(column).ok_or_else(|| {
-            CaptureError::Config(format!("entities.{entity}.key: {}.{table} has no column `{column}`", self.db))
-        })?;
+        let described = schema
+            .column(column)
+            .ok_or_else(|| CaptureError::Config(format!("entities.{entity}.key: {}.{table} has no column `{column}`", self.db)))?;
         let expression = KeyExpression::for_column(column, &described.data_type, described.datetime_precision);
         self.key_expressions.insert(cache_key, expression.clone());
         Ok(expression)

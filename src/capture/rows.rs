@@ -28,7 +28,11 @@ impl Reader {
     ) -> Result<(), CaptureError> {
         let header = event.header();
         let end_pos = header.log_pos() as u64;
-        let at = EventPlace { pos: end_pos.saturating_sub(header.event_size() as u64), ts_ms: header.timestamp() as i64 * 1000, server_id: header.server_id() };
+        let at = EventPlace {
+            pos: end_pos.saturating_sub(header.event_size() as u64),
+            ts_ms: header.timestamp() as i64 * 1000,
+            server_id: header.server_id(),
+        };
         let data = match event.read_data() {
             Ok(Some(EventData::RowsEvent(r))) => r,
             Ok(_) => return Ok(()),
@@ -213,7 +217,14 @@ impl Reader {
 
     /// One rows event's changes as records of the open transaction (the last one held back so
     /// the commit can flag it).
-    async fn publish_changes(&mut self, entity: &EntityTable, op: Op, images: Vec<RowImages>, at: &EventPlace, publisher: &mut Publisher) -> Result<(), CaptureError> {
+    async fn publish_changes(
+        &mut self,
+        entity: &EntityTable,
+        op: Op,
+        images: Vec<RowImages>,
+        at: &EventPlace,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
         // One clock read per rows event: its records are produced within the same moment.
         let now_ms = record::now_ms();
         let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
@@ -309,13 +320,21 @@ impl Reader {
     }
 
     /// A row of one of sitesync's own control tables.
-    pub(super) fn control_image(&self, info: &TableInfo, row: &mysql_async::binlog::row::BinlogRow, pos: u64) -> Result<Map<String, Value>, CaptureError> {
+    pub(super) fn control_image(
+        &self,
+        info: &TableInfo,
+        row: &mysql_async::binlog::row::BinlogRow,
+        pos: u64,
+    ) -> Result<Map<String, Value>, CaptureError> {
         let mut out = Map::new();
         for (i, col) in info.columns.iter().enumerate() {
             let Some(value) = row.as_ref(i) else { continue };
             let encoding = self.encodings.get(&col.charset).copied().unwrap_or(TextEncoding::Binary);
-            let v = encode_value(col, encoding, value)
-                .map_err(|e| CaptureError::Binlog { file: self.file.clone(), pos, reason: format!("control table {}: {e}", info.table) })?;
+            let v = encode_value(col, encoding, value).map_err(|e| CaptureError::Binlog {
+                file: self.file.clone(),
+                pos,
+                reason: format!("control table {}: {e}", info.table),
+            })?;
             out.insert(col.name.clone(), v);
         }
         Ok(out)

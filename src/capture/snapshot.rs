@@ -195,7 +195,9 @@ impl Reader {
                 };
                 let config = self.ctx.config.clone();
                 let cfg = &config.entities[&name];
-                let info = table_info(&mut snap.conn, &self.db, &cfg.table, &self.charset_names).await.map_err(|e| CaptureError::Source { site: self.ctx.site.clone(), source: e })?;
+                let info = table_info(&mut snap.conn, &self.db, &cfg.table, &self.charset_names)
+                    .await
+                    .map_err(|e| CaptureError::Source { site: self.ctx.site.clone(), source: e })?;
                 let Some(info) = info else {
                     let id = snap.request_id;
                     self.snapshot = None;
@@ -204,7 +206,9 @@ impl Reader {
                 if info.primary_key.is_empty() {
                     let id = snap.request_id;
                     self.snapshot = None;
-                    return self.finish_request(id, "failed", &format!("table {}.{} has no primary key to read it in chunks", self.db, cfg.table)).await;
+                    return self
+                        .finish_request(id, "failed", &format!("table {}.{} has no primary key to read it in chunks", self.db, cfg.table))
+                        .await;
                 }
                 let pk_columns = info.primary_key.iter().map(|&i| info.columns[i].name.clone()).collect();
                 let id = snap.request_id;
@@ -264,7 +268,8 @@ impl Reader {
         let mut last_key = None;
         let mut undecodable = None;
         'rows: for mut row in rows {
-            let values: Vec<mysql_async::Value> = (0..entity.info.columns.len()).map(|i| row.take(i).unwrap_or(mysql_async::Value::NULL)).collect();
+            let values: Vec<mysql_async::Value> =
+                (0..entity.info.columns.len()).map(|i| row.take(i).unwrap_or(mysql_async::Value::NULL)).collect();
             let mut image = Vec::with_capacity(values.len());
             for (i, col) in entity.info.columns.iter().enumerate() {
                 let v = match entity.encodings[i] {

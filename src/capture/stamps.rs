@@ -12,9 +12,8 @@
 
 use std::collections::HashMap;
 
-
-use super::envelope::Image;
 use super::entity::EntityTable;
+use super::envelope::Image;
 use super::CaptureError;
 use crate::control::{Control, VersionEntry};
 use crate::record::Op;
@@ -63,7 +62,9 @@ impl Stamps {
     ) -> Result<Option<Stamp>, CaptureError> {
         let Some(column) = entity.version_column else { return Ok(None) };
         let version_of = |image: Option<&Image>| image.and_then(|i| i.get(column)).map(stamp::version_text).unwrap_or_default();
-        let key_of = |image: &Image| stamp::row_key_of_texts(entity.key_columns.iter().map(|&i| image.get(i).map(stamp::version_text).unwrap_or_default()));
+        let key_of = |image: &Image| {
+            stamp::row_key_of_texts(entity.key_columns.iter().map(|&i| image.get(i).map(stamp::version_text).unwrap_or_default()))
+        };
         let stamp = match (op, before, after) {
             // A snapshot reads the row as it is: the stamp it holds.
             (Op::Read, _, Some(row)) => {
@@ -105,7 +106,9 @@ impl Stamps {
             return Ok(());
         }
         let mut keys: Vec<String> = images
-            .map(|image| stamp::row_key_of_texts(entity.key_columns.iter().map(|&i| image.get(i).map(stamp::version_text).unwrap_or_default())))
+            .map(|image| {
+                stamp::row_key_of_texts(entity.key_columns.iter().map(|&i| image.get(i).map(stamp::version_text).unwrap_or_default()))
+            })
             .filter(|key| !self.rows.contains_key(&(entity.name.clone(), key.clone())))
             .collect();
         keys.sort();

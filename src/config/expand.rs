@@ -6,21 +6,13 @@
 use super::ConfigProblem;
 
 /// Replaces `${VAR}` in every string of `value`; returns one problem per missing variable.
-pub(super) fn expand_env(
-    value: &mut toml::Value,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Vec<ConfigProblem> {
+pub(super) fn expand_env(value: &mut toml::Value, env: &dyn Fn(&str) -> Option<String>) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
     walk(value, String::new(), env, &mut problems);
     problems
 }
 
-fn walk(
-    value: &mut toml::Value,
-    key: String,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<ConfigProblem>,
-) {
+fn walk(value: &mut toml::Value, key: String, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<ConfigProblem>) {
     match value {
         toml::Value::String(s) => match expand_str(s, env) {
             Ok(expanded) => *s = expanded,
@@ -55,9 +47,7 @@ pub(super) fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| "unterminated `${` (expected `${NAME}`)".to_string())?;
+            let end = body.find('}').ok_or_else(|| "unterminated `${` (expected `${NAME}`)".to_string())?;
             let name = &body[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{name}}}` is not a valid variable name"));

@@ -91,19 +91,49 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Token)>, FilterError> {
         let start = i;
         match c {
             ' ' | '\t' | '\n' | '\r' => i += 1,
-            '(' => { out.push((start, Token::LParen)); i += 1 }
-            ')' => { out.push((start, Token::RParen)); i += 1 }
-            ',' => { out.push((start, Token::Comma)); i += 1 }
-            '=' => { out.push((start, Token::Op(CompareOp::Eq))); i += 1 }
-            '!' if chars.get(i + 1) == Some(&'=') => { out.push((start, Token::Op(CompareOp::Ne))); i += 2 }
+            '(' => {
+                out.push((start, Token::LParen));
+                i += 1
+            }
+            ')' => {
+                out.push((start, Token::RParen));
+                i += 1
+            }
+            ',' => {
+                out.push((start, Token::Comma));
+                i += 1
+            }
+            '=' => {
+                out.push((start, Token::Op(CompareOp::Eq)));
+                i += 1
+            }
+            '!' if chars.get(i + 1) == Some(&'=') => {
+                out.push((start, Token::Op(CompareOp::Ne)));
+                i += 2
+            }
             '<' => match chars.get(i + 1) {
-                Some('=') => { out.push((start, Token::Op(CompareOp::Le))); i += 2 }
-                Some('>') => { out.push((start, Token::Op(CompareOp::Ne))); i += 2 }
-                _ => { out.push((start, Token::Op(CompareOp::Lt))); i += 1 }
+                Some('=') => {
+                    out.push((start, Token::Op(CompareOp::Le)));
+                    i += 2
+                }
+                Some('>') => {
+                    out.push((start, Token::Op(CompareOp::Ne)));
+                    i += 2
+                }
+                _ => {
+                    out.push((start, Token::Op(CompareOp::Lt)));
+                    i += 1
+                }
             },
             '>' => match chars.get(i + 1) {
-                Some('=') => { out.push((start, Token::Op(CompareOp::Ge))); i += 2 }
-                _ => { out.push((start, Token::Op(CompareOp::Gt))); i += 1 }
+                Some('=') => {
+                    out.push((start, Token::Op(CompareOp::Ge)));
+                    i += 2
+                }
+                _ => {
+                    out.push((start, Token::Op(CompareOp::Gt)));
+                    i += 1
+                }
             },
             '\'' => {
                 let mut text = String::new();
@@ -111,9 +141,18 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                 loop {
                     match chars.get(i) {
                         None => return Err(err(start, "unterminated string literal")),
-                        Some('\'') if chars.get(i + 1) == Some(&'\'') => { text.push('\''); i += 2 }
-                        Some('\'') => { i += 1; break }
-                        Some(c) => { text.push(*c); i += 1 }
+                        Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                            text.push('\'');
+                            i += 2
+                        }
+                        Some('\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(c) => {
+                            text.push(*c);
+                            i += 1
+                        }
                     }
                 }
                 out.push((start, Token::Text(text)));
@@ -125,9 +164,18 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Token)>, FilterError> {
                 loop {
                     match chars.get(i) {
                         None => return Err(err(start, "unterminated `quoted` column name")),
-                        Some('`') if chars.get(i + 1) == Some(&'`') => { name.push('`'); i += 2 }
-                        Some('`') => { i += 1; break }
-                        Some(c) => { name.push(*c); i += 1 }
+                        Some('`') if chars.get(i + 1) == Some(&'`') => {
+                            name.push('`');
+                            i += 2
+                        }
+                        Some('`') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(c) => {
+                            name.push(*c);
+                            i += 1
+                        }
                     }
                 }
                 out.push((start, Token::Ident(name)));
@@ -332,7 +380,11 @@ impl Filter {
                         _ => {}
                     }
                 }
-                if unknown { None } else { Some(*negated) }
+                if unknown {
+                    None
+                } else {
+                    Some(*negated)
+                }
             }
         }
     }

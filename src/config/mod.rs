@@ -374,21 +374,15 @@ impl Default for CaptureTuning {
 impl Config {
     /// Reads, expands and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text, path, &|name| std::env::var(name).ok())
     }
 
     /// Parses `text` as if read from `path`, taking `${VAR}` values from `env`.
-    pub fn from_toml(
-        text: &str,
-        path: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_toml(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
-        let mut raw: toml::Value = toml::from_str(text).map_err(|e| {
-            invalid(vec![ConfigProblem { key: "(syntax)".into(), message: e.to_string() }])
-        })?;
+        let mut raw: toml::Value =
+            toml::from_str(text).map_err(|e| invalid(vec![ConfigProblem { key: "(syntax)".into(), message: e.to_string() }]))?;
         let problems = expand::expand_env(&mut raw, env);
         // A site's connection URL is needed only by that site (and by `verify` against it):
         // jinan must not need qingdao's password. Those problems wait until the URL is used.
@@ -399,10 +393,7 @@ impl Config {
         }
         let mut config: Config = serde_path_deserialize(raw).map_err(|p| invalid(vec![p]))?;
         config.path = path.to_owned();
-        config.unresolved = deferred
-            .into_iter()
-            .map(|p| (site_of_url_key(&p.key).expect("partitioned on it").to_string(), p))
-            .collect();
+        config.unresolved = deferred.into_iter().map(|p| (site_of_url_key(&p.key).expect("partitioned on it").to_string(), p)).collect();
         let problems = validate::validate(&config);
         if !problems.is_empty() {
             return Err(invalid(problems));
@@ -429,10 +420,7 @@ impl Config {
 
     /// The application database at `site`.
     pub fn database_of(&self, site: &str) -> &str {
-        self.sites
-            .get(site)
-            .and_then(|s| s.database.as_deref())
-            .unwrap_or(&self.federation.database)
+        self.sites.get(site).and_then(|s| s.database.as_deref()).unwrap_or(&self.federation.database)
     }
 
     /// The Kafka topic holding the changes that originate at `site`.
@@ -448,22 +436,15 @@ impl Config {
     /// Whether changes of `entity` made at `origin` are applied at `target`.
     pub fn routes_entity(&self, origin: &str, target: &str, entity: &str) -> bool {
         origin != target
-            && self.routes.iter().any(|r| {
-                matches_site(&r.from, origin)
-                    && matches_site(&r.to, target)
-                    && r.entities.iter().any(|e| e == entity || e == "*")
-            })
+            && self
+                .routes
+                .iter()
+                .any(|r| matches_site(&r.from, origin) && matches_site(&r.to, target) && r.entities.iter().any(|e| e == entity || e == "*"))
     }
 
     /// The sites whose changes `target` applies (some entity routed from them to it).
     pub fn origins_of(&self, target: &str) -> Vec<String> {
-        self.sites
-            .keys()
-            .filter(|origin| {
-                self.entities.keys().any(|e| self.routes_entity(origin, target, e))
-            })
-            .cloned()
-            .collect()
+        self.sites.keys().filter(|origin| self.entities.keys().any(|e| self.routes_entity(origin, target, e))).cloned().collect()
     }
 
     /// A configuration error made of `problems` (for checks against live schemas).
@@ -473,11 +454,7 @@ impl Config {
 
     /// The entities whose changes at `site` some route carries elsewhere.
     pub fn captured_at(&self, site: &str) -> Vec<&str> {
-        self.entities
-            .keys()
-            .filter(|e| self.sites.keys().any(|target| self.routes_entity(site, target, e)))
-            .map(String::as_str)
-            .collect()
+        self.entities.keys().filter(|e| self.sites.keys().any(|target| self.routes_entity(site, target, e))).map(String::as_str).collect()
     }
 
     /// The entity whose table is `table`, if any.

@@ -132,7 +132,11 @@ fn references_mean_no_row_at_null_and_zero_unless_told_otherwise() {
     let c = Config::from_toml(&text, Path::new("fed.toml"), &env).unwrap();
     assert!(!c.entities["user"].refs["creator_id"].is_none(&serde_json::json!(0)), "none = [] makes 0 a real id");
 
-    for bad in [r#"refs = { creator_id = 5 }"#, r#"refs = { creator_id = { entity = "user", nothing = [0] } }"#, r#"refs = { creator_id = { entity = "user", none = [[0]] } }"#] {
+    for bad in [
+        r#"refs = { creator_id = 5 }"#,
+        r#"refs = { creator_id = { entity = "user", nothing = [0] } }"#,
+        r#"refs = { creator_id = { entity = "user", none = [[0]] } }"#,
+    ] {
         let p = problems(&GOOD.replace(r#"refs = { creator_id = "user" }"#, bad));
         assert!(p.iter().any(|p| p.key == "entities.user.refs.creator_id"), "{bad}: {p:?}");
     }

@@ -23,9 +23,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     if fed.name.is_empty() {
         problem("federation.name".into(), "must not be empty".into());
     }
-    if fed.topic_prefix.is_empty()
-        || !fed.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if fed.topic_prefix.is_empty() || !fed.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         problem(
             "federation.topic_prefix".into(),
             format!("`{}` is not a valid Kafka topic prefix (letters, digits, `.`, `_`, `-`)", fed.topic_prefix),
@@ -41,7 +39,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
         );
     }
     if fed.database == fed.control_database {
-        problem("federation.control_database".into(), "must differ from federation.database: sitesync never alters the application's database".into());
+        problem(
+            "federation.control_database".into(),
+            "must differ from federation.database: sitesync never alters the application's database".into(),
+        );
     }
     if config.kafka.bootstrap_servers.trim().is_empty() {
         problem("kafka.bootstrap_servers".into(), "must not be empty (host:port[,host:port])".into());
@@ -69,7 +70,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             problem(format!("sites.{id}.server_id"), "must be a non-zero binlog client id".into());
         }
         if let Some(other) = server_ids.insert(site.server_id, id) {
-            problem(format!("sites.{id}.server_id"), format!("{} is also the server_id of site `{other}`; two binlog readers with one id disconnect each other", site.server_id));
+            problem(
+                format!("sites.{id}.server_id"),
+                format!("{} is also the server_id of site `{other}`; two binlog readers with one id disconnect each other", site.server_id),
+            );
         }
         // Sites on one machine (a demo) must not share a loopback listen address; sites on
         // their own machines may all use the same one.
@@ -127,7 +131,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             if !config.entities.contains_key(target) {
                 problem(
                     format!("{}.{col}", at("refs")),
-                    format!("refers to entity `{target}`, which is not defined; defined entities: {}", config.entities.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "refers to entity `{target}`, which is not defined; defined entities: {}",
+                        config.entities.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 );
             }
             if entity.exclude.contains(col) {
@@ -165,7 +172,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
                 if site != "*" && !config.sites.contains_key(site) {
                     problem(
                         format!("routes[{i}].{field}"),
-                        format!("names site `{site}`, which is not defined; defined sites: {}", config.sites.keys().cloned().collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "names site `{site}`, which is not defined; defined sites: {}",
+                            config.sites.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
                     );
                 }
             }
@@ -177,7 +187,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             if entity != "*" && !config.entities.contains_key(entity) {
                 problem(
                     format!("routes[{i}].entities"),
-                    format!("names entity `{entity}`, which is not defined; defined entities: {}", config.entities.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "names entity `{entity}`, which is not defined; defined entities: {}",
+                        config.entities.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 );
             }
         }
@@ -244,7 +257,9 @@ pub fn schema_problems(config: &super::Config, entity: &str, site: &str, table: 
     if e.key.is_empty() && primary_key.is_empty() {
         problems.push(ConfigProblem {
             key: format!("entities.{entity}.key"),
-            message: format!("table {table} has no primary key at site `{site}`: set `key` to the columns that identify a row at every site"),
+            message: format!(
+                "table {table} has no primary key at site `{site}`: set `key` to the columns that identify a row at every site"
+            ),
         });
     }
     problems

@@ -40,12 +40,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Columns added to control tables after their first release: (table, column, definition).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[
-        ("row_versions", "depth", "INT UNSIGNED NOT NULL DEFAULT 0"),
-        ("row_versions", "row_version", "VARCHAR(128) NULL"),
-        ("row_versions", "content", "CHAR(32) NULL"),
-    ];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("row_versions", "depth", "INT UNSIGNED NOT NULL DEFAULT 0"),
+    ("row_versions", "row_version", "VARCHAR(128) NULL"),
+    ("row_versions", "content", "CHAR(32) NULL"),
+];
 
 pub use crate::stamp::VersionEntry;
 pub use rows::{forget_versions, read_versions, version_of_image, write_versions, RowStatements};
@@ -154,10 +153,7 @@ impl ControlError {
     /// Whether the server could not be reached (down, restarting, network): waiting may mend
     /// it, unlike a refused login or a bad URL.
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            ControlError::Connect { source: sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed, .. }
-        )
+        matches!(self, ControlError::Connect { source: sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed, .. })
     }
 }
 
@@ -424,11 +420,23 @@ impl Control {
             .await
             .map_err(self.err("listing control tables"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        let mut missing: Vec<String> = ["apply_offsets", "apply_progress", "capture_checkpoint", "identity_map", "row_versions", "received_rows", "snapshot_requests", "snapshot_watermarks", "parked", "dead_letters", "stopped_entities"]
-            .iter()
-            .filter(|t| !present.iter().any(|p| p == *t))
-            .map(|t| t.to_string())
-            .collect();
+        let mut missing: Vec<String> = [
+            "apply_offsets",
+            "apply_progress",
+            "capture_checkpoint",
+            "identity_map",
+            "row_versions",
+            "received_rows",
+            "snapshot_requests",
+            "snapshot_watermarks",
+            "parked",
+            "dead_letters",
+            "stopped_entities",
+        ]
+        .iter()
+        .filter(|t| !present.iter().any(|p| p == *t))
+        .map(|t| t.to_string())
+        .collect();
         // Tables of an earlier sitesync lack the columns added since (`init` adds them).
         let columns = sqlx::query("SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ?")
             .bind(&self.db)
@@ -458,14 +466,7 @@ impl Control {
     }
 
     /// Stores the capture checkpoint of `site`.
-    pub async fn save_checkpoint(
-        &self,
-        site: &str,
-        gtid_state: &str,
-        file: &str,
-        pos: u64,
-        source_ts_ms: i64,
-    ) -> Result<(), ControlError> {
+    pub async fn save_checkpoint(&self, site: &str, gtid_state: &str, file: &str, pos: u64, source_ts_ms: i64) -> Result<(), ControlError> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO `{}`.`capture_checkpoint` (site, gtid_state, binlog_file, binlog_pos, source_ts_ms)
              VALUES (?, ?, ?, ?, ?)
@@ -486,29 +487,19 @@ impl Control {
 
     /// Every stored apply offset: (topic, partition) -> next offset.
     pub async fn load_offsets(&self) -> Result<Vec<(String, i32, i64)>, ControlError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT topic, kafka_partition, next_offset FROM `{}`.`apply_offsets`",
-            self.db
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.err("reading apply offsets"))?;
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT topic, kafka_partition, next_offset FROM `{}`.`apply_offsets`", self.db)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("reading apply offsets"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
     /// Writes apply offsets inside the apply transaction `tx` (the echo marker: call it first).
-    pub async fn write_offsets(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        offsets: &[(&str, i32, i64)],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn write_offsets(&self, tx: &mut Transaction<'_, MySql>, offsets: &[(&str, i32, i64)]) -> Result<(), sqlx::Error> {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut sql = format!(
-            "INSERT INTO `{}`.`apply_offsets` (topic, kafka_partition, next_offset) VALUES ",
-            self.db
-        );
+        let mut sql = format!("INSERT INTO `{}`.`apply_offsets` (topic, kafka_partition, next_offset) VALUES ", self.db);
         sql.push_str(&vec!["(?, ?, ?)"; offsets.len()].join(", "));
         // updated_at set explicitly: the row must change even when the offset does not (a
         // retried batch), or the binlog would carry no echo marker for this transaction.
@@ -525,10 +516,7 @@ impl Control {
     /// applied later, a dead letter replayed): the marker row must change for the binlog to
     /// show it, so it takes the current time in microseconds.
     pub async fn write_marker(&self, tx: &mut Transaction<'_, MySql>) -> Result<(), sqlx::Error> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO `{}`.`apply_offsets` (topic, kafka_partition, next_offset) VALUES ('(local)', -1, ?)
              ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset + 1, VALUES(next_offset))",
@@ -542,13 +530,10 @@ impl Control {
 
     /// Every stored apply progress: (origin, stream) -> seq.
     pub async fn load_progress(&self) -> Result<Vec<(String, String, u64, i64)>, ControlError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT origin, stream, seq, source_ts_ms FROM `{}`.`apply_progress`",
-            self.db
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.err("reading apply progress"))?;
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT origin, stream, seq, source_ts_ms FROM `{}`.`apply_progress`", self.db)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err("reading apply progress"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
     }
 
@@ -561,14 +546,9 @@ impl Control {
         if progress.is_empty() {
             return Ok(());
         }
-        let mut sql = format!(
-            "INSERT INTO `{}`.`apply_progress` (origin, stream, seq, gtid, source_ts_ms) VALUES ",
-            self.db
-        );
+        let mut sql = format!("INSERT INTO `{}`.`apply_progress` (origin, stream, seq, gtid, source_ts_ms) VALUES ", self.db);
         sql.push_str(&vec!["(?, ?, ?, ?, ?)"; progress.len()].join(", "));
-        sql.push_str(
-            " ON DUPLICATE KEY UPDATE seq = VALUES(seq), gtid = VALUES(gtid), source_ts_ms = VALUES(source_ts_ms)",
-        );
+        sql.push_str(" ON DUPLICATE KEY UPDATE seq = VALUES(seq), gtid = VALUES(gtid), source_ts_ms = VALUES(source_ts_ms)");
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (origin, stream, seq, gtid, ts) in progress {
             q = q.bind(*origin).bind(*stream).bind(*seq).bind(*gtid).bind(*ts);
@@ -579,11 +559,7 @@ impl Control {
 
     /// Records, inside `tx`, which local row each origin row became (entity, origin, the
     /// origin's id, this site's id), many per statement.
-    pub async fn write_identities(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        entries: &[(&str, &str, &str, &str)],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn write_identities(&self, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &str, &str)]) -> Result<(), sqlx::Error> {
         for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
             let mut sql = format!("INSERT INTO `{}`.`identity_map` (entity, origin, origin_key, local_key) VALUES ", self.db);
             sql.push_str(&vec!["(?, ?, ?, ?)"; chunk.len()].join(", "));
@@ -638,7 +614,12 @@ impl Control {
     }
 
     /// The `row_versions` entries of `entity` for `row_keys` inside `tx`.
-    pub async fn read_versions(&self, tx: &mut Transaction<'_, MySql>, entity: &str, row_keys: &[&str]) -> Result<Vec<(String, VersionEntry)>, sqlx::Error> {
+    pub async fn read_versions(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        entity: &str,
+        row_keys: &[&str],
+    ) -> Result<Vec<(String, VersionEntry)>, sqlx::Error> {
         read_versions(&self.db, tx, entity, row_keys).await
     }
 
@@ -649,16 +630,16 @@ impl Control {
     }
 
     /// Records, inside `tx`, the stamp of the version each row now has, many per statement.
-    pub async fn write_versions(&self, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {
+    pub async fn write_versions(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        entries: &[(&str, &str, &VersionEntry)],
+    ) -> Result<(), sqlx::Error> {
         write_versions(&self.db, tx, entries).await
     }
 
     /// Stores a dead letter inside `tx`.
-    pub async fn insert_dead_letter(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        d: &NewDeadLetter<'_>,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn insert_dead_letter(&self, tx: &mut Transaction<'_, MySql>, d: &NewDeadLetter<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO `{}`.`dead_letters` (origin, topic, kafka_partition, kafka_offset, entity, reason, record_key, record_value)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -706,11 +687,7 @@ impl Control {
     }
 
     /// Parks a source transaction inside `tx`.
-    pub async fn insert_parked(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        p: &NewParked<'_>,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn insert_parked(&self, tx: &mut Transaction<'_, MySql>, p: &NewParked<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO `{}`.`parked` (origin, topic, kafka_partition, kafka_offset, row_keys, records, reason)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -757,10 +734,7 @@ impl Control {
 
     /// Removes a parked transaction inside `tx`.
     pub async fn delete_parked(&self, tx: &mut Transaction<'_, MySql>, id: u64) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`parked` WHERE id = ?", self.db)))
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`parked` WHERE id = ?", self.db))).bind(id).execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -785,10 +759,7 @@ impl Control {
 
     /// Deletes one dead letter inside `tx` (replayed).
     pub async fn delete_dead_letter(&self, tx: &mut Transaction<'_, MySql>, id: u64) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`dead_letters` WHERE id = ?", self.db)))
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`dead_letters` WHERE id = ?", self.db))).bind(id).execute(&mut **tx).await?;
         Ok(())
     }
 

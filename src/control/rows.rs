@@ -51,14 +51,23 @@ pub async fn forget_versions(db: &str, tx: &mut Transaction<'_, MySql>, entity: 
 /// many per statement; a later entry for a row wins.
 pub async fn write_versions(db: &str, tx: &mut Transaction<'_, MySql>, entries: &[(&str, &str, &VersionEntry)]) -> Result<(), sqlx::Error> {
     for chunk in statement_chunks(entries, MAX_STATEMENT_ROWS) {
-        let mut sql = format!("INSERT INTO `{db}`.`row_versions` (entity, row_key, origin, version, depth, row_version, deleted, content) VALUES ");
+        let mut sql =
+            format!("INSERT INTO `{db}`.`row_versions` (entity, row_key, origin, version, depth, row_version, deleted, content) VALUES ");
         sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
         sql.push_str(
             " ON DUPLICATE KEY UPDATE origin = VALUES(origin), version = VALUES(version), depth = VALUES(depth), row_version = VALUES(row_version), deleted = VALUES(deleted), content = VALUES(content)",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for (entity, row_key, e) in chunk {
-            q = q.bind(*entity).bind(*row_key).bind(&e.stamp.site).bind(&e.stamp.version).bind(e.stamp.depth).bind(&e.row_version).bind(e.deleted as i8).bind(&e.content);
+            q = q
+                .bind(*entity)
+                .bind(*row_key)
+                .bind(&e.stamp.site)
+                .bind(&e.stamp.version)
+                .bind(e.stamp.depth)
+                .bind(&e.row_version)
+                .bind(e.deleted as i8)
+                .bind(&e.content);
         }
         q.execute(&mut **tx).await?;
     }

@@ -12,8 +12,8 @@ use super::ControlError;
 /// The tables' definitions, for [`super::Control::ddl`].
 pub(super) fn ddl(db: &str) -> [String; 2] {
     [
-            format!(
-                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                    entities TEXT NOT NULL,
                    status VARCHAR(16) NOT NULL DEFAULT 'requested',
@@ -23,16 +23,16 @@ pub(super) fn ddl(db: &str) -> [String; 2] {
                    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
                    updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
                  ) ENGINE=InnoDB"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_watermarks` (
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_watermarks` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                    request_id BIGINT UNSIGNED NOT NULL,
                    run BIGINT UNSIGNED NOT NULL,
                    chunk BIGINT UNSIGNED NOT NULL,
                    kind VARCHAR(8) NOT NULL
                  ) ENGINE=InnoDB"
-            ),
+        ),
     ]
 }
 
@@ -65,7 +65,11 @@ impl SnapshotRequests {
         move |source| ControlError::Sql { db: self.db.clone(), what, source }
     }
 
-    async fn exec(&self, what: &'static str, q: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>) -> Result<u64, ControlError> {
+    async fn exec(
+        &self,
+        what: &'static str,
+        q: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+    ) -> Result<u64, ControlError> {
         Ok(q.execute(&self.pool).await.map_err(self.err(what))?.last_insert_id())
     }
 
@@ -78,13 +82,18 @@ impl SnapshotRequests {
     /// The request `id`, if it exists.
     pub async fn get(&self, id: u64) -> Result<Option<SnapshotRequest>, ControlError> {
         let sql = format!("SELECT status, rows_done, rows_total, message FROM `{}`.`snapshot_requests` WHERE id = ?", self.db);
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await.map_err(self.err("reading a snapshot request"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.err("reading a snapshot request"))?;
         Ok(row.map(|r| SnapshotRequest { status: r.get(0), rows_done: r.get(1), rows_total: r.get(2), message: r.get(3) }))
     }
 
     /// Requests asked for or running (a restarted capture starts them again): (id, entities).
     pub async fn open(&self) -> Result<Vec<(u64, String)>, ControlError> {
-        let sql = format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id", self.db);
+        let sql =
+            format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id", self.db);
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.map_err(self.err("reading snapshot requests"))
     }
 

@@ -85,7 +85,13 @@ const UNIQUE_KEYS: &str = "SELECT INDEX_NAME, COLUMN_NAME FROM information_schem
 /// A row of [`COLUMNS`].
 type ColumnRow = (String, String, String, String, Option<String>, Option<String>, u64);
 
-fn assemble(db: &str, table: &str, columns: Vec<ColumnRow>, primary_key: Vec<String>, unique: Vec<(String, String)>) -> Option<TableSchema> {
+fn assemble(
+    db: &str,
+    table: &str,
+    columns: Vec<ColumnRow>,
+    primary_key: Vec<String>,
+    unique: Vec<(String, String)>,
+) -> Option<TableSchema> {
     if columns.is_empty() {
         return None;
     }

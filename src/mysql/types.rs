@@ -91,8 +91,9 @@ pub fn binlog_type(data_type: &str) -> ColumnType {
         "enum" => MYSQL_TYPE_ENUM,
         "set" => MYSQL_TYPE_SET,
         "json" => MYSQL_TYPE_JSON,
-        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
-        | "geometrycollection" => MYSQL_TYPE_GEOMETRY,
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon" | "geometrycollection" => {
+            MYSQL_TYPE_GEOMETRY
+        }
         _ => MYSQL_TYPE_BLOB,
     }
 }

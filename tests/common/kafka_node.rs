@@ -12,9 +12,7 @@ pub struct KafkaNode {
 }
 
 fn stack_dir() -> PathBuf {
-    std::env::var("SITESYNC_STACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack"))
+    std::env::var("SITESYNC_STACK_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack"))
 }
 
 fn libs() -> String {
@@ -56,7 +54,12 @@ impl KafkaNode {
             .arg(&props)
             .output()
             .expect("java (Kafka's storage tool; deploy/local/stack.sh up installs the jars)");
-        assert!(out.status.success(), "kafka storage format failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kafka storage format failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let log = std::fs::File::create(dir.join("kafka.out")).unwrap();
         let child = Command::new("java")
             .args(["-Xms128m", "-Xmx384m"])

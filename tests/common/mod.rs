@@ -32,10 +32,12 @@ pub fn kafka() -> String {
 }
 
 /// A `person` entity replicated between every site.
-pub const PERSON_TWO_WAY: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"person\"]\n";
+pub const PERSON_TWO_WAY: &str =
+    "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"person\"]\n";
 
 /// A `person` entity replicated from site a to site b only.
-pub const PERSON_A_TO_B: &str = "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
+pub const PERSON_A_TO_B: &str =
+    "[entities.person]\ntable = \"person\"\n\n[[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\"]\n";
 
 /// The `[entities.*]` and `[[routes]]` of an example file in `config/`, and its site ids.
 pub fn example(name: &str) -> (String, Vec<String>) {
@@ -84,7 +86,15 @@ pub struct Spec<'a> {
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Spec { sites: &["a", "b"], schema: "", entities_and_routes: "", ref_wait_seconds: 300, seed: |_, _| String::new(), kafka: None, servers: &[] }
+        Spec {
+            sites: &["a", "b"],
+            schema: "",
+            entities_and_routes: "",
+            ref_wait_seconds: 300,
+            seed: |_, _| String::new(),
+            kafka: None,
+            servers: &[],
+        }
     }
 }
 
@@ -110,18 +120,12 @@ impl Federation {
         );
         for (i, site) in spec.sites.iter().enumerate() {
             let server = spec.servers.get(i).cloned().flatten().unwrap_or_else(|| server_url(i));
-            let pool = MySqlPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(&server)
-                .await
-                .unwrap_or_else(|e| panic!("site {site}: cannot connect to {server}: {e}. Is the local stack up? Run deploy/local/stack.sh up"));
+            let pool =
+                MySqlPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(10)).connect(&server).await.unwrap_or_else(
+                    |e| panic!("site {site}: cannot connect to {server}: {e}. Is the local stack up? Run deploy/local/stack.sh up"),
+                );
             exec(&pool, &format!("CREATE DATABASE `{app_db}` CHARACTER SET utf8mb4")).await;
-            let pool = MySqlPoolOptions::new()
-                .max_connections(4)
-                .connect(&format!("{server}/{app_db}"))
-                .await
-                .unwrap();
+            let pool = MySqlPoolOptions::new().max_connections(4).connect(&format!("{server}/{app_db}")).await.unwrap();
             for stmt in spec.schema.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
                 exec(&pool, stmt).await;
             }
@@ -131,9 +135,7 @@ impl Federation {
             }
             pools.insert(site.to_string(), pool);
             let server_id = 100_000 + (std::process::id() % 10_000) * 100 + n * 7 + i as u32;
-            toml.push_str(&format!(
-                "[sites.{site}]\nmysql = \"{server}/{app_db}\"\nserver_id = {server_id}\n\n"
-            ));
+            toml.push_str(&format!("[sites.{site}]\nmysql = \"{server}/{app_db}\"\nserver_id = {server_id}\n\n"));
         }
         toml.push_str(spec.entities_and_routes);
         let config_path = dir.join("sitesync.toml");
@@ -180,12 +182,7 @@ impl Federation {
     pub fn start(&mut self, site: &str, args: &[&str]) -> usize {
         let log = self.dir.join(format!("{site}-{}-{}.log", args.join("-"), self.children.len()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = self
-            .command(site, args)
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
+        let child = self.command(site, args).stdout(Stdio::from(file.try_clone().unwrap())).stderr(Stdio::from(file)).spawn().unwrap();
         self.children.push((log.display().to_string(), child));
         self.children.len() - 1
     }
@@ -299,13 +296,8 @@ impl Federation {
     /// Kafka high watermark of `site`'s topic (the number of records it ever held).
     pub fn topic_records(&self, site: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka)
-            .create()
-            .unwrap();
-        let (low, high) = consumer
-            .fetch_watermarks(&format!("{}.{site}", self.topic_prefix), 0, Duration::from_secs(10))
-            .unwrap();
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &self.kafka).create().unwrap();
+        let (low, high) = consumer.fetch_watermarks(&format!("{}.{site}", self.topic_prefix), 0, Duration::from_secs(10)).unwrap();
         high - low
     }
 
@@ -329,10 +321,7 @@ fn unsafe_sigterm(pid: u32) {
 }
 
 pub async fn exec(pool: &MySqlPool, sql: &str) {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 pub async fn rows(pool: &MySqlPool, sql: &str) -> Vec<Vec<String>> {

@@ -239,10 +239,8 @@ pub async fn load(conn: &mut mysql_async::Conn, charsets: &[String]) -> Result<H
             continue;
         }
         if version.is_none() {
-            let v: Option<String> = conn
-                .query_first("SELECT @@version")
-                .await
-                .map_err(|source| LoadError::Server { charset: name.clone(), source })?;
+            let v: Option<String> =
+                conn.query_first("SELECT @@version").await.map_err(|source| LoadError::Server { charset: name.clone(), source })?;
             version = Some(v.unwrap_or_default());
         }
         let cache_key = (version.clone().unwrap_or_default(), name.clone());
@@ -265,8 +263,8 @@ pub async fn load(conn: &mut mysql_async::Conn, charsets: &[String]) -> Result<H
                         pairs.extend(probe(conn, name, Some(&leads)).await?);
                     }
                 }
-                let table = CharsetTable::from_sequences(name, pairs)
-                    .map_err(|reason| LoadError::Table { charset: name.clone(), reason })?;
+                let table =
+                    CharsetTable::from_sequences(name, pairs).map_err(|reason| LoadError::Table { charset: name.clone(), reason })?;
                 let table: &'static CharsetTable = Box::leak(Box::new(table));
                 learnt().lock().expect("charset cache").insert(cache_key, table);
                 table
