@@ -127,6 +127,8 @@ pub fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]
     })
 }
 
+/// A pool of at most `max` connections to `site`'s database at `url`, with sitesync's session
+/// settings.
 pub async fn connect(site: &str, url: &str, max: u32) -> Result<MySqlPool, ControlError> {
     // Room for every statement shape apply uses (see `statement_sizes`): evicting one makes
     // sqlx send COM_STMT_CLOSE right before the next statement, and that second small write

@@ -57,10 +57,20 @@ fn unkey(k: u32) -> Vec<u8> {
 pub enum LoadError {
     /// The server did not answer the probe.
     #[error("reading character set {charset} from the server: {source}")]
-    Server { charset: String, source: mysql_async::Error },
+    Server {
+        /// The character set.
+        charset: String,
+        /// The driver error.
+        source: mysql_async::Error,
+    },
     /// The server's answer is not a character table.
     #[error("character set {charset}: {reason}")]
-    Table { charset: String, reason: String },
+    Table {
+        /// The character set.
+        charset: String,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl CharsetTable {
