@@ -95,11 +95,6 @@ impl GtidState {
         }
     }
 
-    /// Whether this is the MySQL flavour.
-    pub fn is_mysql(&self) -> bool {
-        matches!(self, GtidState::MySql(_))
-    }
-
     /// MySQL: whether `gno` of `uuid` is in the set (used by tests of resume with gaps).
     pub fn contains(&self, gtid: &Gtid) -> bool {
         match (self, gtid) {
@@ -198,14 +193,6 @@ impl Gtid {
         let h: String = sid.iter().map(|b| format!("{b:02x}")).collect();
         let uuid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
         Gtid::MySql { uuid, gno }
-    }
-
-    /// The deduplication id of this transaction.
-    pub fn txn_id(&self) -> TxnId {
-        match self {
-            Gtid::MariaDb { domain, seq, .. } => TxnId { stream: domain.to_string(), seq: *seq },
-            Gtid::MySql { uuid, gno } => TxnId { stream: uuid.clone(), seq: *gno },
-        }
     }
 }
 

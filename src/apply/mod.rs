@@ -20,8 +20,8 @@ mod replay;
 mod target;
 mod writer;
 
-pub use replay::{replay, Replayed};
-pub use target::{TargetColumn, TargetTable};
+pub use replay::replay;
+pub use target::TargetTable;
 pub use writer::{BatchWrite, EntityPlan, Outcome, Plans};
 
 use sqlx::{MySql, Transaction};

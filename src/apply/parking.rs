@@ -88,7 +88,9 @@ impl Applier {
                 }
                 Err(ApplyError::Wait(reason)) if p.age_seconds < limit => {
                     drop(tx);
-                    let _ = reason;
+                    if reason != p.reason {
+                        tracing::debug!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, was = %p.reason, now = %reason, "a parked transaction waits for something else now");
+                    }
                     still.extend(keys);
                 }
                 Err(e @ (ApplyError::Wait(_) | ApplyError::Definite(_))) => {

@@ -24,8 +24,6 @@ pub struct TargetColumn {
     pub data_type: String,
     /// Generated (never written).
     pub generated: bool,
-    /// AUTO_INCREMENT.
-    pub auto_increment: bool,
     /// `CHARACTER_SET_NAME` of a text, ENUM or SET column: decides how text is written.
     pub charset: Option<String>,
     /// ENUM or SET members, in definition order (from `COLUMN_TYPE`).
@@ -69,7 +67,6 @@ impl TargetTable {
                     name: c.name.clone(),
                     data_type: c.data_type.clone(),
                     generated: c.generated,
-                    auto_increment: c.auto_increment,
                     charset: c.charset.clone(),
                     members: c.members(),
                 };
@@ -213,7 +210,7 @@ mod tests {
     use serde_json::json;
 
     fn col(t: &str) -> TargetColumn {
-        TargetColumn { name: "c".into(), data_type: t.into(), generated: false, auto_increment: false, charset: None, members: vec![] }
+        TargetColumn { name: "c".into(), data_type: t.into(), generated: false, charset: None, members: vec![] }
     }
 
     fn text_col(t: &str, charset: &str, column_type: &str) -> TargetColumn {

@@ -19,9 +19,9 @@ mod stamps;
 mod table;
 
 use crate::mysql::charset;
-pub use crate::mysql::charset::{latin1_to_string, TextEncoding};
+pub use crate::mysql::charset::TextEncoding;
 pub use decode::encode_value;
-pub use table::{ColumnInfo, TableInfo};
+pub use table::TableInfo;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -416,7 +416,7 @@ impl Reader {
         };
         let mut stream = conn.get_binlog_stream(request).await.map_err(|e| self.map_stream_err(e, &gtid_text))?;
         set_running(&self.ctx, true);
-        tracing::info!(site = %self.ctx.site, gtid = %gtid_text, server_id, "streaming the binlog");
+        tracing::info!(site = %self.ctx.site, gtid = %gtid_text, server_id, server = %settings.version, "streaming the binlog");
 
         loop {
             let next = tokio::select! {

@@ -1,7 +1,7 @@
 //! The federation file: one TOML file, deployed unchanged at every site.
 //!
 //! Loading is three steps: parse TOML, expand `${VAR}` in every string from the environment, then
-//! deserialize into typed structs and [`Config::validate`] them. Every problem found is reported
+//! deserialize into typed structs and `Config::validate` them. Every problem found is reported
 //! with the file and the key it concerns; the process does not start on any of them.
 
 mod expand;

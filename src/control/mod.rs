@@ -22,8 +22,8 @@ mod rows;
 mod snapshots;
 mod stopped;
 
-pub use snapshots::{request_of_image, SnapshotRequest, SnapshotRequests, Watermark, WatermarkRow};
-pub use stopped::{resume_of_change, StoppedEntities, StoppedEntity};
+pub use snapshots::{request_of_image, SnapshotRequests, Watermark, WatermarkRow};
+pub use stopped::{resume_of_change, StoppedEntities};
 
 /// Control tables whose changes capture reads in the binlog.
 pub const SNAPSHOT_REQUESTS_TABLE: &str = "snapshot_requests";

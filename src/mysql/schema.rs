@@ -15,8 +15,6 @@ pub struct ColumnSchema {
     pub column_type: String,
     /// Generated (VIRTUAL, STORED or PERSISTENT): never written.
     pub generated: bool,
-    /// AUTO_INCREMENT.
-    pub auto_increment: bool,
     /// `CHARACTER_SET_NAME` of a text, ENUM or SET column.
     pub charset: Option<String>,
     /// `COLLATION_NAME` of a text, ENUM or SET column.
@@ -104,7 +102,6 @@ fn assemble(
                 data_type,
                 column_type,
                 generated: extra.contains("GENERATED") || extra.contains("VIRTUAL") || extra.contains("PERSISTENT"),
-                auto_increment: extra.contains("AUTO_INCREMENT"),
                 charset,
                 collation,
                 datetime_precision: precision as u32,
@@ -198,7 +195,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.column_names(), ["id", "kind", "g"]);
-        assert!(t.columns[0].auto_increment && t.columns[0].unsigned() && !t.columns[0].generated);
+        assert!(t.columns[0].unsigned() && !t.columns[0].generated);
         assert_eq!(t.column("kind").unwrap().members(), ["A", "b'c"]);
         assert!(t.column("g").unwrap().generated);
         assert_eq!(t.unique_keys, vec![vec!["kind".to_string(), "g".to_string()], vec!["g".to_string()]]);

@@ -18,7 +18,7 @@
 mod fixed;
 mod server;
 
-pub use fixed::{gbk_table, latin1_to_string, GbkTable};
+pub use fixed::latin1_to_string;
 pub use server::{in_use, load, CharsetTable, LoadError};
 
 /// Collation id of the `binary` character set.

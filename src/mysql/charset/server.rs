@@ -91,11 +91,6 @@ impl CharsetTable {
         Ok(table)
     }
 
-    /// The character set's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// How many characters the table holds (four-byte gb18030 ones aside).
     pub fn characters(&self) -> usize {
         self.chars.len()
