@@ -10,6 +10,7 @@
 mod decode;
 mod entity;
 mod envelope;
+mod events;
 mod isolation;
 mod publisher;
 mod refs;
@@ -472,8 +473,7 @@ impl Reader {
         let kind = header.event_type_raw();
         let end_pos = header.log_pos() as u64;
         match kind {
-            // MariaDB GTID: starts a transaction.
-            162 => {
+            events::MARIADB_GTID => {
                 let (gtid, flags) = Gtid::from_mariadb_event(event.data(), header.server_id()).ok_or_else(|| CaptureError::Binlog {
                     file: self.file.clone(),
                     pos: end_pos,
@@ -481,14 +481,12 @@ impl Reader {
                 })?;
                 self.begin(gtid, header.server_id(), flags & 1 != 0)?;
             }
-            // MySQL GTID.
-            33 => {
+            events::MYSQL_GTID => {
                 if let Ok(Some(EventData::GtidEvent(g))) = event.read_data() {
                     self.begin(Gtid::mysql_from_sid(g.sid(), g.gno()), header.server_id(), false)?;
                 }
             }
-            // Table map.
-            19 => {
+            events::TABLE_MAP => {
                 let tme: TableMapEvent<'_> = event.read_event().map_err(|e| CaptureError::Binlog {
                     file: self.file.clone(),
                     pos: end_pos,
@@ -497,28 +495,28 @@ impl Reader {
                 let role = self.known_role(event.data(), &tme)?;
                 self.tables.insert(tme.table_id(), role);
             }
-            // Rows events, v1 (MariaDB) and v2 (MySQL).
-            23 | 24 | 25 | 30 | 31 | 32 => self.on_rows(stream, &event, publisher).await?,
-            // MariaDB compressed events: refuse rather than lose rows.
-            165..=171 => {
+            events::WRITE_ROWS_V1
+            | events::UPDATE_ROWS_V1
+            | events::DELETE_ROWS_V1
+            | events::WRITE_ROWS
+            | events::UPDATE_ROWS
+            | events::DELETE_ROWS => self.on_rows(stream, &event, publisher).await?,
+            events::MARIADB_COMPRESSED_FIRST..=events::MARIADB_COMPRESSED_LAST => {
                 return Err(CaptureError::Binlog {
                     file: self.file.clone(),
                     pos: end_pos,
                     reason: "compressed binlog event: sitesync cannot decode it; set log_bin_compress=OFF on the server".into(),
                 })
             }
-            // MySQL partial JSON update.
-            39 => {
+            events::PARTIAL_UPDATE_ROWS => {
                 return Err(CaptureError::Binlog {
                     file: self.file.clone(),
                     pos: end_pos,
                     reason: "partial JSON row update: set binlog_row_value_options='' on the server".into(),
                 })
             }
-            // XID: the transaction committed.
-            16 => self.commit(publisher, end_pos, header.timestamp()).await?,
-            // Query: BEGIN, COMMIT (non-transactional tables) or DDL.
-            2 => {
+            events::XID => self.commit(publisher, end_pos, header.timestamp()).await?,
+            events::QUERY => {
                 let (query, schema) = match event.read_data() {
                     Ok(Some(EventData::QueryEvent(q))) => (q.query().into_owned(), q.schema().into_owned()),
                     _ => (String::new(), String::new()),
@@ -559,15 +557,13 @@ impl Reader {
                     }
                 }
             }
-            // Rotate: the next events come from another file.
-            4 => {
+            events::ROTATE => {
                 if let Ok(Some(EventData::RotateEvent(r))) = event.read_data() {
                     self.file = binlog_file_name(&r.name());
                     self.pos = r.position();
                 }
             }
-            // Heartbeat: the server is alive and has nothing new.
-            27 if self.txn.is_none() => {
+            events::HEARTBEAT if self.txn.is_none() => {
                 let now = record::now_ms();
                 self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(now as f64 / 1000.0);
                 self.heartbeat(publisher, now);
