@@ -61,7 +61,8 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
         let opts = mysql_async::Opts::from_url(config.sites[site].mysql.expose()).context("bad mysql URL")?;
         let mut conn = mysql_async::Conn::new(opts).await.context("connecting to the site's database")?;
         let s = preflight::read_settings(&mut conn).await?;
-        ctl.save_checkpoint(site, &s.gtid_position, "", 4, 0).await?;
+        ctl.save_checkpoint(site, &control::Checkpoint { gtid: s.gtid_position.clone(), file: String::new(), pos: 4, source_ts_ms: 0 })
+            .await?;
         println!("capture will start at GTID position `{}` (changes before it: `sitesync snapshot`)", s.gtid_position);
     }
     Ok(ExitCode::SUCCESS)
@@ -162,20 +163,20 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         .iter()
         .map(|o| {
             let topic = config.topic_of(o);
-            let next: i64 = offsets.iter().filter(|(t, _, _)| *t == topic).map(|(_, _, n)| *n).sum();
-            let last = progress.iter().filter(|(origin, ..)| origin == o).max_by_key(|(.., ts)| *ts);
+            let next: i64 = offsets.iter().filter(|off| off.topic == topic).map(|off| off.next).sum();
+            let last = progress.iter().filter(|p| &p.origin == o).max_by_key(|p| p.source_ts_ms);
             serde_json::json!({
                 "origin": o,
                 "topic": topic,
                 "next_offset": next,
-                "last_applied_gtid_stream": last.map(|(_, s, seq, _)| format!("{s}:{seq}")),
-                "last_applied_source_age_seconds": last.map(|(.., ts)| (now - ts) as f64 / 1000.0),
+                "last_applied_gtid_stream": last.map(|p| format!("{}:{}", p.stream, p.seq)),
+                "last_applied_source_age_seconds": last.map(|p| (now - p.source_ts_ms) as f64 / 1000.0),
             })
         })
         .collect();
     let report = serde_json::json!({
         "site": site,
-        "capture": checkpoint.as_ref().map(|(g, f, p)| serde_json::json!({"gtid": g, "file": f, "pos": p})),
+        "capture": checkpoint.as_ref().map(|c| serde_json::json!({"gtid": c.gtid, "file": c.file, "pos": c.pos})),
         "apply": origins,
         "dead_letters": dead,
         "stopped_entities": stopped.iter().map(|s| serde_json::json!({
@@ -191,7 +192,7 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
     } else {
         println!("site {site}");
         match &checkpoint {
-            Some((g, _, _)) => println!("  capture checkpoint  gtid {g}"),
+            Some(c) => println!("  capture checkpoint  gtid {}", c.gtid),
             None => println!("  capture checkpoint  none (run `sitesync init`)"),
         }
         println!("  {:<16} {:<32} {:>12} {:>14}", "origin", "topic", "next offset", "last applied");

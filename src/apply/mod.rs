@@ -35,7 +35,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::control::{self, Control, ControlError, NewDeadLetter, NewParked};
+use crate::control::{self, Control, ControlError, NewDeadLetter, NewParked, Progress};
 use crate::position::TxnId;
 use crate::record::{self, ChangeRecord, RecordHead};
 use crate::shutdown::Shutdown;
@@ -190,7 +190,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
             .map_err(|e| ApplyError::Config(e.to_string()))?
             .create()
             .map_err(ApplyError::Kafka)?;
-    let stored: HashMap<(String, i32), i64> = control.load_offsets().await?.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let stored: HashMap<(String, i32), i64> = control.load_offsets().await?.into_iter().map(|o| ((o.topic, o.partition), o.next)).collect();
     let topics: Vec<String> = origins.iter().map(|o| config.topic_of(o)).collect();
     // A topic created a moment ago (init, a broker still loading) may not be in the metadata
     // yet: look again for a while before calling it missing.
@@ -234,7 +234,7 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     }
     consumer.assign(&tpl).map_err(ApplyError::Kafka)?;
 
-    let progress = control.load_progress().await?.into_iter().map(|(origin, stream, seq, _)| ((origin, stream), seq)).collect();
+    let progress = control.load_progress().await?.into_iter().map(|p| ((p.origin, p.stream), p.seq)).collect();
     let parked = control.list_parked().await?;
     let parked_keys = parked.iter().flat_map(|p| p.row_keys.lines().map(|k| scoped(&p.origin, k)).collect::<Vec<_>>()).collect();
     let mut applier = Applier {
@@ -547,7 +547,7 @@ impl Applier {
 
     async fn reload_progress(&mut self) {
         match self.control.load_progress().await {
-            Ok(rows) => self.progress = rows.into_iter().map(|(origin, stream, seq, _)| ((origin, stream), seq)).collect(),
+            Ok(rows) => self.progress = rows.into_iter().map(|p| ((p.origin, p.stream), p.seq)).collect(),
             Err(e) => tracing::warn!(site = %self.ctx.site, error = %e, "reading apply progress failed"),
         }
     }
@@ -598,8 +598,17 @@ impl Applier {
         let decided = started.elapsed();
         self.flush_all(&mut tx, &mut pending).await?;
         let flushed = started.elapsed();
-        let rows: Vec<(&str, &str, u64, &str, i64)> =
-            tally.progress.iter().map(|((o, s), (seq, g, ts))| (o.as_str(), s.as_str(), *seq, g.as_str(), *ts)).collect();
+        let rows: Vec<Progress> = tally
+            .progress
+            .iter()
+            .map(|((origin, stream), (seq, gtid, ts))| Progress {
+                origin: origin.clone(),
+                stream: stream.clone(),
+                seq: *seq,
+                gtid: gtid.clone(),
+                source_ts_ms: *ts,
+            })
+            .collect();
         self.control.write_progress(&mut tx, &rows).await.map_err(ApplyError::Database)?;
         let before_commit = started.elapsed();
         tx.commit().await.map_err(ApplyError::Database)?;
@@ -1037,12 +1046,12 @@ impl BatchTally {
 }
 
 /// The next offset of each topic partition after `batch`: what the local transaction stores.
-fn batch_offsets(batch: &[CompleteTxn]) -> Vec<(&str, i32, i64)> {
-    let mut offsets: Vec<(&str, i32, i64)> = Vec::new();
+fn batch_offsets(batch: &[CompleteTxn]) -> Vec<control::Offset> {
+    let mut offsets: Vec<control::Offset> = Vec::new();
     for t in batch {
-        match offsets.iter_mut().find(|(topic, p, _)| *topic == t.topic && *p == t.partition) {
-            Some(o) => o.2 = o.2.max(t.next_offset()),
-            None => offsets.push((&t.topic, t.partition, t.next_offset())),
+        match offsets.iter_mut().find(|o| o.topic == t.topic && o.partition == t.partition) {
+            Some(o) => o.next = o.next.max(t.next_offset()),
+            None => offsets.push(control::Offset { topic: t.topic.clone(), partition: t.partition, next: t.next_offset() }),
         }
     }
     offsets

@@ -366,17 +366,21 @@ impl Reader {
 
         if first {
             match ctl.load_checkpoint(&self.ctx.site).await? {
-                Some((gtid, file, pos)) => {
-                    self.gtid = GtidState::parse(&gtid, !settings.mariadb)
+                Some(stored) => {
+                    self.gtid = GtidState::parse(&stored.gtid, !settings.mariadb)
                         .map_err(|e| CaptureError::Config(format!("stored capture checkpoint: {e}")))?;
-                    self.file = file;
-                    self.pos = pos;
+                    self.file = stored.file;
+                    self.pos = stored.pos;
                     tracing::info!(site = %self.ctx.site, gtid = %self.gtid, "resuming capture from the checkpoint");
                 }
                 None => {
                     self.gtid = GtidState::parse(&settings.gtid_position, !settings.mariadb)
                         .map_err(|e| CaptureError::Config(format!("server GTID position: {e}")))?;
-                    ctl.save_checkpoint(&self.ctx.site, &self.gtid.to_string(), "", 4, 0).await?;
+                    ctl.save_checkpoint(
+                        &self.ctx.site,
+                        &Checkpoint { gtid: self.gtid.to_string(), file: String::new(), pos: 4, source_ts_ms: 0 },
+                    )
+                    .await?;
                     tracing::info!(site = %self.ctx.site, gtid = %self.gtid, "no checkpoint: capture starts at the server's current position");
                 }
             }

@@ -18,18 +18,7 @@ use tokio::task::JoinHandle;
 use super::CaptureError;
 use crate::control::Control;
 
-/// A transaction boundary: reading may resume here.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Checkpoint {
-    /// GTID state after the transaction.
-    pub gtid: String,
-    /// Binlog file.
-    pub file: String,
-    /// Position after the transaction in `file`.
-    pub pos: u64,
-    /// Commit time of the transaction, ms.
-    pub source_ts_ms: i64,
-}
+pub use crate::control::Checkpoint;
 
 enum InFlight {
     Record(DeliveryFuture, Instant),
@@ -118,7 +107,7 @@ impl Publisher {
                 if !published && last_write.elapsed() < IDLE_CHECKPOINT {
                     continue;
                 }
-                match writer_control.save_checkpoint(&writer_site, &cp.gtid, &cp.file, cp.pos, cp.source_ts_ms).await {
+                match writer_control.save_checkpoint(&writer_site, &cp).await {
                     Ok(()) => {
                         writer_acked.lock().expect("acked lock").published_since_write = false;
                         last_written = Some(cp);
@@ -217,7 +206,7 @@ impl Publisher {
         }
         let cp = self.acked.lock().expect("acked lock").checkpoint.clone();
         if let Some(cp) = cp {
-            self.control.save_checkpoint(&self.site, &cp.gtid, &cp.file, cp.pos, cp.source_ts_ms).await.map_err(CaptureError::Control)?;
+            self.control.save_checkpoint(&self.site, &cp).await.map_err(CaptureError::Control)?;
         }
         tracked
     }

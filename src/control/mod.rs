@@ -18,6 +18,7 @@
 //! - `dead_letters`: records that could not be applied, with the reason.
 //! - `stopped_entities`: entities whose capture stopped alone, and where ([`stopped`]).
 
+mod positions;
 mod rows;
 mod snapshots;
 mod stopped;
@@ -47,6 +48,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 ];
 
 pub use crate::stamp::VersionEntry;
+pub use positions::{Checkpoint, Offset, Progress};
 pub use rows::{forget_versions, read_versions, version_of_image, write_versions, RowStatements};
 
 /// The table whose change marks a binlog transaction as written by sitesync's applier.
@@ -454,21 +456,21 @@ impl Control {
         Ok(missing)
     }
 
-    /// The stored capture checkpoint of `site`: (gtid state, file, pos).
-    pub async fn load_checkpoint(&self, site: &str) -> Result<Option<(String, String, u64)>, ControlError> {
+    /// The stored capture checkpoint of `site`.
+    pub async fn load_checkpoint(&self, site: &str) -> Result<Option<Checkpoint>, ControlError> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT gtid_state, binlog_file, binlog_pos FROM `{}`.`capture_checkpoint` WHERE site = ?",
+            "SELECT gtid_state, binlog_file, binlog_pos, source_ts_ms FROM `{}`.`capture_checkpoint` WHERE site = ?",
             self.db
         )))
         .bind(site)
         .fetch_optional(&self.pool)
         .await
         .map_err(self.err("reading the capture checkpoint"))?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+        Ok(row.map(|r| Checkpoint { gtid: r.get(0), file: r.get(1), pos: r.get(2), source_ts_ms: r.get(3) }))
     }
 
     /// Stores the capture checkpoint of `site`.
-    pub async fn save_checkpoint(&self, site: &str, gtid_state: &str, file: &str, pos: u64, source_ts_ms: i64) -> Result<(), ControlError> {
+    pub async fn save_checkpoint(&self, site: &str, checkpoint: &Checkpoint) -> Result<(), ControlError> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO `{}`.`capture_checkpoint` (site, gtid_state, binlog_file, binlog_pos, source_ts_ms)
              VALUES (?, ?, ?, ?, ?)
@@ -477,27 +479,27 @@ impl Control {
             self.db
         )))
         .bind(site)
-        .bind(gtid_state)
-        .bind(file)
-        .bind(pos)
-        .bind(source_ts_ms)
+        .bind(&checkpoint.gtid)
+        .bind(&checkpoint.file)
+        .bind(checkpoint.pos)
+        .bind(checkpoint.source_ts_ms)
         .execute(&self.pool)
         .await
         .map_err(self.err("writing the capture checkpoint"))?;
         Ok(())
     }
 
-    /// Every stored apply offset: (topic, partition) -> next offset.
-    pub async fn load_offsets(&self) -> Result<Vec<(String, i32, i64)>, ControlError> {
+    /// Every stored apply offset.
+    pub async fn load_offsets(&self) -> Result<Vec<Offset>, ControlError> {
         let rows = sqlx::query(AssertSqlSafe(format!("SELECT topic, kafka_partition, next_offset FROM `{}`.`apply_offsets`", self.db)))
             .fetch_all(&self.pool)
             .await
             .map_err(self.err("reading apply offsets"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        Ok(rows.iter().map(|r| Offset { topic: r.get(0), partition: r.get(1), next: r.get(2) }).collect())
     }
 
     /// Writes apply offsets inside the apply transaction `tx` (the echo marker: call it first).
-    pub async fn write_offsets(&self, tx: &mut Transaction<'_, MySql>, offsets: &[(&str, i32, i64)]) -> Result<(), sqlx::Error> {
+    pub async fn write_offsets(&self, tx: &mut Transaction<'_, MySql>, offsets: &[Offset]) -> Result<(), sqlx::Error> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -507,8 +509,8 @@ impl Control {
         // retried batch), or the binlog would carry no echo marker for this transaction.
         sql.push_str(" ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = NOW(6)");
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (topic, partition, offset) in offsets {
-            q = q.bind(*topic).bind(*partition).bind(*offset);
+        for o in offsets {
+            q = q.bind(&o.topic).bind(o.partition).bind(o.next);
         }
         q.execute(&mut **tx).await?;
         Ok(())
@@ -530,21 +532,21 @@ impl Control {
         Ok(())
     }
 
-    /// Every stored apply progress: (origin, stream) -> seq.
-    pub async fn load_progress(&self) -> Result<Vec<(String, String, u64, i64)>, ControlError> {
-        let rows = sqlx::query(AssertSqlSafe(format!("SELECT origin, stream, seq, source_ts_ms FROM `{}`.`apply_progress`", self.db)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.err("reading apply progress"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    /// Every stored apply progress.
+    pub async fn load_progress(&self) -> Result<Vec<Progress>, ControlError> {
+        let rows =
+            sqlx::query(AssertSqlSafe(format!("SELECT origin, stream, seq, gtid, source_ts_ms FROM `{}`.`apply_progress`", self.db)))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.err("reading apply progress"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Progress { origin: r.get(0), stream: r.get(1), seq: r.get(2), gtid: r.get(3), source_ts_ms: r.get(4) })
+            .collect())
     }
 
     /// Records the last applied transaction of (origin, stream) inside `tx`.
-    pub async fn write_progress(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        progress: &[(&str, &str, u64, &str, i64)],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn write_progress(&self, tx: &mut Transaction<'_, MySql>, progress: &[Progress]) -> Result<(), sqlx::Error> {
         if progress.is_empty() {
             return Ok(());
         }
@@ -552,8 +554,8 @@ impl Control {
         sql.push_str(&vec!["(?, ?, ?, ?, ?)"; progress.len()].join(", "));
         sql.push_str(" ON DUPLICATE KEY UPDATE seq = VALUES(seq), gtid = VALUES(gtid), source_ts_ms = VALUES(source_ts_ms)");
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for (origin, stream, seq, gtid, ts) in progress {
-            q = q.bind(*origin).bind(*stream).bind(*seq).bind(*gtid).bind(*ts);
+        for p in progress {
+            q = q.bind(&p.origin).bind(&p.stream).bind(p.seq).bind(&p.gtid).bind(p.source_ts_ms);
         }
         q.execute(&mut **tx).await?;
         Ok(())
