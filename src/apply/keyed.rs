@@ -21,8 +21,8 @@ use super::target::{arguments, to_sql, SqlValue};
 use super::writer::{incoming_loses, local_id_value, row_key_of_texts, row_key_text, sql_text, where_clause, EntityPlan, Plans};
 use super::{Applier, ApplyError, CompleteTxn};
 use crate::config::OnDelete;
-use crate::control::statement_chunks;
 use crate::control::VersionEntry;
+use crate::mysql::session::statement_chunks;
 use crate::record::{ChangeRecord, Op, RefKey};
 use crate::stamp::Stamp;
 

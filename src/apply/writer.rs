@@ -579,7 +579,7 @@ impl EntityPlan {
         let row = format!("({})", vec!["?"; cols.len()].join(", "));
         // MySQL binds at most 65,535 parameters per statement.
         let per_statement = (60_000 / cols.len().max(1)).max(1);
-        for chunk in crate::control::statement_chunks(rows, per_statement) {
+        for chunk in crate::mysql::session::statement_chunks(rows, per_statement) {
             let lenient = chunk.iter().any(|values| {
                 columns.iter().zip(values).any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)))
             });
@@ -637,7 +637,7 @@ impl EntityPlan {
     pub async fn delete_rows(&self, tx: &mut Transaction<'_, MySql>, keys: &[Vec<SqlValue>]) -> Result<(), ApplyError> {
         let pk: Vec<String> = self.key_columns.iter().map(|c| quote(c)).collect();
         let tuple = format!("({})", vec!["?"; pk.len()].join(", "));
-        for chunk in crate::control::statement_chunks(keys, 60_000 / pk.len().max(1)) {
+        for chunk in crate::mysql::session::statement_chunks(keys, 60_000 / pk.len().max(1)) {
             let sql = format!(
                 "DELETE FROM {} WHERE ({}) IN ({})",
                 self.target.qualified(),

@@ -7,7 +7,7 @@
 
 use sqlx::{AssertSqlSafe, MySql, Transaction};
 
-use super::{statement_chunks, MAX_STATEMENT_ROWS};
+use crate::mysql::session::{statement_chunks, MAX_STATEMENT_ROWS};
 use serde_json::{Map, Value};
 
 use crate::stamp::{self, Stamp, VersionEntry};
