@@ -10,6 +10,22 @@ use super::target::SqlValue;
 use super::writer::{row_key_of_texts, sql_text};
 use super::*;
 
+/// Why the fast path did not finish a batch.
+#[derive(Debug)]
+pub(super) enum FastError {
+    /// Something only the careful path handles (a wait for a referenced row, a column a table
+    /// lacks, a row not as the batch read it): the batch is applied again, carefully.
+    NeedsCare,
+    /// A failure handled like any other (retried, or a dead letter).
+    Failed(ApplyError),
+}
+
+impl From<ApplyError> for FastError {
+    fn from(e: ApplyError) -> Self {
+        FastError::Failed(e)
+    }
+}
+
 /// Writes decided but not sent yet, and what the batch knows of the rows it touches.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -60,7 +76,7 @@ impl Applier {
         pending: &mut Pending,
         origin: &str,
         records: &[Incoming],
-    ) -> Result<Vec<Outcome>, ApplyError> {
+    ) -> Result<Vec<Outcome>, FastError> {
         let mut outcomes = Vec::with_capacity(records.len());
         for inc in records {
             let r = &inc.record().map_err(super::unreadable_record)?;
@@ -86,7 +102,7 @@ impl Applier {
                         Outcome::Applied
                     }
                     Some(Err(ApplyError::MissingColumn { .. })) => return Err(self.needs_care_for_schema()),
-                    Some(Err(e)) => return Err(e),
+                    Some(Err(e)) => return Err(e.into()),
                     None => self.apply_alone(tx, pending, origin, r, plan).await?,
                 }
             } else {
@@ -105,7 +121,7 @@ impl Applier {
         origin: &str,
         r: &ChangeRecord,
         plan: &EntityPlan,
-    ) -> Result<Outcome, ApplyError> {
+    ) -> Result<Outcome, FastError> {
         let entity = &r.sitesync.entity;
         let mut flushed = false;
         loop {
@@ -136,7 +152,7 @@ impl Applier {
                     self.flush_ops(tx, pending).await?;
                     if plan.update(tx, &sets, key).await.map_err(needs_care_on_schema)? == 0 {
                         // The row was read (and locked) by its key: it cannot have gone.
-                        return Err(ApplyError::NeedsCare);
+                        return Err(FastError::NeedsCare);
                     }
                     Outcome::Applied
                 }
@@ -153,7 +169,7 @@ impl Applier {
         origin: &str,
         r: &ChangeRecord,
         plan: &EntityPlan,
-    ) -> Result<Outcome, ApplyError> {
+    ) -> Result<Outcome, FastError> {
         self.flush_all(tx, pending).await?;
         let outcome = plan.apply(tx, origin, r, &self.plans).await;
         let same_table: HashSet<&str> =
@@ -162,8 +178,8 @@ impl Applier {
         match outcome {
             Ok(o) => Ok(o),
             Err(ApplyError::MissingColumn { .. }) => Err(self.needs_care_for_schema()),
-            Err(ApplyError::Wait(_)) => Err(ApplyError::NeedsCare),
-            Err(e) => Err(e),
+            Err(ApplyError::Wait(_)) => Err(FastError::NeedsCare),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -173,7 +189,7 @@ impl Applier {
         pending: &mut Pending,
         entity: &str,
         op: RowOp,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), FastError> {
         if pending.entity != entity {
             self.flush_ops(tx, pending).await?;
             pending.entity = entity.to_string();
@@ -183,7 +199,7 @@ impl Applier {
     }
 
     /// Sends everything pending: rows, then identity-map entries and versions.
-    pub(super) async fn flush_all(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending) -> Result<(), ApplyError> {
+    pub(super) async fn flush_all(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending) -> Result<(), FastError> {
         self.flush_ops(tx, pending).await?;
         if pending.known.has_pending() {
             self.write_known(tx, &mut pending.known).await?;
@@ -192,7 +208,7 @@ impl Applier {
     }
 
     /// Sends the pending rows of one entity, as few statements as order allows.
-    async fn flush_ops(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending) -> Result<(), ApplyError> {
+    async fn flush_ops(&self, tx: &mut sqlx::Transaction<'_, sqlx::MySql>, pending: &mut Pending) -> Result<(), FastError> {
         if pending.ops.is_empty() {
             return Ok(());
         }
@@ -249,15 +265,15 @@ impl Applier {
             result.map_err(needs_care_on_schema)?;
             tracing::trace!(entity = %pending.entity, kind, rows, ms = began.elapsed().as_secs_f64() * 1e3, "rows written");
         }
-        self.read_inserted_ids(tx, &mut pending.known, &plan, &inserted).await
+        Ok(self.read_inserted_ids(tx, &mut pending.known, &plan, &inserted).await?)
     }
 }
 
 impl Applier {
     /// The fast path met a column a table lacks: the careful path reads the tables again.
-    fn needs_care_for_schema(&self) -> ApplyError {
+    fn needs_care_for_schema(&self) -> FastError {
         self.schema_changed.store(true, Ordering::Relaxed);
-        ApplyError::NeedsCare
+        FastError::NeedsCare
     }
 
     /// Of the rows at `creating` (index into `rows`, origin), those absent here before they are
@@ -290,14 +306,14 @@ impl Applier {
 }
 
 /// A local table that lacks a column the records have: the careful path waits for it.
-fn needs_care_on_schema(e: ApplyError) -> ApplyError {
+fn needs_care_on_schema(e: ApplyError) -> FastError {
     match e {
         // The careful path reads the table again first (`Applier::apply_batch`).
         ApplyError::MissingColumn { column, message } => {
             tracing::debug!(?column, %message, "a statement met a column the table lacks");
-            ApplyError::NeedsCare
+            FastError::NeedsCare
         }
-        other => other,
+        other => FastError::Failed(other),
     }
 }
 

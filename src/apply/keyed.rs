@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, MySql, Row as _, Transaction};
 
+use super::fast::FastError;
 use super::target::{arguments, to_sql, SqlValue};
 use super::writer::{incoming_loses, local_id_value, row_key_of_texts, row_key_text, sql_text, where_clause, EntityPlan, Plans};
 use super::{Applier, ApplyError, CompleteTxn};
@@ -486,7 +487,7 @@ impl Applier {
     }
 
     /// Writes the identity-map entries and row versions the batch decided.
-    pub(super) async fn write_known(&self, tx: &mut Transaction<'_, MySql>, known: &mut Known) -> Result<(), ApplyError> {
+    pub(super) async fn write_known(&self, tx: &mut Transaction<'_, MySql>, known: &mut Known) -> Result<(), FastError> {
         let identities = std::mem::take(&mut known.pending_identities);
         let mut entries = Vec::with_capacity(identities.len());
         for i in &identities {
@@ -495,7 +496,7 @@ impl Applier {
                     entries.push((i.entity.as_str(), i.origin.as_str(), i.origin_key.as_str(), id.as_str()))
                 }
                 // Every decided row's id is known once its insert was read back.
-                _ => return Err(ApplyError::NeedsCare),
+                _ => return Err(FastError::NeedsCare),
             }
         }
         self.control.write_identities(tx, &entries).await.map_err(ApplyError::classify)?;
@@ -506,7 +507,7 @@ impl Applier {
                 Some(LocalRow::Present { id: Some(id), .. }) => entries.push((entity.as_str(), id.as_str(), origin.as_str())),
                 // A composite primary key: not tracked (see `EntityPlan::mark_received`).
                 _ if self.plans.get(entity).is_some_and(|p| p.target.primary_key.len() != 1) => {}
-                _ => return Err(ApplyError::NeedsCare),
+                _ => return Err(FastError::NeedsCare),
             }
         }
         self.control.write_received(tx, &entries).await.map_err(ApplyError::classify)?;

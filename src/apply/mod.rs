@@ -41,6 +41,7 @@ use crate::record::{self, ChangeRecord, RecordHead};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Component, ErrorKind, Health, Metrics};
 use assemble::{CompleteTxn, Incoming};
+use fast::FastError;
 
 /// Why a record or the applier failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +64,6 @@ pub enum ApplyError {
         /// What is missing where.
         message: String,
     },
-    /// The fast path met something that needs the careful one (a wait, a schema change).
-    #[error("needs the careful path")]
-    NeedsCare,
     /// The local schema does not fit the configuration.
     #[error("{0}")]
     Schema(String),
@@ -482,8 +480,8 @@ impl Applier {
         let mut careful = false;
         loop {
             match self.try_apply(&batch, None, careful).await {
-                Ok(()) => return Ok(()),
-                Err(ApplyError::NeedsCare) => {
+                Ok(Applied::Done) => return Ok(()),
+                Ok(Applied::NeedsCare) => {
                     careful = true;
                     // A column the tables lacked when read: read them again first, so a column
                     // added here since is found, not waited for.
@@ -506,14 +504,14 @@ impl Applier {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.try_apply(std::slice::from_ref(txn), None, true).await {
-                    Ok(()) => break,
+                    Ok(_) => break,
                     Err(e) if e.is_definite() => {
                         let reason = e.to_string();
                         self.ctx.metrics.error(&self.ctx.site, ErrorKind::Apply);
                         tracing::warn!(site = %self.ctx.site, origin = %txn.origin, topic = %txn.topic, offset = txn.records[0].offset, reason = %reason, "transaction becomes a dead letter");
                         loop {
                             match self.try_apply(std::slice::from_ref(txn), Some(&reason), true).await {
-                                Ok(()) => break,
+                                Ok(_) => break,
                                 Err(e) => {
                                     tracing::warn!(site = %self.ctx.site, error = %e, "storing a dead letter failed; retrying");
                                     self.retry_wait(&mut backoff).await?;
@@ -570,7 +568,7 @@ impl Applier {
     /// One local transaction for `batch`: offsets (the echo marker) first, then each source
     /// transaction (dead letters, duplicates skipped, the fast set-based path or the careful
     /// per-record one), then progress, commit, and the metrics of what it did.
-    async fn try_apply(&mut self, batch: &[CompleteTxn], dead_reason: Option<&str>, careful: bool) -> Result<(), ApplyError> {
+    async fn try_apply(&mut self, batch: &[CompleteTxn], dead_reason: Option<&str>, careful: bool) -> Result<Applied, ApplyError> {
         let started = std::time::Instant::now();
         let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
         self.control.write_offsets(&mut tx, &batch_offsets(batch)).await.map_err(ApplyError::Database)?;
@@ -590,13 +588,21 @@ impl Applier {
                     tally.count(&t.origin, inc.entity(), Outcome::Skipped);
                 }
             } else if !careful {
-                self.apply_fast_txn(&mut tx, &mut pending, index, t, &mut tally).await?;
+                match self.apply_fast_txn(&mut tx, &mut pending, index, t, &mut tally).await {
+                    Ok(()) => {}
+                    Err(FastError::NeedsCare) => return Ok(Applied::NeedsCare),
+                    Err(FastError::Failed(e)) => return Err(e),
+                }
             } else {
                 self.apply_careful_txn(&mut tx, index, t, &mut tally).await?;
             }
         }
         let decided = started.elapsed();
-        self.flush_all(&mut tx, &mut pending).await?;
+        match self.flush_all(&mut tx, &mut pending).await {
+            Ok(()) => {}
+            Err(FastError::NeedsCare) => return Ok(Applied::NeedsCare),
+            Err(FastError::Failed(e)) => return Err(e),
+        }
         let flushed = started.elapsed();
         let rows: Vec<Progress> = tally
             .progress
@@ -619,7 +625,7 @@ impl Applier {
             "batch applied"
         );
         self.after_commit(batch, tally, started).await;
-        Ok(())
+        Ok(Applied::Done)
     }
 
     /// Whether `t` was applied before (by an earlier batch or earlier in this one); if not, it
@@ -669,12 +675,12 @@ impl Applier {
         index: usize,
         t: &CompleteTxn,
         tally: &mut BatchTally,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), FastError> {
         if !self.parked_keys.is_empty() || !tally.newly_parked.is_empty() {
             for inc in &t.records {
                 let r = inc.record().map_err(unreadable_record)?;
                 if self.waits_behind_parked(&t.origin, &r, &tally.newly_parked) {
-                    return Err(ApplyError::NeedsCare);
+                    return Err(FastError::NeedsCare);
                 }
             }
         }
@@ -1022,6 +1028,15 @@ fn row_keys(_origin: &str, records: &[&ChangeRecord]) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// How a batch's local transaction ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    /// Committed.
+    Done,
+    /// Rolled back: the fast path met something only the careful path handles.
+    NeedsCare,
 }
 
 /// What one local apply transaction did, kept for after its commit.
