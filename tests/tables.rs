@@ -236,3 +236,40 @@ async fn an_undecodable_table_stops_its_entity_alone_and_resumes_where_it_stoppe
     assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{}`.dead_letters", fed.control_db)).await, 0);
     fed.assert_running();
 }
+
+/// Rows the applier creates by primary key (the set-based path) are recorded as received, and
+/// rows the site's own application writes are not: a snapshot here then leaves the first to
+/// their origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_applier_creates_by_primary_key_are_recorded_as_received() {
+    let mut fed = Federation::new(
+        "received",
+        Spec {
+            sites: &["a", "b"],
+            schema: "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL) ENGINE=InnoDB",
+            entities_and_routes:
+                "[entities.t]\ntable = \"t\"\n\n[[routes]]\nfrom = [\"a\", \"b\"]\nto = [\"a\", \"b\"]\nentities = [\"t\"]\n",
+            // History at b that b owns.
+            seed: |_, site| if site == "b" { "INSERT INTO t VALUES (5000, 'b history')".into() } else { String::new() },
+            ..Spec::default()
+        },
+    )
+    .await;
+    fed.start("a", &["run"]);
+    fed.start("b", &["run"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let many: Vec<String> = (1..=300).map(|i| format!("({i}, 'a{i}')")).collect();
+    fed.exec("a", &format!("INSERT INTO t VALUES {}", many.join(", "))).await;
+    fed.exec("a", "INSERT INTO t VALUES (301, 'alone'); UPDATE t SET v = 'changed' WHERE id = 7").await;
+    fed.exec("b", "INSERT INTO t VALUES (1000, 'b own')").await;
+    fed.wait_rows("b", "SELECT COUNT(*) FROM t", &[&["303"]]).await;
+    fed.wait_rows("a", "SELECT COUNT(*) FROM t WHERE id = 1000", &[&["1"]]).await;
+    let ctl = fed.control_db.clone();
+    let received = format!("SELECT COUNT(*), CAST(MIN(CAST(local_key AS SIGNED)) AS SIGNED), CAST(MAX(CAST(local_key AS SIGNED)) AS SIGNED), MIN(origin), MAX(origin) FROM `{ctl}`.received_rows WHERE entity = 't'");
+    assert_eq!(fed.rows("b", &received).await, vec![vec!["301", "1", "301", "a", "a"]], "b received a's 301 rows, not its own");
+    assert_eq!(fed.rows("a", &received).await, vec![vec!["1", "1000", "1000", "b", "b"]], "a received b's row");
+    let out = fed.command("b", &["snapshot"]).output().unwrap();
+    assert!(out.status.success(), "snapshot at b: {}", String::from_utf8_lossy(&out.stderr));
+    // b's snapshot brings a its history row, and nothing a wrote comes back changed.
+    fed.wait_rows("a", "SELECT v FROM t WHERE id IN (7, 1000, 5000) ORDER BY id", &[&["changed"], &["b own"], &["b history"]]).await;
+}

@@ -6,9 +6,10 @@
 use std::collections::{HashMap, HashSet};
 
 use super::keyed::{Decision, Known};
-use super::target::SqlValue;
+use super::target::{bind, SqlValue};
 use super::writer::{row_key_of_texts, sql_text};
 use super::*;
+use crate::control::RowStatements;
 
 /// Why the fast path did not finish a batch.
 #[derive(Debug)]
@@ -249,16 +250,11 @@ impl Applier {
                             RowOp::Delete(_) => unreachable!("one kind per statement"),
                         }
                     }
-                    let created = self.absent_rows(tx, &plan, &columns, &rows, &creating).await.map_err(needs_care_on_schema)?;
-                    let written =
-                        if insert { plan.insert_rows(tx, &columns, &rows).await } else { plan.upsert_rows(tx, &columns, &rows).await };
-                    match written {
-                        Ok(()) if !created.is_empty() => {
-                            let entries: Vec<(&str, &str, &str)> =
-                                created.iter().map(|(id, origin)| (plan.name.as_str(), id.as_str(), origin.as_str())).collect();
-                            self.control.write_received(tx, &entries).await.map_err(ApplyError::classify)
-                        }
-                        other => other,
+                    self.mark_received_if_absent(tx, &plan, &columns, &rows, &creating).await.map_err(needs_care_on_schema)?;
+                    if insert {
+                        plan.insert_rows(tx, &columns, &rows).await
+                    } else {
+                        plan.upsert_rows(tx, &columns, &rows).await
                     }
                 }
             };
@@ -276,32 +272,30 @@ impl Applier {
         FastError::NeedsCare
     }
 
-    /// Of the rows at `creating` (index into `rows`, origin), those absent here before they are
-    /// written: (this site's id as text, origin). One indexed read per statement, only where
-    /// inserts and snapshot rows go in by primary key (one-column keys).
-    async fn absent_rows(
+    /// Records as received the rows at `creating` (index into `rows`, origin) that are not
+    /// here yet, before they are written: one statement per chunk, only where inserts and
+    /// snapshot rows go in by primary key (one-column keys).
+    async fn mark_received_if_absent(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
         plan: &EntityPlan,
         columns: &[String],
         rows: &[Vec<SqlValue>],
         creating: &[(usize, String)],
-    ) -> Result<Vec<(String, String)>, ApplyError> {
-        let [pk] = plan.target.primary_key.as_slice() else { return Ok(Vec::new()) };
-        let Some(at) = columns.iter().position(|c| c == pk) else { return Ok(Vec::new()) };
-        if creating.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<Vec<(String, SqlValue)>> = creating.iter().map(|(i, _)| vec![(pk.clone(), rows[*i][at].clone())]).collect();
-        let found = plan.present_keys(tx, &keys).await?;
-        let mut out: Vec<(String, String)> = Vec::new();
-        for ((i, origin), present) in creating.iter().zip(found) {
-            let id = sql_text(&rows[*i][at]);
-            if !present && !out.iter().any(|(k, _)| *k == id) {
-                out.push((id, origin.clone()));
+    ) -> Result<(), ApplyError> {
+        let [pk] = plan.target.primary_key.as_slice() else { return Ok(()) };
+        let Some(at) = columns.iter().position(|c| c == pk) else { return Ok(()) };
+        let statements = RowStatements { db: self.control.database().to_string(), from: plan.target.qualified(), pk_text: String::new() };
+        let pk = crate::mysql::quote(pk);
+        for chunk in crate::mysql::session::statement_chunks(creating, crate::mysql::session::MAX_STATEMENT_ROWS) {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(statements.mark_received_if_absent(&pk, chunk.len())));
+            for (i, origin) in chunk {
+                let id = &rows[*i][at];
+                q = bind(q.bind(&plan.name).bind(sql_text(id)).bind(origin), id.clone());
             }
+            q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

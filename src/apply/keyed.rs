@@ -268,11 +268,6 @@ impl EntityPlan {
         Ok(out)
     }
 
-    /// Whether a row of each key is here (keys of the entity's own key columns).
-    pub(super) async fn present_keys(&self, tx: &mut Transaction<'_, MySql>, keys: &[Key]) -> Result<Vec<bool>, ApplyError> {
-        Ok(self.lookup(tx, keys, false).await?.into_iter().map(|found| found.is_some()).collect())
-    }
-
     /// The version as the per-record path reads it (NULL as empty), where it was asked for.
     fn version_read(&self, for_update: bool, version: Option<String>) -> Option<String> {
         (for_update && self.config.conflict.is_some()).then(|| version.unwrap_or_default())

@@ -85,6 +85,24 @@ pub struct RowStatements {
 }
 
 impl RowStatements {
+    /// Records as received, of `n` candidate rows, those the target does not hold yet (run
+    /// before the write that creates them): one statement instead of a read and an insert.
+    /// `pk` is the target's quoted one-column primary key. Binds, per row: entity, local key
+    /// (the id as text), origin, id.
+    pub fn mark_received_if_absent(&self, pk: &str, n: usize) -> String {
+        let mut rows = String::from("SELECT ? AS entity, ? AS local_key, ? AS origin, ? AS id");
+        for _ in 1..n {
+            rows.push_str(" UNION ALL SELECT ?, ?, ?, ?");
+        }
+        format!(
+            "INSERT INTO `{}`.`received_rows` (entity, local_key, origin)
+             SELECT v.entity, v.local_key, v.origin FROM ({rows}) AS v
+             WHERE NOT EXISTS (SELECT 1 FROM {} AS t WHERE t.{pk} = v.id)
+             ON DUPLICATE KEY UPDATE origin = VALUES(origin)",
+            self.db, self.from
+        )
+    }
+
     /// Local id the identity map holds for (entity, origin, origin_key): binds those three.
     pub fn mapped_id(&self) -> String {
         format!("SELECT local_key FROM `{}`.`identity_map` WHERE entity = ? AND origin = ? AND origin_key = ?", self.db)
