@@ -101,9 +101,30 @@ impl ApplyError {
         ApplyError::Database(e)
     }
 
-    fn is_definite(&self) -> bool {
-        matches!(self, ApplyError::Definite(_) | ApplyError::Schema(_))
+    /// What apply does about this error: its one policy, used wherever apply sorts errors.
+    pub(super) fn policy(&self) -> Policy {
+        match self {
+            ApplyError::Database(_) | ApplyError::Kafka(_) | ApplyError::Control(_) | ApplyError::Transport(_) => Policy::Retry,
+            ApplyError::Wait(_) | ApplyError::MissingColumn { .. } => Policy::Wait,
+            ApplyError::Definite(_) | ApplyError::Schema(_) => Policy::DeadLetter,
+            ApplyError::Config(_) | ApplyError::Stopped => Policy::Stop,
+        }
     }
+}
+
+/// What apply does about an error (see [`ApplyError::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Policy {
+    /// It may pass (a lost connection, a deadlock, Kafka): the same work again after a pause.
+    Retry,
+    /// Something has not arrived yet (a referenced row, a column of a schema change): the
+    /// transaction is parked, tried again, and a dead letter after `apply.ref_wait_seconds`.
+    Wait,
+    /// The change can never apply as it is (a value the column cannot hold, a table that does
+    /// not fit the configuration): a dead letter with the reason, and apply goes on.
+    DeadLetter,
+    /// Apply cannot go on (configuration, shutdown): it stops with the message.
+    Stop,
 }
 
 /// What apply needs from the process.
@@ -489,7 +510,8 @@ impl Applier {
                         self.reload_tables().await?;
                     }
                 }
-                Err(e) if e.is_definite() => break,
+                Err(e) if e.policy() == Policy::DeadLetter => break,
+                Err(e) if e.policy() == Policy::Stop => return Err(e),
                 Err(e) => {
                     self.ctx.metrics.error(&self.ctx.site, ErrorKind::Database);
                     tracing::warn!(site = %self.ctx.site, error = %e, "apply failed; retrying");
@@ -505,7 +527,8 @@ impl Applier {
             loop {
                 match self.try_apply(std::slice::from_ref(txn), None, true).await {
                     Ok(_) => break,
-                    Err(e) if e.is_definite() => {
+                    Err(e) if e.policy() == Policy::Stop => return Err(e),
+                    Err(e) if e.policy() == Policy::DeadLetter => {
                         let reason = e.to_string();
                         self.ctx.metrics.error(&self.ctx.site, ErrorKind::Apply);
                         tracing::warn!(site = %self.ctx.site, origin = %txn.origin, topic = %txn.topic, offset = txn.records[0].offset, reason = %reason, "transaction becomes a dead letter");
@@ -1070,4 +1093,22 @@ fn batch_offsets(batch: &[CompleteTxn]) -> Vec<control::Offset> {
         }
     }
     offsets
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_one_policy() {
+        assert_eq!(ApplyError::Database(sqlx::Error::PoolTimedOut).policy(), Policy::Retry);
+        assert_eq!(ApplyError::Wait("tag b-root".into()).policy(), Policy::Wait);
+        assert_eq!(ApplyError::MissingColumn { column: Some("x".into()), message: "no x".into() }.policy(), Policy::Wait);
+        assert_eq!(ApplyError::Definite("too long".into()).policy(), Policy::DeadLetter);
+        assert_eq!(ApplyError::Schema("no table".into()).policy(), Policy::DeadLetter);
+        assert_eq!(ApplyError::Config("bad".into()).policy(), Policy::Stop);
+        assert_eq!(ApplyError::Stopped.policy(), Policy::Stop);
+        // A driver error that is not the server's verdict on the data may pass.
+        assert_eq!(ApplyError::classify(sqlx::Error::PoolClosed).policy(), Policy::Retry);
+    }
 }

@@ -86,17 +86,22 @@ impl Applier {
                     self.count(counts);
                     tracing::info!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, "parked transaction applied");
                 }
-                Err(ApplyError::Wait(reason)) if p.age_seconds < limit => {
+                Err(e) if e.policy() == Policy::Wait && p.age_seconds < limit => {
+                    let reason = match &e {
+                        ApplyError::Wait(why) => why.clone(),
+                        other => other.to_string(),
+                    };
                     drop(tx);
                     if reason != p.reason {
                         tracing::debug!(site = %self.ctx.site, origin = %p.origin, offset = p.offset, was = %p.reason, now = %reason, "a parked transaction waits for something else now");
                     }
                     still.extend(keys);
                 }
-                Err(e @ (ApplyError::Wait(_) | ApplyError::Definite(_))) => {
+                Err(e) if matches!(e.policy(), Policy::Wait | Policy::DeadLetter) => {
                     drop(tx);
                     let reason = match e {
                         ApplyError::Wait(why) => format!("waited {} s for referenced rows: {why}", p.age_seconds),
+                        other if other.policy() == Policy::Wait => format!("waited {} s: {other}", p.age_seconds),
                         other => other.to_string(),
                     };
                     let mut tx = self.control.pool().begin().await.map_err(ApplyError::Database)?;
