@@ -82,16 +82,16 @@ impl Reader {
     /// The role of a table map whose event body is `body`: parsed only when the table id's
     /// previous map had other bytes (the role depends on nothing else that changes).
     pub(super) fn known_role(&mut self, body: &[u8], tme: &TableMapEvent<'_>) -> Result<TableRole, CaptureError> {
-        if let Some((known, role)) = self.known_maps.get(&tme.table_id()) {
+        if let Some((known, role)) = self.known.maps.get(&tme.table_id()) {
             if known.as_slice() == body {
                 return Ok(role.clone());
             }
         }
         let role = self.role_of(tme)?;
-        if self.known_maps.len() >= KNOWN_MAPS_LIMIT {
-            self.known_maps.clear();
+        if self.known.maps.len() >= KNOWN_MAPS_LIMIT {
+            self.known.maps.clear();
         }
-        self.known_maps.insert(tme.table_id(), (body.to_vec(), role.clone()));
+        self.known.maps.insert(tme.table_id(), (body.to_vec(), role.clone()));
         Ok(role)
     }
 
@@ -167,11 +167,11 @@ impl Reader {
                 } else if c.charset == decode::BINARY_CHARSET || c.charset == 0 {
                     Some(TextEncoding::Binary)
                 } else {
-                    Some(self.encodings.get(&c.charset).copied().unwrap_or(TextEncoding::Unsupported))
+                    Some(self.known.encodings.get(&c.charset).copied().unwrap_or(TextEncoding::Unsupported))
                 }
             })
             .collect();
-        if self.warned_tables.insert(info.table.clone()) {
+        if self.known.warned.insert(info.table.clone()) {
             tracing::info!(site = %self.ctx.site, entity = name, table = %info.table, columns = info.columns.len(), "capturing table");
         }
         let pk_column = match info.primary_key.as_slice() {

@@ -175,26 +175,18 @@ struct Reader {
     ctx: Arc<CaptureContext>,
     db: String,
     control_db: String,
-    encodings: HashMap<u16, TextEncoding>,
     /// Position at the last transaction boundary read.
-    gtid: GtidState,
-    file: String,
-    pos: u64,
-    tables: HashMap<u64, TableRole>,
-    /// The last table map read per table id, with its role: a table map repeats with every
-    /// transaction, and parsing it costs more than comparing its bytes.
-    known_maps: HashMap<u64, (Vec<u8>, TableRole)>,
+    at: BinlogPlace,
+    /// What the binlog's table maps and the server's collations said.
+    known: KnownTables,
     txn: Option<Txn>,
     last_source_ts_ms: i64,
-    warned_tables: HashSet<String>,
     refs: RefResolver,
     /// Connections for reference lookups and snapshots.
     pool: mysql_async::Pool,
     pool_opts: Opts,
-    /// Collation name -> id (snapshots describe tables from information_schema).
-    charset_names: HashMap<String, u16>,
-    snapshot: Option<snapshot::Snapshot>,
-    queued_snapshots: VecDeque<(u64, String)>,
+    /// The snapshot running, those asked for after it, and their control table.
+    snapshots: Snapshots,
     last_heartbeat: Option<std::time::Instant>,
     /// What every record of this site shares.
     site_parts: SiteParts,
@@ -204,8 +196,38 @@ struct Reader {
     stamps: stamps::Stamps,
     /// Entities stopped alone, and the catch-up of resumed ones.
     isolation: isolation::Isolation,
+}
+
+/// Snapshots: one runs at a time.
+struct Snapshots {
+    running: Option<snapshot::Snapshot>,
+    /// Asked for while one ran: (request id, entities).
+    queued: VecDeque<(u64, String)>,
     /// Snapshot requests and watermarks.
     requests: control::SnapshotRequests,
+}
+
+/// A transaction boundary of the binlog: GTID state, and file and position after it.
+struct BinlogPlace {
+    gtid: GtidState,
+    file: String,
+    pos: u64,
+}
+
+/// Tables as the binlog and the server describe them.
+#[derive(Default)]
+struct KnownTables {
+    /// Role of each table id of the current binlog.
+    tables: HashMap<u64, TableRole>,
+    /// The last table map read per table id, with its role: a table map repeats with every
+    /// transaction, and parsing it costs more than comparing its bytes.
+    maps: HashMap<u64, (Vec<u8>, TableRole)>,
+    /// Tables already announced in the log.
+    warned: HashSet<String>,
+    /// Collation id -> text encoding.
+    encodings: HashMap<u16, TextEncoding>,
+    /// Collation name -> id (snapshots describe tables from information_schema).
+    charset_names: HashMap<String, u16>,
 }
 
 /// Why [`Reader::stream`] returned without an error.
@@ -252,27 +274,19 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     let mut reader = Reader {
         db: ctx.config.database_of(&ctx.site).to_string(),
         control_db: ctx.config.federation.control_database.clone(),
-        encodings: HashMap::new(),
-        gtid: GtidState::empty_mariadb(),
-        file: String::new(),
-        pos: 4,
-        tables: HashMap::new(),
-        known_maps: HashMap::new(),
+        at: BinlogPlace { gtid: GtidState::empty_mariadb(), file: String::new(), pos: 4 },
+        known: KnownTables::default(),
         txn: None,
         last_source_ts_ms: 0,
-        warned_tables: HashSet::new(),
         refs: RefResolver::new(mysql_async::Pool::new(opts.clone()), ctx.config.database_of(&ctx.site).to_string(), ctx.config.clone()),
         pool: mysql_async::Pool::new(opts.clone()),
         pool_opts: opts.clone(),
-        charset_names: HashMap::new(),
-        snapshot: None,
-        queued_snapshots: VecDeque::new(),
+        snapshots: Snapshots { running: None, queued: VecDeque::new(), requests: ctl.snapshots() },
         last_heartbeat: None,
         site_parts: SiteParts::new(&ctx.config.federation.name, &ctx.site),
         spare: Encoded::default(),
         stamps: stamps::Stamps::new(ctl.clone(), ctx.site.clone()),
         isolation: isolation::Isolation::new(&ctl, &ctx.site, ctx.metrics.clone(), ctx.health.clone()),
-        requests: ctl.snapshots(),
         ctx: ctx.clone(),
     };
     let mut first = true;
@@ -360,40 +374,40 @@ impl Reader {
         if !unsupported.is_empty() {
             tracing::warn!(site = %self.ctx.site, charsets = ?unsupported, "character sets in use that sitesync cannot carry exactly: a value in one stops its entity (`sitesync check` names the columns)");
         }
-        self.encodings =
+        self.known.encodings =
             collations.iter().map(|(id, cs, _)| (*id, learnt.get(cs).copied().unwrap_or_else(|| TextEncoding::of_charset(cs)))).collect();
-        self.charset_names = collations.into_iter().map(|(id, _, name)| (name, id)).collect();
+        self.known.charset_names = collations.into_iter().map(|(id, _, name)| (name, id)).collect();
 
         if first {
             match ctl.load_checkpoint(&self.ctx.site).await? {
                 Some(stored) => {
-                    self.gtid = GtidState::parse(&stored.gtid, !settings.mariadb)
+                    self.at.gtid = GtidState::parse(&stored.gtid, !settings.mariadb)
                         .map_err(|e| CaptureError::Config(format!("stored capture checkpoint: {e}")))?;
-                    self.file = stored.file;
-                    self.pos = stored.pos;
-                    tracing::info!(site = %self.ctx.site, gtid = %self.gtid, "resuming capture from the checkpoint");
+                    self.at.file = stored.file;
+                    self.at.pos = stored.pos;
+                    tracing::info!(site = %self.ctx.site, gtid = %self.at.gtid, "resuming capture from the checkpoint");
                 }
                 None => {
-                    self.gtid = GtidState::parse(&settings.gtid_position, !settings.mariadb)
+                    self.at.gtid = GtidState::parse(&settings.gtid_position, !settings.mariadb)
                         .map_err(|e| CaptureError::Config(format!("server GTID position: {e}")))?;
                     ctl.save_checkpoint(
                         &self.ctx.site,
-                        &Checkpoint { gtid: self.gtid.to_string(), file: String::new(), pos: 4, source_ts_ms: 0 },
+                        &Checkpoint { gtid: self.at.gtid.to_string(), file: String::new(), pos: 4, source_ts_ms: 0 },
                     )
                     .await?;
-                    tracing::info!(site = %self.ctx.site, gtid = %self.gtid, "no checkpoint: capture starts at the server's current position");
+                    tracing::info!(site = %self.ctx.site, gtid = %self.at.gtid, "no checkpoint: capture starts at the server's current position");
                 }
             }
         }
-        self.tables.clear();
-        self.known_maps.clear();
+        self.known.tables.clear();
+        self.known.maps.clear();
         self.txn = None;
-        if let Some(start) = self.isolation.load(&self.gtid, !settings.mariadb).await? {
-            self.gtid = start;
+        if let Some(start) = self.isolation.load(&self.at.gtid, !settings.mariadb).await? {
+            self.at.gtid = start;
         }
         if first {
             // A snapshot that was running, or asked for, when capture stopped starts (again).
-            let running = self.requests.open().await?;
+            let running = self.snapshots.requests.open().await?;
             for (id, entities) in running {
                 tracing::info!(site = %self.ctx.site, request = id, "restarting the snapshot that was running");
                 self.start_snapshot(id, &entities).await?;
@@ -403,7 +417,7 @@ impl Reader {
         let server_id = self.ctx.config.site(&self.ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.server_id;
         conn.query_drop("SET @master_heartbeat_period = 1000000000").await.map_err(|e| self.source_err(e))?;
         let request = BinlogStreamRequest::new(server_id);
-        let gtid_text = self.gtid.to_string();
+        let gtid_text = self.at.gtid.to_string();
         let sids: Vec<mysql_async::Sid<'static>>;
         let request = if settings.mariadb {
             conn.query_drop("SET @mariadb_slave_capability = 4").await.map_err(|e| self.source_err(e))?;
@@ -435,7 +449,7 @@ impl Reader {
                 None => return Err(self.source_err(mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed))),
             };
             self.on_event(&stream, event, publisher).await?;
-            if self.isolation.rewind && self.txn.is_none() && self.snapshot.is_none() {
+            if self.isolation.rewind && self.txn.is_none() && self.snapshots.running.is_none() {
                 return Ok(Ended::Rewind);
             }
         }
@@ -479,7 +493,7 @@ impl Reader {
         match kind {
             events::MARIADB_GTID => {
                 let (gtid, flags) = Gtid::from_mariadb_event(event.data(), header.server_id()).ok_or_else(|| CaptureError::Binlog {
-                    file: self.file.clone(),
+                    file: self.at.file.clone(),
                     pos: end_pos,
                     reason: "truncated GTID event".into(),
                 })?;
@@ -492,12 +506,12 @@ impl Reader {
             }
             events::TABLE_MAP => {
                 let tme: TableMapEvent<'_> = event.read_event().map_err(|e| CaptureError::Binlog {
-                    file: self.file.clone(),
+                    file: self.at.file.clone(),
                     pos: end_pos,
                     reason: format!("unreadable table map: {e}"),
                 })?;
                 let role = self.known_role(event.data(), &tme)?;
-                self.tables.insert(tme.table_id(), role);
+                self.known.tables.insert(tme.table_id(), role);
             }
             events::WRITE_ROWS_V1
             | events::UPDATE_ROWS_V1
@@ -507,14 +521,14 @@ impl Reader {
             | events::DELETE_ROWS => self.on_rows(stream, &event, publisher).await?,
             events::MARIADB_COMPRESSED_FIRST..=events::MARIADB_COMPRESSED_LAST => {
                 return Err(CaptureError::Binlog {
-                    file: self.file.clone(),
+                    file: self.at.file.clone(),
                     pos: end_pos,
                     reason: "compressed binlog event: sitesync cannot decode it; set log_bin_compress=OFF on the server".into(),
                 })
             }
             events::PARTIAL_UPDATE_ROWS => {
                 return Err(CaptureError::Binlog {
-                    file: self.file.clone(),
+                    file: self.at.file.clone(),
                     pos: end_pos,
                     reason: "partial JSON row update: set binlog_row_value_options='' on the server".into(),
                 })
@@ -530,7 +544,7 @@ impl Reader {
                     // A session wrote with binlog_format=STATEMENT (it can be switched per
                     // session): the rows it changed are not in the binlog, so refuse loudly.
                     return Err(CaptureError::Binlog {
-                        file: self.file.clone(),
+                        file: self.at.file.clone(),
                         pos: end_pos,
                         reason: format!(
                             "a change to database `{}` was logged as a statement, not as rows: a session uses binlog_format={}; set binlog_format=ROW globally and for every session (the changed rows cannot be captured; re-seed with `sitesync snapshot`)",
@@ -544,7 +558,7 @@ impl Reader {
                     Statement::End => self.commit(publisher, end_pos, header.timestamp()).await?,
                     Statement::Ddl => {
                         // DDL: table ids are re-assigned after it; drop what we knew.
-                        self.tables.clear();
+                        self.known.tables.clear();
                         // A DDL commits on its own (MariaDB flags its GTID standalone; MySQL sends
                         // no XID after it): it never shares a transaction with row changes.
                         if self.txn.as_ref().is_none_or(|t| t.standalone || (t.records == 0 && t.pending.is_none())) {
@@ -563,8 +577,8 @@ impl Reader {
             }
             events::ROTATE => {
                 if let Ok(Some(EventData::RotateEvent(r))) = event.read_data() {
-                    self.file = binlog_file_name(&r.name());
-                    self.pos = r.position();
+                    self.at.file = binlog_file_name(&r.name());
+                    self.at.pos = r.position();
                 }
             }
             events::HEARTBEAT if self.txn.is_none() => {
@@ -583,7 +597,7 @@ impl Reader {
             return;
         }
         self.last_heartbeat = Some(std::time::Instant::now());
-        let beat = serde_json::json!({"site": self.ctx.site, "ts_ms": ts_ms, "gtid": self.gtid.to_string()});
+        let beat = serde_json::json!({"site": self.ctx.site, "ts_ms": ts_ms, "gtid": self.at.gtid.to_string()});
         publisher.heartbeat(&self.ctx.config.heartbeat_topic_of(&self.ctx.site), beat.to_string().as_bytes());
     }
 
@@ -592,8 +606,8 @@ impl Reader {
             // Published rows of a transaction that never committed (XA PREPARE, say): refuse
             // rather than drop them or mark them complete.
             return Err(CaptureError::Binlog {
-                file: self.file.clone(),
-                pos: self.pos,
+                file: self.at.file.clone(),
+                pos: self.at.pos,
                 reason: format!(
                     "transaction {} ended without a commit event before {gtid} began (XA transactions are not supported)",
                     open.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default()
@@ -603,7 +617,7 @@ impl Reader {
         if let Some(ended) = self.txn.take().and_then(|t| t.gtid) {
             // The previous transaction published nothing and ended with a statement that is no
             // commit (MySQL logs FLUSH or GRANT without one): the new GTID proves it over.
-            self.gtid.advance(&ended);
+            self.at.gtid.advance(&ended);
         }
         let replay_id = self.isolation.begins(&gtid).then(|| format!("{}{gtid}", isolation::CATCH_UP_TRANSACTION_PREFIX));
         self.txn = Some(Txn { gtid_text: Some(gtid.to_string()), gtid: Some(gtid), server_id, standalone, replay_id, ..Txn::default() });
@@ -625,7 +639,7 @@ impl Reader {
 
     async fn commit(&mut self, publisher: &mut Publisher, end_pos: u64, ts: u32) -> Result<(), CaptureError> {
         let Some(mut txn) = self.txn.take() else {
-            self.pos = end_pos;
+            self.at.pos = end_pos;
             return Ok(());
         };
         let published = txn.records > 0 && !txn.echo;
@@ -634,9 +648,9 @@ impl Reader {
             self.publish(publisher, last).await?;
         }
         if let Some(g) = &txn.gtid {
-            self.gtid.advance(g);
+            self.at.gtid.advance(g);
         }
-        self.pos = end_pos;
+        self.at.pos = end_pos;
         let ts_ms = ts as i64 * 1000;
         self.last_source_ts_ms = ts_ms;
         if !published && txn.replay_id.is_none() {
@@ -661,9 +675,12 @@ impl Reader {
             self.ctx.metrics.capture_delay.with_label_values(&[&self.ctx.site]).observe(delay.max(0.0));
         }
         publisher
-            .boundary(Checkpoint { gtid: self.gtid.to_string(), file: self.file.clone(), pos: self.pos, source_ts_ms: ts_ms }, published)
+            .boundary(
+                Checkpoint { gtid: self.at.gtid.to_string(), file: self.at.file.clone(), pos: self.at.pos, source_ts_ms: ts_ms },
+                published,
+            )
             .await?;
-        self.isolation.committed(&self.gtid).await?;
+        self.isolation.committed(&self.at.gtid).await?;
         Ok(())
     }
 }

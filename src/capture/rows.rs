@@ -40,7 +40,7 @@ impl Reader {
         };
         let table_id = data.table_id();
         let replay = self.txn.as_ref().is_some_and(|t| t.replay_id.is_some());
-        let Some(role) = self.tables.get(&table_id).cloned() else {
+        let Some(role) = self.known.tables.get(&table_id).cloned() else {
             return Err(self.binlog_err(at.pos, format!("rows event for table id {table_id} without its table map")));
         };
         match role {
@@ -51,8 +51,8 @@ impl Reader {
             }
             TableRole::Unusable { entity, table, reason } => {
                 if !self.isolation.skips(&entity, replay) && !self.txn.as_ref().is_some_and(|t| t.echo) {
-                    let place = format!("{}:{}", self.file, at.pos);
-                    self.isolation.stop(&entity, &table, &self.gtid, &place, &reason).await?;
+                    let place = format!("{}:{}", self.at.file, at.pos);
+                    self.isolation.stop(&entity, &table, &self.at.gtid, &place, &reason).await?;
                 }
                 Ok(())
             }
@@ -78,7 +78,7 @@ impl Reader {
     }
 
     fn binlog_err(&self, pos: u64, reason: String) -> CaptureError {
-        CaptureError::Binlog { file: self.file.clone(), pos, reason }
+        CaptureError::Binlog { file: self.at.file.clone(), pos, reason }
     }
 
     /// The echo marker: this transaction was written by this site's applier.
@@ -161,8 +161,8 @@ impl Reader {
             Ok(images) => images,
             Err(reason) => {
                 // This table's rows cannot become records: its entity stops, the others go on.
-                let place = format!("{}:{}", self.file, at.pos);
-                return self.isolation.stop(&entity.name, &entity.info.table, &self.gtid, &place, &reason).await;
+                let place = format!("{}:{}", self.at.file, at.pos);
+                return self.isolation.stop(&entity.name, &entity.info.table, &self.at.gtid, &place, &reason).await;
             }
         };
         let op = match data {
@@ -176,14 +176,14 @@ impl Reader {
     /// Rows the applier wrote: not published, but a snapshot chunk must still drop its older
     /// copy of them.
     fn on_echo_rows(&mut self, entity: &EntityTable, data: &RowsEventData<'_>, pos: u64) -> Result<(), CaptureError> {
-        if !self.snapshot.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
+        if !self.snapshots.running.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
             return Ok(());
         }
         for row in decode::rows(data, &entity.info) {
             let (before, after) = row.map_err(|e| self.binlog_err(pos, e.to_string()))?;
             let before = before.map(|r| self.image(entity, &r, pos)).transpose()?;
             let after = after.map(|r| self.image(entity, &r, pos)).transpose()?;
-            if let Some(snapshot) = self.snapshot.as_mut() {
+            if let Some(snapshot) = self.snapshots.running.as_mut() {
                 snapshot.superseded(entity, before.as_ref(), after.as_ref());
             }
         }
@@ -233,7 +233,7 @@ impl Reader {
         // row (a new row needs none).
         self.stamps.preload(entity, images.iter().filter_map(|(before, _)| before.as_ref())).await?;
         for (row_index, (before, after)) in images.into_iter().enumerate() {
-            if let Some(snapshot) = self.snapshot.as_mut() {
+            if let Some(snapshot) = self.snapshots.running.as_mut() {
                 snapshot.superseded(entity, before.as_ref(), after.as_ref());
             }
             let Some(change) = self.prepare(entity, op, before, after).await? else { continue };
@@ -249,7 +249,7 @@ impl Reader {
                 server_id,
                 gtid: txn.gtid_text.as_deref(),
                 txn_id: txn.replay_id.as_deref().or(txn.gtid_text.as_deref()).unwrap_or_default(),
-                file: &self.file,
+                file: &self.at.file,
                 pos: at.pos,
                 row: row_index as u32,
                 ts_ms: at.ts_ms,
@@ -329,9 +329,9 @@ impl Reader {
         let mut out = Map::new();
         for (i, col) in info.columns.iter().enumerate() {
             let Some(value) = row.as_ref(i) else { continue };
-            let encoding = self.encodings.get(&col.charset).copied().unwrap_or(TextEncoding::Binary);
+            let encoding = self.known.encodings.get(&col.charset).copied().unwrap_or(TextEncoding::Binary);
             let v = encode_value(col, encoding, value).map_err(|e| CaptureError::Binlog {
-                file: self.file.clone(),
+                file: self.at.file.clone(),
                 pos,
                 reason: format!("control table {}: {e}", info.table),
             })?;
@@ -346,7 +346,7 @@ impl Reader {
         for (i, col) in entity.info.columns.iter().enumerate() {
             let value = match (entity.encodings[i], row.as_ref(i)) {
                 (Some(encoding), Some(value)) => Some(encode_value(col, encoding, value).map_err(|e| CaptureError::Binlog {
-                    file: self.file.clone(),
+                    file: self.at.file.clone(),
                     pos,
                     reason: format!("table {}: {e}", entity.info.table),
                 })?),

@@ -117,17 +117,17 @@ impl Reader {
 
     /// Starts the snapshot `id` of `entities` (all configured ones when empty).
     pub(super) async fn start_snapshot(&mut self, id: u64, entities: &str) -> Result<(), CaptureError> {
-        if self.snapshot.as_ref().is_some_and(|s| s.request_id == id) {
+        if self.snapshots.running.as_ref().is_some_and(|s| s.request_id == id) {
             return Ok(());
         }
-        if self.snapshot.is_some() {
+        if self.snapshots.running.is_some() {
             // One at a time: this one starts when the current one ends.
-            self.queued_snapshots.push_back((id, entities.to_string()));
+            self.snapshots.queued.push_back((id, entities.to_string()));
             return Ok(());
         }
         // The request's insert is read again when capture resumes from an earlier checkpoint:
         // a snapshot that is done (or failed) is not run twice.
-        let status = self.requests.get(id).await?.map(|r| r.status);
+        let status = self.snapshots.requests.get(id).await?.map(|r| r.status);
         if !matches!(status.as_deref(), Some("requested" | "running")) {
             return Ok(());
         }
@@ -155,8 +155,8 @@ impl Reader {
             total += count.unwrap_or(0);
         }
         drop(conn_count);
-        self.requests.start(id, total).await?;
-        self.snapshot = Some(Snapshot {
+        self.snapshots.requests.start(id, total).await?;
+        self.snapshots.running = Some(Snapshot {
             request_id: id,
             run,
             conn,
@@ -174,7 +174,7 @@ impl Reader {
     }
 
     async fn finish_request(&mut self, id: u64, status: &str, message: &str) -> Result<(), CaptureError> {
-        self.requests.finish(id, status, message).await?;
+        self.snapshots.requests.finish(id, status, message).await?;
         tracing::info!(site = %self.ctx.site, request = id, status, message, "snapshot ends");
         Ok(())
     }
@@ -182,30 +182,30 @@ impl Reader {
     /// Reads the next chunk between two watermarks (or ends the snapshot).
     async fn next_chunk(&mut self) -> Result<(), CaptureError> {
         {
-            let Some(snap) = self.snapshot.as_mut() else { return Ok(()) };
+            let Some(snap) = self.snapshots.running.as_mut() else { return Ok(()) };
             if snap.entity.is_none() {
                 let Some(name) = snap.remaining.pop_front() else {
                     let (id, done) = (snap.request_id, snap.rows_done);
-                    self.snapshot = None;
+                    self.snapshots.running = None;
                     self.finish_request(id, "done", &format!("{done} rows published")).await?;
-                    if let Some((next, entities)) = self.queued_snapshots.pop_front() {
+                    if let Some((next, entities)) = self.snapshots.queued.pop_front() {
                         return Box::pin(self.start_snapshot(next, &entities)).await;
                     }
                     return Ok(());
                 };
                 let config = self.ctx.config.clone();
                 let cfg = &config.entities[&name];
-                let info = table_info(&mut snap.conn, &self.db, &cfg.table, &self.charset_names)
+                let info = table_info(&mut snap.conn, &self.db, &cfg.table, &self.known.charset_names)
                     .await
                     .map_err(|e| CaptureError::Source { site: self.ctx.site.clone(), source: e })?;
                 let Some(info) = info else {
                     let id = snap.request_id;
-                    self.snapshot = None;
+                    self.snapshots.running = None;
                     return self.finish_request(id, "failed", &format!("table {}.{} does not exist", self.db, cfg.table)).await;
                 };
                 if info.primary_key.is_empty() {
                     let id = snap.request_id;
-                    self.snapshot = None;
+                    self.snapshots.running = None;
                     return self
                         .finish_request(id, "failed", &format!("table {}.{} has no primary key to read it in chunks", self.db, cfg.table))
                         .await;
@@ -215,22 +215,22 @@ impl Reader {
                 let entity = match self.bind_entity(&name, cfg, info) {
                     Ok(entity) => Arc::new(entity),
                     Err(e) => {
-                        self.snapshot = None;
+                        self.snapshots.running = None;
                         return self.finish_request(id, "failed", &format!("entity {name}: {e}")).await;
                     }
                 };
-                let snap = self.snapshot.as_mut().expect("snapshot running");
+                let snap = self.snapshots.running.as_mut().expect("snapshot running");
                 snap.pk_columns = pk_columns;
                 snap.entity = Some(entity);
                 snap.last_key = None;
             }
         }
         let chunk_rows = self.ctx.config.capture.snapshot_chunk_rows.max(1);
-        let snap = self.snapshot.as_mut().expect("snapshot running");
+        let snap = self.snapshots.running.as_mut().expect("snapshot running");
         snap.chunk += 1;
         snap.window_open = false;
         let entity = snap.entity.clone().expect("entity chosen");
-        let mark = |kind| self.requests.watermark_sql(snap.request_id, snap.run, snap.chunk, kind);
+        let mark = |kind| self.snapshots.requests.watermark_sql(snap.request_id, snap.run, snap.chunk, kind);
         let (low, high) = (mark(Watermark::Low), mark(Watermark::High));
         let columns: Vec<String> = entity.info.columns.iter().map(|c| quote(&c.name)).collect();
         let pk: Vec<String> = snap.pk_columns.iter().map(|c| quote(c)).collect();
@@ -242,7 +242,7 @@ impl Reader {
         // publish: a snapshot publishes what this site owns (its application's rows and its
         // history), so no row is re-attributed and the traffic does not grow with the sites.
         if let [only] = pk.as_slice() {
-            conditions.push(self.requests.not_received_sql(&entity.name, &format!("CAST(t.{only} AS CHAR)")));
+            conditions.push(self.snapshots.requests.not_received_sql(&entity.name, &format!("CAST(t.{only} AS CHAR)")));
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let select = format!(
@@ -291,7 +291,7 @@ impl Reader {
         if let Some(e) = undecodable {
             // One table's value stops this snapshot, not capture: the request says why.
             let id = snap.request_id;
-            self.snapshot = None;
+            self.snapshots.running = None;
             let message = format!("entity {}: table {}: {e}", entity.name, entity.info.table);
             tracing::error!(site = %self.ctx.site, request = id, reason = %message, "snapshot failed; capture goes on");
             return self.finish_request(id, "failed", &message).await;
@@ -306,7 +306,7 @@ impl Reader {
     /// A watermark row seen in the binlog.
     pub(super) async fn on_watermark(&mut self, image: &Map<String, Value>, publisher: &mut Publisher) -> Result<(), CaptureError> {
         let mark = WatermarkRow::of_image(image);
-        let Some(snap) = self.snapshot.as_mut() else { return Ok(()) };
+        let Some(snap) = self.snapshots.running.as_mut() else { return Ok(()) };
         if snap.request_id != mark.request_id || snap.run != mark.run || snap.chunk != mark.chunk {
             return Ok(());
         }
@@ -339,8 +339,8 @@ impl Reader {
                 server_id: 0,
                 gtid: None,
                 txn_id: &txn_id,
-                file: &self.file,
-                pos: self.pos,
+                file: &self.at.file,
+                pos: self.at.pos,
                 row: i as u32,
                 ts_ms: now_ms,
                 now_ms,
@@ -358,13 +358,13 @@ impl Reader {
         for record in records {
             self.publish(publisher, record).await?;
         }
-        let snap = self.snapshot.as_mut().expect("snapshot running");
+        let snap = self.snapshots.running.as_mut().expect("snapshot running");
         snap.rows_done += n as u64;
         let done = snap.rows_done;
         if exhausted {
             snap.entity = None;
         }
-        self.requests.progress(request_id, done as i64).await?;
+        self.snapshots.requests.progress(request_id, done as i64).await?;
         self.next_chunk().await
     }
 }
