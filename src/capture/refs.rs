@@ -86,6 +86,8 @@ pub struct RefResolver {
     cache: HashMap<String, KeyCache>,
     /// (entity, key column) -> how to read it.
     key_expressions: HashMap<(String, String), KeyExpression>,
+    /// Referenced tables as the server describes them, read once each.
+    schemas: HashMap<String, Arc<TableSchema>>,
 }
 
 /// A key column read from the origin's table in the record's encoding: the SQL expression and
@@ -137,7 +139,15 @@ impl KeyExpression {
 impl RefResolver {
     /// A resolver reading `db` through `pool`.
     pub fn new(pool: mysql_async::Pool, db: String, config: Arc<Config>) -> Self {
-        Self { pool, db, config, primary_keys: HashMap::new(), cache: HashMap::new(), key_expressions: HashMap::new() }
+        Self {
+            pool,
+            db,
+            config,
+            primary_keys: HashMap::new(),
+            cache: HashMap::new(),
+            key_expressions: HashMap::new(),
+            schemas: HashMap::new(),
+        }
     }
 
     /// Whether references to `entity` need a natural key (ids differ per site).
@@ -240,12 +250,18 @@ impl RefResolver {
 
     /// The referenced table as the server describes it (read when a key expression or the
     /// primary key is first needed; both are kept).
-    async fn schema(&mut self, entity: &str, table: &str) -> Result<TableSchema, CaptureError> {
+    async fn schema(&mut self, entity: &str, table: &str) -> Result<Arc<TableSchema>, CaptureError> {
+        if let Some(s) = self.schemas.get(table) {
+            return Ok(s.clone());
+        }
         let mut conn = self.pool.get_conn().await.map_err(|e| self.err(e))?;
-        schema::load_mysql(&mut conn, &self.db, table)
+        let described = schema::load_mysql(&mut conn, &self.db, table)
             .await
             .map_err(|e| self.err(e))?
-            .ok_or_else(|| CaptureError::Config(format!("entities.{entity}: table {}.{table} does not exist", self.db)))
+            .ok_or_else(|| CaptureError::Config(format!("entities.{entity}: table {}.{table} does not exist", self.db)))?;
+        let described = Arc::new(described);
+        self.schemas.insert(table.to_string(), described.clone());
+        Ok(described)
     }
 
     fn err(&self, source: mysql_async::Error) -> CaptureError {

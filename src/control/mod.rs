@@ -221,18 +221,18 @@ impl Control {
         &self.db
     }
 
-    fn err(&self, what: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError + '_ {
+    pub(super) fn err(&self, what: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError + '_ {
         move |source| ControlError::Sql { db: self.db.clone(), what, source }
     }
 
     /// Snapshot requests and watermarks.
     pub fn snapshots(&self) -> SnapshotRequests {
-        SnapshotRequests::new(self.pool.clone(), self.db.clone())
+        SnapshotRequests::new(self.clone())
     }
 
     /// The entities whose capture stopped alone.
     pub fn stopped(&self) -> StoppedEntities {
-        StoppedEntities::new(self.pool.clone(), self.db.clone())
+        StoppedEntities::new(self.clone())
     }
 
     /// The statements that create every control table; idempotent.

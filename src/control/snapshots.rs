@@ -5,9 +5,9 @@
 //! gives it their statement.
 
 use serde_json::{Map, Value};
-use sqlx::{MySqlPool, Row};
+use sqlx::Row;
 
-use super::ControlError;
+use super::{Control, ControlError};
 
 /// The tables' definitions, for [`super::Control::ddl`].
 pub(super) fn ddl(db: &str) -> [String; 2] {
@@ -52,17 +52,12 @@ pub struct SnapshotRequest {
 /// The snapshot tables of one control database.
 #[derive(Clone)]
 pub struct SnapshotRequests {
-    pool: MySqlPool,
-    db: String,
+    ctl: Control,
 }
 
 impl SnapshotRequests {
-    pub(super) fn new(pool: MySqlPool, db: String) -> Self {
-        Self { pool, db }
-    }
-
-    fn err(&self, what: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError + '_ {
-        move |source| ControlError::Sql { db: self.db.clone(), what, source }
+    pub(super) fn new(ctl: Control) -> Self {
+        Self { ctl }
     }
 
     async fn exec(
@@ -70,48 +65,53 @@ impl SnapshotRequests {
         what: &'static str,
         q: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>,
     ) -> Result<u64, ControlError> {
-        Ok(q.execute(&self.pool).await.map_err(self.err(what))?.last_insert_id())
+        Ok(q.execute(self.ctl.pool()).await.map_err(self.ctl.err(what))?.last_insert_id())
     }
 
     /// Asks for a snapshot of `entities` (comma-separated; empty: all); its id.
     pub async fn request(&self, entities: &str) -> Result<u64, ControlError> {
-        let sql = format!("INSERT INTO `{}`.`snapshot_requests` (entities) VALUES (?)", self.db);
+        let sql = format!("INSERT INTO `{}`.`snapshot_requests` (entities) VALUES (?)", self.ctl.database());
         self.exec("asking for a snapshot (did `sitesync init` run?)", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(entities)).await
     }
 
     /// The request `id`, if it exists.
     pub async fn get(&self, id: u64) -> Result<Option<SnapshotRequest>, ControlError> {
-        let sql = format!("SELECT status, rows_done, rows_total, message FROM `{}`.`snapshot_requests` WHERE id = ?", self.db);
+        let sql = format!("SELECT status, rows_done, rows_total, message FROM `{}`.`snapshot_requests` WHERE id = ?", self.ctl.database());
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.ctl.pool())
             .await
-            .map_err(self.err("reading a snapshot request"))?;
+            .map_err(self.ctl.err("reading a snapshot request"))?;
         Ok(row.map(|r| SnapshotRequest { status: r.get(0), rows_done: r.get(1), rows_total: r.get(2), message: r.get(3) }))
     }
 
     /// Requests asked for or running (a restarted capture starts them again): (id, entities).
     pub async fn open(&self) -> Result<Vec<(u64, String)>, ControlError> {
-        let sql =
-            format!("SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id", self.db);
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.map_err(self.err("reading snapshot requests"))
+        let sql = format!(
+            "SELECT id, entities FROM `{}`.`snapshot_requests` WHERE status IN ('running', 'requested') ORDER BY id",
+            self.ctl.database()
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(self.ctl.pool()).await.map_err(self.ctl.err("reading snapshot requests"))
     }
 
     /// The request starts: `total` rows to publish.
     pub async fn start(&self, id: u64, total: i64) -> Result<(), ControlError> {
-        let sql = format!("UPDATE `{}`.`snapshot_requests` SET status = 'running', rows_total = ?, rows_done = 0 WHERE id = ?", self.db);
+        let sql = format!(
+            "UPDATE `{}`.`snapshot_requests` SET status = 'running', rows_total = ?, rows_done = 0 WHERE id = ?",
+            self.ctl.database()
+        );
         self.exec("starting a snapshot", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(total).bind(id)).await.map(drop)
     }
 
     /// `done` rows published so far.
     pub async fn progress(&self, id: u64, done: i64) -> Result<(), ControlError> {
-        let sql = format!("UPDATE `{}`.`snapshot_requests` SET rows_done = ? WHERE id = ?", self.db);
+        let sql = format!("UPDATE `{}`.`snapshot_requests` SET rows_done = ? WHERE id = ?", self.ctl.database());
         self.exec("recording snapshot progress", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(done).bind(id)).await.map(drop)
     }
 
     /// The request ends with `status` (`done` or `failed`) and why.
     pub async fn finish(&self, id: u64, status: &str, message: &str) -> Result<(), ControlError> {
-        let sql = format!("UPDATE `{}`.`snapshot_requests` SET status = ?, message = ? WHERE id = ?", self.db);
+        let sql = format!("UPDATE `{}`.`snapshot_requests` SET status = ?, message = ? WHERE id = ?", self.ctl.database());
         self.exec("ending a snapshot", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(status).bind(message).bind(id)).await.map(drop)
     }
 
@@ -120,7 +120,7 @@ impl SnapshotRequests {
     pub fn watermark_sql(&self, request: u64, run: u64, chunk: u64, kind: Watermark) -> String {
         format!(
             "INSERT INTO `{}`.`snapshot_watermarks` (request_id, run, chunk, kind) VALUES ({request}, {run}, {chunk}, '{}')",
-            self.db,
+            self.ctl.database(),
             kind.as_str()
         )
     }
@@ -130,7 +130,7 @@ impl SnapshotRequests {
     pub fn not_received_sql(&self, entity: &str, local_key: &str) -> String {
         format!(
             "NOT EXISTS (SELECT 1 FROM `{}`.`received_rows` r WHERE r.entity = '{}' AND r.local_key = {local_key})",
-            self.db,
+            self.ctl.database(),
             entity.replace('\\', "\\\\").replace('\'', "''")
         )
     }

@@ -5,9 +5,9 @@
 //! `catch_up_until` (how far it had read for the others), and deletes the row once past it.
 
 use serde_json::{Map, Value};
-use sqlx::{MySqlPool, Row};
+use sqlx::Row;
 
-use super::ControlError;
+use super::{Control, ControlError};
 
 /// The table's definition, for [`super::Control::ddl`].
 pub(super) fn ddl(db: &str) -> String {
@@ -45,17 +45,12 @@ pub struct StoppedEntity {
 /// The `stopped_entities` table of one control database.
 #[derive(Clone)]
 pub struct StoppedEntities {
-    pool: MySqlPool,
-    db: String,
+    ctl: Control,
 }
 
 impl StoppedEntities {
-    pub(super) fn new(pool: MySqlPool, db: String) -> Self {
-        Self { pool, db }
-    }
-
-    fn err(&self, what: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError + '_ {
-        move |source| ControlError::Sql { db: self.db.clone(), what, source }
+    pub(super) fn new(ctl: Control) -> Self {
+        Self { ctl }
     }
 
     /// Records that `entity` stopped at `gtid_state`. Stopping again (while catching up) keeps
@@ -64,14 +59,14 @@ impl StoppedEntities {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO `{}`.`stopped_entities` (entity, gtid_state, reason) VALUES (?, ?, ?)
              ON DUPLICATE KEY UPDATE reason = VALUES(reason), resume = 0, catch_up_until = NULL, stopped_at = CURRENT_TIMESTAMP(6)",
-            self.db
+            self.ctl.database()
         )))
         .bind(entity)
         .bind(gtid_state)
         .bind(reason)
-        .execute(&self.pool)
+        .execute(self.ctl.pool())
         .await
-        .map_err(self.err("recording a stopped entity"))?;
+        .map_err(self.ctl.err("recording a stopped entity"))?;
         Ok(())
     }
 
@@ -80,11 +75,11 @@ impl StoppedEntities {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT entity, gtid_state, reason, DATE_FORMAT(stopped_at, '%Y-%m-%d %H:%i:%s'), resume, catch_up_until
              FROM `{}`.`stopped_entities` ORDER BY id",
-            self.db
+            self.ctl.database()
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(self.ctl.pool())
         .await
-        .map_err(self.err("reading stopped entities"))?;
+        .map_err(self.ctl.err("reading stopped entities"))?;
         Ok(rows
             .iter()
             .map(|r| StoppedEntity {
@@ -104,11 +99,14 @@ impl StoppedEntities {
         let chosen: Vec<String> =
             stopped.into_iter().filter(|s| !s.resume && (entities.is_empty() || entities.contains(&s.entity))).map(|s| s.entity).collect();
         for entity in &chosen {
-            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE `{}`.`stopped_entities` SET resume = 1 WHERE entity = ?", self.db)))
-                .bind(entity)
-                .execute(&self.pool)
-                .await
-                .map_err(self.err("asking to resume an entity"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE `{}`.`stopped_entities` SET resume = 1 WHERE entity = ?",
+                self.ctl.database()
+            )))
+            .bind(entity)
+            .execute(self.ctl.pool())
+            .await
+            .map_err(self.ctl.err("asking to resume an entity"))?;
         }
         Ok(chosen)
     }
@@ -118,13 +116,13 @@ impl StoppedEntities {
         for entity in entities {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE `{}`.`stopped_entities` SET catch_up_until = ? WHERE entity = ? AND resume = 1",
-                self.db
+                self.ctl.database()
             )))
             .bind(position)
             .bind(entity)
-            .execute(&self.pool)
+            .execute(self.ctl.pool())
             .await
-            .map_err(self.err("starting to catch up an entity"))?;
+            .map_err(self.ctl.err("starting to catch up an entity"))?;
         }
         Ok(())
     }
@@ -132,11 +130,14 @@ impl StoppedEntities {
     /// The entities caught up: no longer stopped.
     pub async fn caught_up(&self, entities: &[String]) -> Result<(), ControlError> {
         for entity in entities {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM `{}`.`stopped_entities` WHERE entity = ? AND resume = 1", self.db)))
-                .bind(entity)
-                .execute(&self.pool)
-                .await
-                .map_err(self.err("clearing a caught-up entity"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM `{}`.`stopped_entities` WHERE entity = ? AND resume = 1",
+                self.ctl.database()
+            )))
+            .bind(entity)
+            .execute(self.ctl.pool())
+            .await
+            .map_err(self.ctl.err("clearing a caught-up entity"))?;
         }
         Ok(())
     }
