@@ -80,9 +80,16 @@ pub enum Command {
         /// Only these entities (default: all).
         #[arg(long = "entity")]
         entities: Vec<String>,
-        /// Only against these sites (default: every other site).
+        /// Only against these origins (default: every site this one receives from).
         #[arg(long = "against")]
         against: Vec<String>,
+        /// Have the origins republish the rows that differ, through the pipeline.
+        #[arg(long)]
+        repair: bool,
+        /// Open every site's database from here instead of asking through Kafka (needs every
+        /// site's password; compares both directions; cannot repair).
+        #[arg(long, conflicts_with = "repair")]
+        direct: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

@@ -35,7 +35,14 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Dlq { action } => dlq(&config, &site, action).await,
         Command::Snapshot { entities, no_wait } => snapshot(&config, &site, &entities, no_wait).await,
         Command::Resume { entities } => resume(&config, &site, &entities).await,
-        Command::Verify { entities, against, json } => verify(&config, &site, &entities, &against, json).await,
+        Command::Verify { entities, against, repair, direct, json } => {
+            let options = crate::verify::Options { entities, against, repair };
+            if direct {
+                verify_direct(&config, &site, &options, json).await
+            } else {
+                verify(&config, &site, &options, json).await
+            }
+        }
     }
 }
 
@@ -55,6 +62,10 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
     }
     let heartbeats: Vec<String> = config.sites.keys().map(|s| config.heartbeat_topic_of(s)).collect();
     for (topic, state) in kafka::create_topics(&config.kafka, &heartbeats, 3_600_000).await? {
+        println!("topic {topic}: {state}");
+    }
+    // Requests and answers between sites: a day is plenty (a request is answered in minutes).
+    for (topic, state) in kafka::create_topics(&config.kafka, &[config.control_topic()], 86_400_000).await? {
         println!("topic {topic}: {state}");
     }
     if reset_position || ctl.load_checkpoint(site).await?.is_none() {
@@ -120,6 +131,19 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
             shutdown: shutdown.clone(),
         };
         tasks.spawn(async move { apply::run(ctx).await.map_err(|e| anyhow!(e).context("apply")) });
+    }
+    if with_capture {
+        // The origin's half of verify: answers the other sites' requests about this site's rows.
+        let ctx = crate::verify::responder::ResponderContext {
+            config: config.clone(),
+            site: site.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move {
+            crate::verify::responder::run(ctx).await;
+            Ok(())
+        });
     }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
@@ -288,9 +312,41 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
     }
 }
 
-/// `sitesync verify`.
-async fn verify(config: &Config, site: &str, entities: &[String], against: &[String], json: bool) -> Result<ExitCode> {
-    let diffs = crate::verify::verify(config, site, entities, against).await?;
+/// `sitesync verify`: through the control channel.
+async fn verify(config: &Config, site: &str, options: &crate::verify::Options, json: bool) -> Result<ExitCode> {
+    let reports = crate::verify::verify(config, site, options).await?;
+    let remaining: usize = reports.iter().map(|r| r.remaining()).sum();
+    if json {
+        let out = serde_json::json!({ "site": site, "results": reports, "differences": remaining });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        use crate::verify::Kind;
+        for r in &reports {
+            println!(
+                "{} from {}: {} rows compared, {} missing here, {} different, {} gone at the origin, {} repaired, {} still changing",
+                r.entity,
+                r.origin,
+                r.compared,
+                r.count(Kind::Missing),
+                r.count(Kind::Different),
+                r.count(Kind::Gone),
+                r.repaired(),
+                r.unsettled
+            );
+            for d in &r.differences {
+                let columns = if d.columns.is_empty() { String::new() } else { format!(": {}", d.columns.join(", ")) };
+                let state = if d.repaired { "REPAIRED" } else { "DIFF" };
+                println!("{state} {} {} ({} -> {site}): {}{columns}", r.entity, d.key, r.origin, d.kind.as_str());
+            }
+        }
+        println!("{remaining} difference(s)");
+    }
+    Ok(if remaining == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `sitesync verify --direct`: every site's database opened from here.
+async fn verify_direct(config: &Config, site: &str, options: &crate::verify::Options, json: bool) -> Result<ExitCode> {
+    let diffs = crate::verify::direct::verify(config, site, &options.entities, &options.against).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&diffs)?);
     } else {

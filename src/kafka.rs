@@ -128,6 +128,34 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> Result<ClientConfig,
     Ok(c)
 }
 
+/// The control channel's producer: small messages, acknowledged by all in-sync replicas, sent
+/// at once (requests and answers are few and someone waits for each).
+pub fn control_producer_config(kafka: &KafkaConfig) -> Result<ClientConfig, TransportError> {
+    // Built on `base` itself, not copied through `config_map()` (which hides secrets such as
+    // `sasl.password` behind a placeholder).
+    let mut c = base(kafka, &[("acks", "all")])?;
+    default(&mut c, "linger.ms", "0");
+    default(&mut c, "message.max.bytes", &MAX_MESSAGE_BYTES.to_string());
+    Ok(c)
+}
+
+/// Sets `key` unless the user's properties did.
+fn default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+/// The control channel's consumer: assigned by hand, never commits (each reader starts where
+/// it needs to: a responder at the end, a requester at the offset before its request).
+pub fn control_consumer_config(kafka: &KafkaConfig, group: &str) -> Result<ClientConfig, TransportError> {
+    let mut c = base(kafka, CONSUMER_GUARANTEES)?;
+    c.set("group.id", group);
+    default(&mut c, "fetch.wait.max.ms", "50");
+    default(&mut c, "receive.message.max.bytes", &(2 * MAX_MESSAGE_BYTES + 1_000_000).to_string());
+    Ok(c)
+}
+
 /// Creates `topics` if missing (one partition keeps a site's commit order total);
 /// `retention_ms` of -1 keeps records forever (site topics); heartbeats need only minutes.
 pub async fn create_topics(

@@ -4,11 +4,13 @@
 //! `apply` (Kafka -> local database), [`record`] (the change record), `position` (GTIDs),
 //! `control` (sitesync's own tables), `kafka` (client configuration), `mysql` (what capture
 //! and apply both know of MySQL), [`telemetry`] (metrics and HTTP), [`stamp`] (last-writer-wins
-//! order), `preflight` (server settings), `verify` (comparing sites), `check`, and
+//! order), `preflight` (server settings), `channel` (requests between sites on the control topic),
+//! `verify` (comparing sites through it), `check`, and
 //! [`commands`] (one function per command). Exported: what the binary and the tests use.
 
 mod apply;
 mod capture;
+mod channel;
 mod check;
 pub mod cli;
 pub mod commands;

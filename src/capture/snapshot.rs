@@ -52,6 +52,8 @@ pub(super) struct Snapshot {
     /// The chunk was shorter than the chunk size: the entity is done after it.
     exhausted: bool,
     rows_done: u64,
+    /// Only the rows listed in `snapshot_rows` for this request (a repair).
+    limited: bool,
 }
 
 impl Snapshot {
@@ -140,13 +142,16 @@ impl Reader {
             self.finish_request(id, "failed", &message).await?;
             return Ok(());
         }
+        // A repair lists its rows; a snapshot of whole tables lists none.
+        let limited_rows = self.snapshots.requests.limited_to(id).await?;
+        let limited = limited_rows > 0;
         let conn = self.snapshot_conn().await?;
         let run = (record::now_ms() as u64).wrapping_mul(6364136223846793005) ^ id;
         tracing::info!(site = %self.ctx.site, request = id, entities = %names.join(","), "snapshot starts");
-        let mut total: i64 = 0;
+        let mut total: i64 = if limited { limited_rows } else { 0 };
         let db = self.db.clone();
         let mut conn_count = self.pool.get_conn().await.map_err(|e| self.source_err(e))?;
-        for n in &names {
+        for n in names.iter().filter(|_| !limited) {
             let table = &self.ctx.config.entities[n].table;
             let count: Option<i64> = conn_count
                 .query_first(format!("SELECT COUNT(*) FROM {}", crate::mysql::qualified(&db, table)))
@@ -169,6 +174,7 @@ impl Reader {
             rows: Vec::new(),
             exhausted: false,
             rows_done: 0,
+            limited,
         });
         self.next_chunk().await
     }
@@ -242,7 +248,21 @@ impl Reader {
         // publish: a snapshot publishes what this site owns (its application's rows and its
         // history), so no row is re-attributed and the traffic does not grow with the sites.
         if let [only] = pk.as_slice() {
-            conditions.push(self.snapshots.requests.not_received_sql(&entity.name, &format!("CAST(t.{only} AS CHAR)")));
+            let local_key = format!("CAST(t.{only} AS CHAR)");
+            conditions.push(self.snapshots.requests.not_received_sql(&entity.name, &local_key));
+            if snap.limited {
+                conditions.push(self.snapshots.requests.limited_sql(snap.request_id, &local_key));
+            }
+        } else if snap.limited {
+            let id = snap.request_id;
+            self.snapshots.running = None;
+            return self
+                .finish_request(
+                    id,
+                    "failed",
+                    &format!("table {} has no one-column primary key to republish single rows by", entity.info.table),
+                )
+                .await;
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let select = format!(

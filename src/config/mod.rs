@@ -102,6 +102,9 @@ pub struct Config {
     /// Capture-side tuning.
     #[serde(default)]
     pub capture: CaptureTuning,
+    /// Verification between sites.
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -371,6 +374,25 @@ impl Default for CaptureTuning {
     }
 }
 
+/// `[verify]`: comparing sites through the control channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Rows a site reads per second, at most, to answer or run a verification (its database
+    /// serves the application first).
+    pub rows_per_second: u64,
+    /// Reading pauses while this site's apply lag behind any origin is above this many seconds.
+    pub max_lag_seconds: f64,
+    /// How long a site waits for another site's answer, in seconds.
+    pub timeout_seconds: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self { rows_per_second: 100_000, max_lag_seconds: 10.0, timeout_seconds: 120 }
+    }
+}
+
 impl Config {
     /// Reads, expands and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -426,6 +448,11 @@ impl Config {
     /// The Kafka topic holding the changes that originate at `site`.
     pub fn topic_of(&self, site: &str) -> String {
         format!("{}.{}", self.federation.topic_prefix, site)
+    }
+
+    /// The topic of requests and answers between sites (verify, repair): one partition.
+    pub fn control_topic(&self) -> String {
+        format!("{}.control", self.federation.topic_prefix)
     }
 
     /// The topic where `site`'s capture says, while idle, that it has read everything.

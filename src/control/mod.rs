@@ -14,7 +14,8 @@
 //!   snapshot here leaves them to their origin, which owns them.
 //! - `parked`: source transactions waiting for the rows they reference to arrive.
 //! - `snapshot_requests`, `snapshot_watermarks`: snapshots asked for and their progress, and
-//!   the watermarks that place each snapshot chunk in the binlog (see `capture::snapshot`).
+//!   the watermarks that place each snapshot chunk in the binlog (see `capture::snapshot`);
+//!   `snapshot_rows`: the rows a limited snapshot (a verify repair) publishes.
 //! - `dead_letters`: records that could not be applied, with the reason.
 //! - `stopped_entities`: entities whose capture stopped alone, and where ([`stopped`]).
 
@@ -303,6 +304,7 @@ impl Control {
             ),
             snapshots::ddl(db)[0].clone(),
             snapshots::ddl(db)[1].clone(),
+            snapshots::ddl(db)[2].clone(),
             format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.`parked` (
                    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -375,6 +377,7 @@ impl Control {
             "received_rows",
             "snapshot_requests",
             "snapshot_watermarks",
+            "snapshot_rows",
             "parked",
             "dead_letters",
             "stopped_entities",

@@ -10,7 +10,7 @@ use sqlx::Row;
 use super::{Control, ControlError};
 
 /// The tables' definitions, for [`super::Control::ddl`].
-pub(super) fn ddl(db: &str) -> [String; 2] {
+pub(super) fn ddl(db: &str) -> [String; 3] {
     [
         format!(
             "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_requests` (
@@ -31,6 +31,14 @@ pub(super) fn ddl(db: &str) -> [String; 2] {
                    run BIGINT UNSIGNED NOT NULL,
                    chunk BIGINT UNSIGNED NOT NULL,
                    kind VARCHAR(8) NOT NULL
+                 ) ENGINE=InnoDB"
+        ),
+        // The rows a limited snapshot (a repair) publishes, by the table's primary key as text.
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.`snapshot_rows` (
+                   request_id BIGINT UNSIGNED NOT NULL,
+                   local_key VARCHAR(512) NOT NULL,
+                   PRIMARY KEY (request_id, local_key)
                  ) ENGINE=InnoDB"
         ),
     ]
@@ -72,6 +80,49 @@ impl SnapshotRequests {
     pub async fn request(&self, entities: &str) -> Result<u64, ControlError> {
         let sql = format!("INSERT INTO `{}`.`snapshot_requests` (entities) VALUES (?)", self.ctl.database());
         self.exec("asking for a snapshot (did `sitesync init` run?)", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(entities)).await
+    }
+
+    /// Asks for a snapshot of `entity` limited to the rows whose primary key (as text) is in
+    /// `rows` (a repair); its id. The rows are written in the request's own transaction, so
+    /// capture, which sees the request when it commits, finds them.
+    pub async fn request_rows(&self, entity: &str, rows: &[String]) -> Result<u64, ControlError> {
+        let db = self.ctl.database();
+        let mut tx = self.ctl.pool().begin().await.map_err(self.ctl.err("asking for a repair"))?;
+        let id = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO `{db}`.`snapshot_requests` (entities) VALUES (?)")))
+            .bind(entity)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.ctl.err("asking for a repair (did `sitesync init` run?)"))?
+            .last_insert_id();
+        for chunk in crate::mysql::session::statement_chunks(rows, crate::mysql::session::MAX_STATEMENT_ROWS) {
+            let sql = format!(
+                "INSERT IGNORE INTO `{db}`.`snapshot_rows` (request_id, local_key) VALUES {}",
+                vec!["(?, ?)"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for key in chunk {
+                q = q.bind(id).bind(key);
+            }
+            q.execute(&mut *tx).await.map_err(self.ctl.err("listing a repair's rows"))?;
+        }
+        tx.commit().await.map_err(self.ctl.err("asking for a repair"))?;
+        Ok(id)
+    }
+
+    /// How many rows request `id` is limited to (0: the whole tables).
+    pub async fn limited_to(&self, id: u64) -> Result<i64, ControlError> {
+        let sql = format!("SELECT COUNT(*) FROM `{}`.`snapshot_rows` WHERE request_id = ?", self.ctl.database());
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(self.ctl.pool())
+            .await
+            .map_err(self.ctl.err("reading a repair's rows"))
+    }
+
+    /// A condition on a limited snapshot's rows: the row whose primary key as text is
+    /// `local_key` is one of request `id`'s.
+    pub fn limited_sql(&self, id: u64, local_key: &str) -> String {
+        format!("{local_key} IN (SELECT s.local_key FROM `{}`.`snapshot_rows` s WHERE s.request_id = {id})", self.ctl.database())
     }
 
     /// The request `id`, if it exists.

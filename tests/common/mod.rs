@@ -66,6 +66,8 @@ pub struct Federation {
     ended: Vec<usize>,
     /// Kafka bootstrap servers of this federation.
     pub kafka: String,
+    /// Each site's URL names a password variable that only that site's commands get.
+    own_password_only: bool,
 }
 
 /// Builder input: site ids in stack order, entity and route TOML, schema SQL run at each site.
@@ -152,6 +154,7 @@ impl Federation {
             children: Vec::new(),
             ended: Vec::new(),
             kafka: spec.kafka.clone().unwrap_or_else(kafka),
+            own_password_only: false,
         };
         for site in &fed.sites {
             let out = fed.command(site, &["init"]).output().unwrap();
@@ -170,11 +173,42 @@ impl Federation {
         addr
     }
 
+    /// The variable holding `site`'s database password once [`Federation::own_password_only`].
+    pub fn password_var(site: &str) -> String {
+        format!("SITESYNC_TEST_PASSWORD_{}", site.to_uppercase())
+    }
+
+    /// From now on each site's URL takes its password from a variable of its own
+    /// ([`Federation::password_var`]) that only that site's commands are given: a process that
+    /// used another site's URL would stop naming the variable it lacks.
+    pub fn own_password_only(&mut self) {
+        let mut text = std::fs::read_to_string(&self.config_path).unwrap();
+        for site in &self.sites {
+            let header = format!("[sites.{site}]\nmysql = \"");
+            let at = text.find(&header).unwrap_or_else(|| panic!("no URL of {site} in {}", self.config_path.display())) + header.len();
+            let rest = &text[at..];
+            let (scheme, after) = rest.split_once("://").expect("a URL");
+            let (user, after) = after.split_once('@').expect("user@host");
+            let user = user.split(':').next().unwrap().to_string();
+            let replaced = format!("{scheme}://{user}:${{{}}}@{after}", Self::password_var(site));
+            text = format!("{}{replaced}", &text[..at]);
+        }
+        std::fs::write(&self.config_path, text).unwrap();
+        self.own_password_only = true;
+    }
+
     /// A `sitesync` command for `site`.
     pub fn command(&self, site: &str, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sitesync"));
         c.arg("--config").arg(&self.config_path).arg("--site").arg(site).args(args);
         c.env_remove("SITESYNC_CONFIG").env_remove("SITESYNC_SITE");
+        if self.own_password_only {
+            for s in &self.sites {
+                c.env_remove(Self::password_var(s));
+            }
+            // The stack's root has no password: the site's own variable is set, empty.
+            c.env(Self::password_var(site), "");
+        }
         c
     }
 

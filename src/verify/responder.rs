@@ -1,0 +1,243 @@
+//! The origin's half of verify, inside `sitesync run` (beside capture): answers the requests
+//! other sites send on the control channel about this site's rows.
+//!
+//! - buckets and rows: read with the same [`Scan`] as the asking site, paced by `[verify]`
+//!   (`rows_per_second`, and a pause while this site's apply lag exceeds `max_lag_seconds`).
+//!   Before a rows answer goes out, the responder waits (a second or two) until capture has
+//!   read the binlog past the moment the rows were read, so that everything the answer saw is
+//!   on this site's topic when the asking site looks at the topic's end (bucket answers only
+//!   point at rows to look at, and need no such wait).
+//! - repairs: a snapshot request limited to the given rows of this site; capture publishes
+//!   them through the pipeline; the answer goes out when it is done.
+//!
+//! A request for an entity that no route carries from here to the asking site is refused: a
+//! site learns nothing about rows it is not meant to receive.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::canonical::{bucket_of, Scan, Side};
+use super::{add, Pace, Sums, VerifyError};
+use crate::channel::{Body, Channel, ControlMessage};
+use crate::config::Config;
+use crate::control::{self, Control};
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+
+/// Rows per answer message.
+const ROWS_PER_PART: usize = 2000;
+/// Buckets per answer message.
+const BUCKETS_PER_PART: usize = 8000;
+/// Longest wait for capture to pass the moment an answer was read.
+const CAPTURE_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for a repair's snapshot to be published.
+const REPAIR_WAIT: Duration = Duration::from_secs(600);
+
+/// What the responder needs.
+pub struct ResponderContext {
+    /// The federation.
+    pub config: Arc<Config>,
+    /// This site.
+    pub site: String,
+    /// This process's metrics (capture's position, apply lag).
+    pub metrics: Metrics,
+    /// Stops it.
+    pub shutdown: Shutdown,
+}
+
+/// Answers requests until shutdown. A channel that cannot be opened (no control topic yet)
+/// is retried; it never stops capture or apply.
+pub async fn run(ctx: ResponderContext) {
+    let channel = loop {
+        match Channel::open(&ctx.config, &ctx.site).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(site = %ctx.site, error = %e, "verify requests are not answered yet (run `sitesync init` to create the control topic); retrying in 30 s");
+                tokio::select! {
+                    _ = ctx.shutdown.wait() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        }
+    };
+    let url = ctx.config.sites[&ctx.site].mysql.expose().to_string();
+    let pool = loop {
+        match control::connect(&ctx.site, &url, 2).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(site = %ctx.site, error = %e, "verify responder: database unreachable; retrying in 5 s");
+                tokio::select! {
+                    _ = ctx.shutdown.wait() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    let responder = Responder { ctl: Control::new(pool.clone(), &ctx.config.federation.control_database), pool, channel, ctx };
+    tracing::info!(site = %responder.ctx.site, topic = responder.channel.topic(), "answering verify requests");
+    loop {
+        let message = tokio::select! {
+            _ = responder.ctx.shutdown.wait() => return,
+            m = responder.channel.next(Duration::from_secs(1)) => m,
+        };
+        match message {
+            Ok(Some(m)) => {
+                let (id, from) = (m.id.clone(), m.from.clone());
+                if let Err(e) = responder.answer(m).await {
+                    tracing::warn!(site = %responder.ctx.site, request = %id, from = %from, error = %e, "verify request failed");
+                    let _ = responder.channel.send(&id, &from, Body::Failed { message: e.to_string() }).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(site = %responder.ctx.site, error = %e, "reading the control topic");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+struct Responder {
+    ctx: ResponderContext,
+    pool: sqlx::MySqlPool,
+    ctl: Control,
+    channel: Channel,
+}
+
+impl Responder {
+    fn pace(&self) -> Pace {
+        let (metrics, site, origins) = (self.ctx.metrics.clone(), self.ctx.site.clone(), self.ctx.config.origins_of(&self.ctx.site));
+        let lag =
+            move || origins.iter().map(|o| metrics.apply_lag.with_label_values(&[site.as_str(), o.as_str()]).get()).fold(0.0, f64::max);
+        Pace::new(self.ctx.config.verify.rows_per_second, Some(Box::new(lag)), self.ctx.config.verify.max_lag_seconds)
+    }
+
+    /// The scan of `entity` for `asker`, once the request is checked against the configuration.
+    async fn scan(&self, asker: &str, entity: &str) -> Result<Scan, VerifyError> {
+        let config = &self.ctx.config;
+        if !config.entities.contains_key(entity) {
+            return Err(VerifyError::Config(format!("entity `{entity}` is not configured at `{}`", self.ctx.site)));
+        }
+        if !config.routes_entity(&self.ctx.site, asker, entity) {
+            return Err(VerifyError::Config(format!("no route carries entity `{entity}` from `{}` to `{asker}`", self.ctx.site)));
+        }
+        let db = config.database_of(&self.ctx.site);
+        Ok(Scan::plan(&self.pool, config, db, &config.federation.control_database, entity, &Side::Origin).await?)
+    }
+
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, VerifyError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| VerifyError::Database { what: "connecting to this site's database".into(), message: e.to_string() })
+    }
+
+    /// Waits until capture has read past `read_at` (or [`CAPTURE_WAIT`] passed).
+    async fn capture_past(&self, read_at: Instant, read_at_ms: i64) {
+        // The source timestamp has one-second steps: past the next second for certain.
+        let needed = (read_at_ms / 1000 + 2) as f64;
+        let gauge = self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]);
+        while gauge.get() < needed && read_at.elapsed() < CAPTURE_WAIT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn answer(&self, m: ControlMessage) -> Result<(), VerifyError> {
+        let (id, asker) = (m.id.as_str(), m.from.as_str());
+        match m.body {
+            Body::BucketsRequest { entity, buckets } => {
+                let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
+                let scan = self.scan(asker, &entity).await?;
+                let mut sums: Sums = vec![(0, 0); buckets as usize];
+                let mut conn = self.conn().await?;
+                scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
+                    if row.member(&Side::Origin) {
+                        add(&mut sums, bucket_of(&row.key, buckets), row.digest());
+                    }
+                    Ok(())
+                })
+                .await?;
+                drop(conn);
+                let filled: Vec<(u32, u64, String)> =
+                    sums.iter().enumerate().filter(|(_, s)| s.0 > 0).map(|(b, s)| (b as u32, s.0, format!("{:032x}", s.1))).collect();
+                let parts: Vec<&[(u32, u64, String)]> =
+                    if filled.is_empty() { vec![&[]] } else { filled.chunks(BUCKETS_PER_PART).collect() };
+                let n = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    let body = Body::Buckets { part: i as u32, last: i + 1 == n, sums: part.to_vec() };
+                    self.channel.send(id, asker, body).await?;
+                }
+                tracing::info!(site = %self.ctx.site, request = id, asker, entity, buckets, "answered bucket checksums");
+            }
+            Body::RowsRequest { entity, buckets, which } => {
+                let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
+                let scan = self.scan(asker, &entity).await?;
+                let wanted: std::collections::HashSet<u32> = which.into_iter().collect();
+                let (read_at, read_at_ms) = (Instant::now(), crate::record::now_ms());
+                let mut rows = Vec::new();
+                let mut conn = self.conn().await?;
+                scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
+                    if wanted.contains(&bucket_of(&row.key, buckets)) {
+                        rows.push(row.to_digest(&scan.columns, &Side::Origin));
+                    }
+                    Ok(())
+                })
+                .await?;
+                drop(conn);
+                self.capture_past(read_at, read_at_ms).await;
+                let parts: Vec<&[crate::channel::RowDigest]> =
+                    if rows.is_empty() { vec![&[]] } else { rows.chunks(ROWS_PER_PART).collect() };
+                let n = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    self.channel.send(id, asker, Body::Rows { part: i as u32, last: i + 1 == n, rows: part.to_vec() }).await?;
+                }
+                tracing::info!(site = %self.ctx.site, request = id, asker, entity, rows = rows.len(), "answered rows");
+            }
+            Body::RepairRequest { entity, rows } => {
+                self.scan(asker, &entity).await?;
+                let request = self
+                    .ctl
+                    .snapshots()
+                    .request_rows(&entity, &rows)
+                    .await
+                    .map_err(|e| VerifyError::Database { what: "asking capture to republish rows".into(), message: e.to_string() })?;
+                tracing::info!(site = %self.ctx.site, request = id, asker, entity, rows = rows.len(), snapshot = request, "republishing rows for a repair");
+                let started = Instant::now();
+                loop {
+                    let state = self
+                        .ctl
+                        .snapshots()
+                        .get(request)
+                        .await
+                        .map_err(|e| VerifyError::Database { what: "reading the repair's snapshot".into(), message: e.to_string() })?;
+                    match state.as_ref().map(|s| s.status.as_str()) {
+                        Some("done") => {
+                            let rows = state.map(|s| s.rows_done).unwrap_or(0) as u64;
+                            self.channel.send(id, asker, Body::Repaired { request, rows }).await?;
+                            break;
+                        }
+                        Some("failed") => {
+                            let why = state.and_then(|s| s.message).unwrap_or_default();
+                            return Err(VerifyError::Refused {
+                                site: self.ctx.site.clone(),
+                                message: format!("snapshot {request} failed: {why}"),
+                            });
+                        }
+                        _ if started.elapsed() > REPAIR_WAIT => {
+                            return Err(VerifyError::Refused {
+                                site: self.ctx.site.clone(),
+                                message: format!(
+                                    "snapshot {request} did not finish within {} s (is capture running?)",
+                                    REPAIR_WAIT.as_secs()
+                                ),
+                            })
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+            other => tracing::debug!(site = %self.ctx.site, request = id, ?other, "not a request: ignored"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! Issue 13: `sitesync verify` through Kafka. Three campuses with per-site ids, history at
+//! each, differences made behind sitesync's back (`sql_log_bin = 0`): verify lists exactly
+//! those, `--repair` heals them through the origins' pipelines, and a second verify agrees.
+//! Each verifying process holds its own site's password only.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{Federation, Spec};
+
+const LIMS2: &str = include_str!("fixtures/lims2.sql");
+
+const CONFIG: &str = r#"
+[entities.user]
+table = "user"
+key = ["token"]
+exclude = ["avatar"]
+filter = "is_temporary = 0"
+refs = { creator_id = "user", approver_id = "user", group_id = "tag" }
+
+[entities.lab]
+table = "lab"
+key = ["code"]
+on_delete = "ignore"
+refs = { pi_id = "user", creator_id = "user" }
+
+[entities.tag]
+table = "tag"
+key = ["uuid"]
+refs = { parent_id = "tag" }
+
+[entities.user_lab]
+table = "user_lab"
+key = ["user_id", "lab_id"]
+refs = { user_id = "user", lab_id = "lab" }
+
+[[routes]]
+from = ["*"]
+to = ["*"]
+entities = ["user", "lab", "tag", "user_lab"]
+"#;
+
+/// History before sitesync: each site its own ids; `admin` at every site.
+fn history(i: usize, _site: &str) -> String {
+    let base = 1000 * (i + 1);
+    let mut sql = format!(
+        "ALTER TABLE user AUTO_INCREMENT = {base}; ALTER TABLE lab AUTO_INCREMENT = {base}; ALTER TABLE tag AUTO_INCREMENT = {base}; \
+         ALTER TABLE user_lab AUTO_INCREMENT = {base}; INSERT INTO user (token, name) VALUES ('admin', 'Admin');"
+    );
+    if i == 0 {
+        sql.push_str(
+            "INSERT INTO tag (uuid, name) VALUES ('t-root', 'University'); \
+             INSERT INTO tag (uuid, name, parent_id) SELECT 't-chem', 'Chemistry', id FROM tag WHERE uuid = 't-root'; \
+             INSERT INTO tag (uuid, name, parent_id) SELECT 't-phys', 'Physics', id FROM tag WHERE uuid = 't-root'; \
+             INSERT INTO user (token, name, creator_id, group_id) SELECT CONCAT('u', n.n), CONCAT('User ', n.n), a.id, t.id \
+               FROM (SELECT 1 n UNION SELECT 2 UNION SELECT 3 UNION SELECT 4 UNION SELECT 5) n, user a, tag t WHERE a.token = 'admin' AND t.uuid = 't-chem'; \
+             INSERT INTO user (token, name, is_temporary) VALUES ('temp-a', 'Visitor', 1); \
+             INSERT INTO lab (code, name, pi_id) SELECT 'L1', 'Lab one', id FROM user WHERE token = 'u1'; \
+             INSERT INTO user_lab (user_id, lab_id) SELECT u.id, l.id FROM user u, lab l WHERE u.token IN ('u1', 'u2') AND l.code = 'L1';",
+        );
+    }
+    if i == 1 {
+        sql.push_str("INSERT INTO user (token, name) VALUES ('b1', 'From B');");
+    }
+    sql
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `verify --json` at `site` (with only `site`'s password: the other URLs name unset variables).
+fn verify(fed: &Federation, site: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec!["verify", "--json"];
+    args.extend_from_slice(extra);
+    let out = fed.command(site, &args).output().unwrap();
+    let all = text(&out);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("verify at {site}: not JSON ({e}): {all}"));
+    (out.status.code(), json, all)
+}
+
+/// (origin, entity, kind, key, columns) of every difference in a verify report.
+fn findings(report: &serde_json::Value) -> BTreeSet<(String, String, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for r in report["results"].as_array().unwrap() {
+        for d in r["differences"].as_array().unwrap() {
+            let columns: Vec<&str> = d["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+            out.insert((
+                r["origin"].as_str().unwrap().to_string(),
+                r["entity"].as_str().unwrap().to_string(),
+                d["kind"].as_str().unwrap().to_string(),
+                d["key"].as_str().unwrap().to_string(),
+                columns.join(","),
+            ));
+        }
+    }
+    out
+}
+
+fn f(origin: &str, entity: &str, kind: &str, key: &str, columns: &str) -> (String, String, String, String, String) {
+    (origin.into(), entity.into(), kind.into(), key.into(), columns.into())
+}
+
+/// The replicated content of a site, by natural key (references as keys).
+async fn content(pool: &sqlx::MySqlPool) -> Vec<Vec<String>> {
+    let mut rows = common::rows(
+        pool,
+        "SELECT 'user', u.token, u.name, COALESCE(u.email, '-'), COALESCE(c.token, '-'), COALESCE(t.uuid, '-') FROM user u \
+         LEFT JOIN user c ON c.id = u.creator_id LEFT JOIN tag t ON t.id = u.group_id WHERE u.is_temporary = 0",
+    )
+    .await;
+    rows.extend(
+        common::rows(pool, "SELECT 'tag', t.uuid, t.name, COALESCE(p.uuid, '-'), '', '' FROM tag t LEFT JOIN tag p ON p.id = t.parent_id")
+            .await,
+    );
+    rows.extend(
+        common::rows(pool, "SELECT 'user_lab', u.token, l.code, ul.type, '', '' FROM user_lab ul JOIN user u ON u.id = ul.user_id JOIN lab l ON l.id = ul.lab_id")
+            .await,
+    );
+    rows.extend(
+        common::rows(pool, "SELECT 'lab', l.code, l.name, COALESCE(p.token, '-'), '', '' FROM lab l LEFT JOIN user p ON p.id = l.pi_id")
+            .await,
+    );
+    rows.sort();
+    rows
+}
+
+async fn wait_equal(fed: &mut Federation, what: &str) {
+    let pools: Vec<sqlx::MySqlPool> = ["a", "b", "c"].iter().map(|s| fed.pool(s).clone()).collect();
+    fed.wait_for(Duration::from_secs(90), what, || {
+        let pools = pools.clone();
+        async move {
+            let a = content(&pools[0]).await;
+            a == content(&pools[1]).await && a == content(&pools[2]).await
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_through_kafka_finds_exactly_what_was_changed_behind_sitesyncs_back_and_repair_heals_it() {
+    let mut fed = Federation::new(
+        "verify",
+        Spec { sites: &["a", "b", "c"], schema: LIMS2, entities_and_routes: CONFIG, seed: history, ..Spec::default() },
+    )
+    .await;
+    // Every site's URL names a password variable; each process below gets its own only.
+    fed.own_password_only();
+    for site in ["a", "b", "c"] {
+        fed.start(site, &["run"]);
+    }
+    for site in ["a", "b", "c"] {
+        let out = fed.command(site, &["snapshot"]).output().unwrap();
+        assert!(out.status.success(), "snapshot at {site}: {}", text(&out));
+    }
+    wait_equal(&mut fed, "history merged at the three sites").await;
+    let a = content(fed.pool("a")).await;
+    assert_eq!(a.iter().filter(|r| r[0] == "user").count(), 7, "admin, u1-u5, b1 (the temporary visitor stays at a): {a:?}");
+
+    // Equal: nothing to report, and the origins compared what they hold.
+    for site in ["a", "b", "c"] {
+        let (code, report, all) = verify(&fed, site, &[]);
+        assert_eq!(code, Some(0), "verify at {site}: {all}");
+        assert_eq!(report["differences"], 0, "{all}");
+        let user_from_a = report["results"].as_array().unwrap().iter().find(|r| r["entity"] == "user" && r["origin"] == "a");
+        if site != "a" {
+            // a owns admin (history), u1-u5; the temporary visitor never travels.
+            assert_eq!(user_from_a.unwrap()["compared"], 6, "{all}");
+        }
+    }
+
+    // Behind sitesync's back.
+    fed.exec(
+        "b",
+        "SET sql_log_bin = 0; \
+         UPDATE user SET name = 'drifted at b' WHERE token = 'u1'; \
+         DELETE FROM user WHERE token = 'u2'; \
+         UPDATE user SET creator_id = (SELECT id FROM (SELECT id FROM user WHERE token = 'b1') x) WHERE token = 'u4'; \
+         INSERT INTO user (token, name) VALUES ('ghost', 'Never published'); \
+         SET sql_log_bin = 1",
+    )
+    .await;
+    // At the origin, changes its capture never sees.
+    fed.exec("a", "SET sql_log_bin = 0; UPDATE user SET email = 'new@a' WHERE token = 'u3'; DELETE FROM tag WHERE uuid = 't-phys'; SET sql_log_bin = 1").await;
+    fed.exec("c", "SET sql_log_bin = 0; UPDATE user_lab SET type = 'pi' WHERE lab_id = (SELECT id FROM lab WHERE code = 'L1') AND user_id = (SELECT id FROM user WHERE token = 'u1'); SET sql_log_bin = 1").await;
+
+    let (code, report, all) = verify(&fed, "b", &[]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_eq!(
+        findings(&report),
+        BTreeSet::from([
+            f("a", "user", "different", r#"{"token":"u1"}"#, "name"),
+            f("a", "user", "missing", r#"{"token":"u2"}"#, ""),
+            f("a", "user", "different", r#"{"token":"u3"}"#, "email"),
+            f("a", "user", "different", r#"{"token":"u4"}"#, "creator_id"),
+            f("a", "tag", "gone", r#"{"uuid":"t-phys"}"#, ""),
+            // u2's membership at b now points at no user (its key says so), and a's is missing.
+            f("a", "user_lab", "gone", r#"{"lab_id":"2:L1","user_id":"dangling 2003"}"#, ""),
+            f("a", "user_lab", "missing", r#"{"lab_id":"2:L1","user_id":"2:u2"}"#, ""),
+        ]),
+        "{all}"
+    );
+    let (code, report, all) = verify(&fed, "a", &["--against", "b"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_eq!(findings(&report), BTreeSet::from([f("b", "user", "missing", r#"{"token":"ghost"}"#, "")]), "{all}");
+    let (code, report, all) = verify(&fed, "c", &["--entity", "user_lab", "--entity", "user"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert_eq!(
+        findings(&report),
+        BTreeSet::from([
+            f("a", "user", "different", r#"{"token":"u3"}"#, "email"),
+            f("a", "user_lab", "different", r#"{"lab_id":"2:L1","user_id":"2:u1"}"#, "type"),
+            f("b", "user", "missing", r#"{"token":"ghost"}"#, ""),
+        ]),
+        "{all}"
+    );
+
+    // Repair, each site for itself.
+    for site in ["b", "c", "a"] {
+        let (code, report, all) = verify(&fed, site, &["--repair"]);
+        assert_eq!(code, Some(0), "verify --repair at {site}: {all}");
+        assert_eq!(report["differences"], 0, "{all}");
+    }
+    for site in ["a", "b", "c"] {
+        let (code, _, all) = verify(&fed, site, &[]);
+        assert_eq!(code, Some(0), "verify after the repairs at {site}: {all}");
+    }
+    wait_equal(&mut fed, "the three sites equal by natural key after the repairs").await;
+    let after = content(fed.pool("b")).await;
+    assert!(
+        after.contains(&vec!["user".into(), "ghost".into(), "Never published".into(), "-".into(), "-".into(), "-".into()]),
+        "{after:?}"
+    );
+    assert!(
+        after.contains(&vec!["user".into(), "u3".into(), "User 3".into(), "new@a".into(), "admin".into(), "t-chem".into()]),
+        "{after:?}"
+    );
+    assert!(!after.iter().any(|r| r[1] == "t-phys"), "gone at its origin, so gone everywhere: {after:?}");
+    fed.assert_running();
+}
