@@ -96,14 +96,15 @@ async fn concurrent_updates_end_identical_by_last_writer_and_verify_lists_differ
     fed.exec("b", "UPDATE user SET email = 'drift@b' WHERE token = 'u1'").await;
     fed.exec("b", "DELETE FROM user WHERE token = 'u2'").await;
     fed.exec("b", "INSERT INTO tag (uuid, name) VALUES ('only-b', 'Only at B')").await;
-    let out = fed.command("a", &["verify", "--entity", "user", "--against", "b"]).output().unwrap();
+    // B's capture is down, so B cannot answer through Kafka: `--direct` opens both databases.
+    let out = fed.command("a", &["verify", "--direct", "--entity", "user", "--against", "b"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains(r#"DIFF user {"token":"u1"} (a -> b): `email`"#), "{text}");
     assert!(text.contains(r#"DIFF user {"token":"u2"} (a -> b): missing at b"#), "{text}");
     assert!(text.contains(r#"DIFF user {"token":"u1"} (b -> a): `email`"#), "{text}");
     assert!(text.contains("3 difference(s)"), "{text}");
-    let out = fed.command("a", &["verify", "--entity", "tag"]).output().unwrap();
+    let out = fed.command("a", &["verify", "--direct", "--entity", "tag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(r#"DIFF tag {"uuid":"only-b"} (b -> a): missing at a"#));
     let _ = cap_a;

@@ -2591,6 +2591,17 @@ async fn mesh(test: &str, kill: bool) {
         }
     }
 
+    // verify through Kafka agrees at every site: converged means no difference, and none is
+    // invented by per-site ids, temporaries, deactivations, hand-overs or many-to-one routes.
+    let mut verified = Check::new("verify");
+    for site in SITES {
+        let out = fed.command(site, &["verify", "--json"]).output().unwrap();
+        if !out.status.success() {
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            verified.fail(format!("verify at {site}"), format!("exit {:?}: {}", out.status.code(), text.replace('\n', " ")));
+        }
+    }
+
     let states = read_states(&fed).await;
     let (topics, topic_info) = check_topics(&fed, &oracle);
     let mut sanity = Check::new("test-sanity");
@@ -2614,6 +2625,7 @@ async fn mesh(test: &str, kill: bool) {
         check_control(&fed).await,
         topics,
         quiet,
+        verified,
         sanity,
     ];
     let rows: usize = (0..3).map(|s| states[s].values().map(BTreeMap::len).sum::<usize>()).sum();

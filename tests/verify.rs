@@ -241,3 +241,124 @@ async fn verify_through_kafka_finds_exactly_what_was_changed_behind_sitesyncs_ba
     assert!(!after.iter().any(|r| r[1] == "t-phys"), "gone at its origin, so gone everywhere: {after:?}");
     fed.assert_running();
 }
+
+/// A small xorshift generator: the load is the same for a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Writes at `site` until `stop`: new people and changes to its own, each committed alone.
+async fn load(pool: sqlx::MySqlPool, site: &'static str, seed: u64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut rng = Rng(seed | 1);
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let sql = match rng.below(4) {
+            0 => format!(
+                "INSERT INTO user (token, name, creator_id) SELECT 'live-{site}-{n}', 'Live {n}', id FROM user WHERE token = 'admin'"
+            ),
+            1 => format!("UPDATE user SET email = 'e{n}@{site}', mtime = mtime + 1 WHERE token = 'h-{site}-{}'", rng.below(3000)),
+            2 => format!("UPDATE user SET name = 'renamed {n}' WHERE token = 'h-{site}-{}'", rng.below(3000)),
+            _ => format!("UPDATE user SET is_temporary = 1 - is_temporary WHERE token = 'h-{site}-{}'", rng.below(3000)),
+        };
+        common::exec(&pool, &sql).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_while_every_site_writes_reports_no_false_difference() {
+    let seed: u64 = std::env::var("SITESYNC_VERIFY_SEED")
+        .ok()
+        .map(|s| s.trim().parse().expect("SITESYNC_VERIFY_SEED: a number"))
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000);
+    eprintln!("verify under load: seed {seed} (replay with SITESYNC_VERIFY_SEED={seed})");
+    let config = "[entities.user]\ntable = \"user\"\nkey = [\"token\"]\nexclude = [\"avatar\"]\nfilter = \"is_temporary = 0\"\n\
+                  refs = { creator_id = \"user\", approver_id = \"user\" }\n\n\
+                  [[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"user\"]\n";
+    let mut fed = Federation::new(
+        "verifyload",
+        Spec {
+            sites: &["a", "b", "c"],
+            schema: LIMS2,
+            entities_and_routes: config,
+            // 3,000 people of its own at each site, and the shared admin, under per-site ids.
+            seed: |i, site| {
+                format!(
+                    "ALTER TABLE user AUTO_INCREMENT = {}; INSERT INTO user (token, name) VALUES ('admin', 'Admin'); \
+                     INSERT INTO user (token, name, creator_id) SELECT CONCAT('h-{site}-', seq - 1), CONCAT('History ', seq), 0 FROM seq_1_to_3000",
+                    10_000 * (i + 1)
+                )
+            },
+            ..Spec::default()
+        },
+    )
+    .await;
+    for site in ["a", "b", "c"] {
+        fed.start(site, &["run"]);
+    }
+    for site in ["a", "b", "c"] {
+        let out = fed.command(site, &["snapshot"]).output().unwrap();
+        assert!(out.status.success(), "snapshot at {site}: {}", text(&out));
+    }
+    let pools: Vec<sqlx::MySqlPool> = ["a", "b", "c"].iter().map(|s| fed.pool(s).clone()).collect();
+    {
+        let pools = pools.clone();
+        fed.wait_for(Duration::from_secs(120), "history merged", || {
+            let pools = pools.clone();
+            async move {
+                let mut counts = Vec::new();
+                for p in &pools {
+                    counts.push(common::rows(p, "SELECT COUNT(*) FROM user").await);
+                }
+                counts.iter().all(|c| c == &vec![vec!["9001".to_string()]])
+            }
+        })
+        .await;
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, site)| tokio::spawn(load(pools[i].clone(), site, seed.wrapping_mul(31).wrapping_add(i as u64 * 7919), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each site verifies against both others, twice, while all three write.
+    let mut runs = 0;
+    for round in 0..2 {
+        for site in ["a", "b", "c"] {
+            let (code, report, all) = verify(&fed, site, &[]);
+            assert_eq!(code, Some(0), "round {round}, verify at {site} under load (seed {seed}): {all}");
+            let compared: u64 = report["results"].as_array().unwrap().iter().map(|r| r["compared"].as_u64().unwrap()).sum();
+            assert!(compared > 5000, "{all}");
+            let sum = |k: &str| report["results"].as_array().unwrap().iter().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
+            eprintln!(
+                "verify under load: round {round} at {site}: {compared} rows compared, {} buckets differed at first, {} rows still changing",
+                sum("buckets_differing"),
+                sum("unsettled")
+            );
+            runs += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    eprintln!("verify under load: {runs} verifications while the sites wrote {written} changes");
+    assert!(written > 100, "the load ran: {written} changes");
+    for site in ["a", "b", "c"] {
+        let (code, _, all) = verify(&fed, site, &[]);
+        assert_eq!(code, Some(0), "verify at {site} after the load: {all}");
+    }
+    fed.assert_running();
+}
