@@ -145,6 +145,19 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
             Ok(())
         });
     }
+    if with_apply && config.verify.interval().is_some() {
+        // This site's half of continuous verification: it asks its origins.
+        let ctx = crate::verify::continuous::ContinuousContext {
+            config: config.clone(),
+            site: site.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move {
+            crate::verify::continuous::run(ctx).await;
+            Ok(())
+        });
+    }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.map_err(|e| anyhow!("task panicked: {e}")).and_then(|r| r);

@@ -127,6 +127,17 @@ pub struct Metrics {
     /// `sitesync_capture_entity_stopped{site,entity}`: 1 while the entity's capture is stopped
     /// alone (its table's rows could not be read; see `control::stopped`), else 0.
     pub capture_entity_stopped: IntGaugeVec,
+    /// `sitesync_verify_rows_total{site,origin,entity}`: rows of the origin compared by
+    /// continuous verification.
+    pub verify_rows: IntCounterVec,
+    /// `sitesync_verify_differences{site,origin,entity}`: differences that remained after the
+    /// last verification of the pair (0 once repaired).
+    pub verify_differences: IntGaugeVec,
+    /// `sitesync_verify_repaired_total{site,origin,entity}`: rows a repair healed.
+    pub verify_repaired: IntCounterVec,
+    /// `sitesync_verify_last_pass_timestamp_seconds{site}`: when the last complete pass over
+    /// every origin and entity ended.
+    pub verify_last_pass: GaugeVec,
 }
 
 impl Metrics {
@@ -188,6 +199,10 @@ impl Metrics {
             apply_batch_duration: histogram("sitesync_apply_batch_duration_seconds", "Duration of one local apply transaction, begin to commit.", &["site"], DURATION),
             apply_batch_records: histogram("sitesync_apply_batch_records", "Records per local apply transaction.", &["site"], RECORDS),
             capture_entity_stopped: int_gauge("sitesync_capture_entity_stopped", "1 while the entity's capture is stopped alone (its rows could not be read), until `sitesync resume` catches it up.", &["site", "entity"]),
+            verify_rows: counter("sitesync_verify_rows_total", "Rows of the origin compared by continuous verification.", &["site", "origin", "entity"]),
+            verify_differences: int_gauge("sitesync_verify_differences", "Differences with the origin left after the last verification of the entity (0 when equal or repaired).", &["site", "origin", "entity"]),
+            verify_repaired: counter("sitesync_verify_repaired_total", "Rows healed by verification's repairs.", &["site", "origin", "entity"]),
+            verify_last_pass: gauge("sitesync_verify_last_pass_timestamp_seconds", "End of the last complete verification pass over every origin and entity, seconds since the epoch.", &["site"]),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

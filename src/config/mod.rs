@@ -385,12 +385,46 @@ pub struct VerifyConfig {
     pub max_lag_seconds: f64,
     /// How long a site waits for another site's answer, in seconds.
     pub timeout_seconds: u64,
+    /// Continuous verification: `sitesync run` verifies every origin and entity this often
+    /// ("6h", "30m", "90s", "1d"); off when absent.
+    pub interval: Option<String>,
+    /// Continuous verification repairs what it finds.
+    pub repair: bool,
 }
 
 impl Default for VerifyConfig {
     fn default() -> Self {
-        Self { rows_per_second: 100_000, max_lag_seconds: 10.0, timeout_seconds: 120 }
+        Self { rows_per_second: 100_000, max_lag_seconds: 10.0, timeout_seconds: 120, interval: None, repair: false }
     }
+}
+
+impl VerifyConfig {
+    /// The continuous interval, if on (validated at load).
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        self.interval.as_deref().and_then(|t| parse_duration(t).ok())
+    }
+}
+
+/// "6h", "30m", "90s", "1d", "500ms" as a duration, or what is wrong with it.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: expected a whole number and a unit, as \"6h\", \"30m\", \"90s\", \"1d\""))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (ms, s, m, h, d)")),
+    };
+    if n == 0 {
+        return Err(format!("`{text}` must be longer than zero"));
+    }
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
 }
 
 impl Config {

@@ -141,3 +141,21 @@ fn references_mean_no_row_at_null_and_zero_unless_told_otherwise() {
         assert!(p.iter().any(|p| p.key == "entities.user.refs.creator_id"), "{bad}: {p:?}");
     }
 }
+
+#[test]
+fn continuous_verification_is_off_by_default_and_a_bad_interval_names_its_key() {
+    let c = Config::from_toml(GOOD, Path::new("fed.toml"), &env).unwrap();
+    assert_eq!(c.verify.interval(), None);
+    assert!(!c.verify.repair);
+    let c = Config::from_toml(&format!("{GOOD}\n[verify]\ninterval = \"6h\"\nrepair = true\n"), Path::new("fed.toml"), &env).unwrap();
+    assert_eq!(c.verify.interval(), Some(std::time::Duration::from_secs(6 * 3600)));
+    assert!(c.verify.repair);
+    for bad in ["6 hours", "0s", "h", "-1m"] {
+        let p = problems(&format!("{GOOD}\n[verify]\ninterval = \"{bad}\"\n"));
+        assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        assert_eq!(p[0].key, "verify.interval");
+        assert!(p[0].message.contains(bad), "{}", p[0].message);
+    }
+    assert_eq!(super::parse_duration("90s"), Ok(std::time::Duration::from_secs(90)));
+    assert_eq!(super::parse_duration("1d"), Ok(std::time::Duration::from_secs(86_400)));
+}

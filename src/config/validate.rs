@@ -19,6 +19,21 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
     let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
 
+    if let Some(interval) = &config.verify.interval {
+        if let Err(e) = super::parse_duration(interval) {
+            problem("verify.interval".into(), e);
+        }
+    }
+    if config.verify.rows_per_second == 0 {
+        problem("verify.rows_per_second".into(), "must be at least 1".into());
+    }
+    if config.verify.timeout_seconds == 0 {
+        problem("verify.timeout_seconds".into(), "must be at least 1".into());
+    }
+    if config.verify.max_lag_seconds.is_nan() || config.verify.max_lag_seconds <= 0.0 {
+        problem("verify.max_lag_seconds".into(), "must be a number of seconds above 0".into());
+    }
+
     let fed = &config.federation;
     if fed.name.is_empty() {
         problem("federation.name".into(), "must not be empty".into());

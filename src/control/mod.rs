@@ -18,14 +18,17 @@
 //!   `snapshot_rows`: the rows a limited snapshot (a verify repair) publishes.
 //! - `dead_letters`: records that could not be applied, with the reason.
 //! - `stopped_entities`: entities whose capture stopped alone, and where ([`stopped`]).
+//! - `verify_state`: what continuous verification last found per origin and entity ([`verified`]).
 
 mod positions;
 mod rows;
 mod snapshots;
 mod stopped;
+mod verified;
 
 pub use snapshots::{request_of_image, SnapshotRequests, Watermark, WatermarkRow};
 pub use stopped::{resume_of_change, StoppedEntities};
+pub use verified::{Verified, VerifyState};
 
 /// Control tables whose changes capture reads in the binlog.
 pub const SNAPSHOT_REQUESTS_TABLE: &str = "snapshot_requests";
@@ -236,6 +239,11 @@ impl Control {
         StoppedEntities::new(self.clone())
     }
 
+    /// What continuous verification last found per origin and entity.
+    pub fn verified(&self) -> VerifyState {
+        VerifyState::new(self.clone())
+    }
+
     /// The statements that create every control table; idempotent.
     pub fn ddl(&self) -> Vec<String> {
         let db = &self.db;
@@ -333,6 +341,7 @@ impl Control {
                  ) ENGINE=InnoDB"
             ),
             stopped::ddl(db),
+            verified::ddl(db),
         ]
     }
 
@@ -381,6 +390,7 @@ impl Control {
             "parked",
             "dead_letters",
             "stopped_entities",
+            "verify_state",
         ]
         .iter()
         .filter(|t| !present.iter().any(|p| p == *t))

@@ -18,6 +18,7 @@
 //!    it has; a last look counts what was repaired.
 
 pub mod canonical;
+pub mod continuous;
 pub mod direct;
 pub mod responder;
 
@@ -256,26 +257,32 @@ pub async fn verify(config: &Config, site: &str, options: &Options) -> Result<Ve
         }
     }
     let origins = if options.against.is_empty() { config.origins_of(site) } else { options.against.clone() };
-    let url = config.site(site).map_err(|e| VerifyError::Config(e.to_string()))?.mysql.expose();
-    let pool = control::connect(site, url, 2)
-        .await
-        .map_err(|e| VerifyError::Database { what: format!("connecting to site `{site}`"), message: e.to_string() })?;
-    let ctl = Control::new(pool.clone(), &config.federation.control_database);
-    let channel = Channel::open(config, site).await?;
-    let mut verifier = Verifier { config, site, pool, ctl, channel };
+    let mut verifier = Verifier::open(config, site).await?;
     let mut reports = Vec::new();
-    for origin in &origins {
-        for entity in config.entities.keys() {
-            if !config.routes_entity(origin, site, entity) || (!options.entities.is_empty() && !options.entities.contains(entity)) {
-                continue;
-            }
-            reports.push(verifier.pair(origin, entity, options.repair).await?);
+    for (origin, entity) in pairs(config, site) {
+        if !origins.contains(&origin) || (!options.entities.is_empty() && !options.entities.contains(&entity)) {
+            continue;
         }
+        reports.push(verifier.pair(&origin, &entity, options.repair).await?);
     }
     Ok(reports)
 }
 
-struct Verifier<'a> {
+/// Every (origin, entity) that some route carries to `site`, in a stable order.
+pub fn pairs(config: &Config, site: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for origin in config.origins_of(site) {
+        for entity in config.entities.keys() {
+            if config.routes_entity(&origin, site, entity) {
+                out.push((origin.clone(), entity.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// This site's end of verification: its database, its control tables and the channel.
+pub(crate) struct Verifier<'a> {
     config: &'a Config,
     site: &'a str,
     pool: sqlx::MySqlPool,
@@ -283,7 +290,23 @@ struct Verifier<'a> {
     channel: Channel,
 }
 
-impl Verifier<'_> {
+impl<'a> Verifier<'a> {
+    /// Connects to `site`'s own database (only its URL is used) and opens the channel.
+    pub(crate) async fn open(config: &'a Config, site: &'a str) -> Result<Verifier<'a>, VerifyError> {
+        let url = config.site(site).map_err(|e| VerifyError::Config(e.to_string()))?.mysql.expose();
+        let pool = control::connect(site, url, 2)
+            .await
+            .map_err(|e| VerifyError::Database { what: format!("connecting to site `{site}`"), message: e.to_string() })?;
+        let ctl = Control::new(pool.clone(), &config.federation.control_database);
+        let channel = Channel::open(config, site).await?;
+        Ok(Verifier { config, site, pool, ctl, channel })
+    }
+
+    /// The control tables of this site.
+    pub(crate) fn control(&self) -> &Control {
+        &self.ctl
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.config.verify.timeout_seconds.max(1))
     }
@@ -299,7 +322,8 @@ impl Verifier<'_> {
             .map_err(|e| VerifyError::Database { what: format!("connecting to site `{}`", self.site), message: e.to_string() })
     }
 
-    async fn pair(&mut self, origin: &str, entity: &str, repair: bool) -> Result<PairReport, VerifyError> {
+    /// Verifies (and with `repair` repairs) `entity` from `origin`.
+    pub(crate) async fn pair(&mut self, origin: &str, entity: &str, repair: bool) -> Result<PairReport, VerifyError> {
         let side = Side::Target { origin: origin.to_string() };
         let db = self.config.database_of(self.site).to_string();
         let scan = Scan::plan(&self.pool, self.config, &db, &self.config.federation.control_database, entity, &side).await?;

@@ -83,7 +83,12 @@ pub async fn run(ctx: ResponderContext) {
         match message {
             Ok(Some(m)) => {
                 let (id, from) = (m.id.clone(), m.from.clone());
-                if let Err(e) = responder.answer(m).await {
+                // Stopping does not wait for an answer: the asking site's wait times out.
+                let answered = tokio::select! {
+                    _ = responder.ctx.shutdown.wait() => return,
+                    r = responder.answer(m) => r,
+                };
+                if let Err(e) = answered {
                     tracing::warn!(site = %responder.ctx.site, request = %id, from = %from, error = %e, "verify request failed");
                     let _ = responder.channel.send(&id, &from, Body::Failed { message: e.to_string() }).await;
                 }
