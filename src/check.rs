@@ -51,6 +51,7 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
     topics.extend(origins.iter().map(|o| config.topic_of(o)));
     topics.push(config.heartbeat_topic_of(site));
     topics.extend(origins.iter().map(|o| config.heartbeat_topic_of(o)));
+    topics.push(config.control_topic());
     let kafka_cfg = config.kafka.clone();
     let kafka_task = tokio::task::spawn_blocking(move || kafka::topic_partitions(&kafka_cfg, &topics, KAFKA_TIMEOUT));
 
@@ -85,6 +86,8 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
                     "this site's capture heartbeats"
                 } else if topic.ends_with(".heartbeat") {
                     "heartbeats of an origin"
+                } else if topic == config.control_topic() {
+                    "verify requests and answers between sites"
                 } else {
                     "changes applied here"
                 };

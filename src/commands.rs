@@ -194,6 +194,7 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
     let progress = ctl.load_progress().await?;
     let dead = ctl.count_dead_letters().await?;
     let stopped = ctl.stopped().list().await?;
+    let verified = ctl.verified().list().await?;
     let now = crate::record::now_ms();
     let origins: Vec<serde_json::Value> = config
         .origins_of(site)
@@ -223,6 +224,7 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
             "position": s.gtid_state,
             "reason": s.reason,
         })).collect::<Vec<_>>(),
+        "verified": verified,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -249,6 +251,17 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         }
         if stopped.iter().any(|s| !s.resume) {
             println!("  fix the cause, then `sitesync resume --site {site}` (its changes since then are read again)");
+        }
+        for v in &verified {
+            println!(
+                "  verified {} from {}  {:.0} s ago: {} rows compared, {} difference(s), {} repaired",
+                v.entity,
+                v.origin,
+                (now - v.checked_at_ms) as f64 / 1000.0,
+                v.compared,
+                v.differences,
+                v.repaired
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

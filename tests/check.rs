@@ -287,7 +287,7 @@ async fn uninitialised_site_then_all_pass_after_init_and_kafka_unreachable_fails
     c.assert_fails("control tables", &[&format!("missing in `{}`", names.control_db), "apply_offsets", "run `sitesync init --site a`"]);
     c.assert_fails("topic", &[&format!("{}.a", names.prefix), "does not exist: run `sitesync init`"]);
     assert_eq!(c.failed(), vec!["control tables", "topic"], "{}", c.out);
-    for topic in ["a", "b", "a.heartbeat", "b.heartbeat"] {
+    for topic in ["a", "b", "a.heartbeat", "b.heartbeat", "control"] {
         let t = format!("FAIL topic: {}.{topic} (", names.prefix);
         assert!(c.out.lines().any(|l| l.starts_with(&t)), "no `{t}` in:\n{}", c.out);
     }

@@ -325,6 +325,8 @@ async fn busy_federation(test: &str) -> (Federation, Vec<(String, String)>) {
         assert!(toml.contains(&header), "harness config lacks {header}");
         toml = toml.replace(&header, &format!("{header}listen = \"{addr}\"\n"));
     }
+    // Continuous verification, so that its panels have data.
+    toml.push_str("\n[verify]\ninterval = \"5s\"\n");
     std::fs::write(&fed.config_path, toml).unwrap();
     fed.exec("b", "ALTER TABLE person ADD CONSTRAINT n_small CHECK (n < 1000)").await;
 

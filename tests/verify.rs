@@ -440,6 +440,10 @@ async fn continuous_verification_resumes_its_pass_after_kill_9_and_repairs_withi
     for done in &done_before {
         assert!(after.contains(done), "{done:?} was verified before the kill and not again after it: {after:?}");
     }
+    let out = fed.command("b", &["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(status["verified"].as_array().map(Vec::len), Some(3), "{status}");
+    assert!(status["verified"].as_array().unwrap().iter().all(|v| v["differences"] == 0 && v["compared"] == 3000), "{status}");
     let body = common::http_get(listen, "/metrics").unwrap_or_default();
     assert!(common::metric(&body, "sitesync_verify_last_pass_timestamp_seconds", &["site=\"b\""]).unwrap_or(0.0) > 1.0e9, "{body}");
     assert_eq!(common::metric(&body, "sitesync_verify_differences", &["origin=\"a\"", "entity=\"user\""]), Some(0.0), "{body}");
