@@ -267,7 +267,16 @@ async fn load(pool: sqlx::MySqlPool, site: &'static str, seed: u64, stop: std::s
             2 => format!("UPDATE user SET name = 'renamed {n}' WHERE token = 'h-{site}-{}'", rng.below(3000)),
             _ => format!("UPDATE user SET is_temporary = 1 - is_temporary WHERE token = 'h-{site}-{}'", rng.below(3000)),
         };
-        common::exec(&pool, &sql).await;
+        // As an application does, a deadlock with the applier is retried.
+        for attempt in 0.. {
+            match sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await {
+                Ok(_) => break,
+                Err(sqlx::Error::Database(e)) if attempt < 20 && matches!(e.code().as_deref(), Some("40001" | "HY000")) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
         n += 1;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }

@@ -45,6 +45,8 @@ ROWS = env_int("BENCH_ROWS", 1_000_000)              # backlog rows (capture + a
 TXN_ROWS = env_int("BENCH_TXN_ROWS", 1000)           # rows per backlog transaction
 STEADY_ROWS = env_int("BENCH_STEADY_ROWS", 300_000)  # rows written while capture runs
 SNAPSHOT_ROWS = env_int("BENCH_SNAPSHOT_ROWS", 200_000)
+VERIFY_ROWS = env_int("BENCH_VERIFY_ROWS", 1_000_000)    # rows of the table verify compares
+VERIFY_LAG_RATE = env_int("BENCH_VERIFY_LAG_RATE", 2000)  # offered rows/s while verify runs
 LAG_RATES = [int(x) for x in env_list("BENCH_LAG_RATES", "500,2000,10000")]
 LAG_TXN = [int(x) for x in env_list("BENCH_LAG_TXN", "1,10")]
 LAG_LOADS = env_list("BENCH_LAG_LOADS", "sysbench,lims")
@@ -747,13 +749,26 @@ def parse_sysbench(out):
 class LagLoad:
     """A federation, its writer, and the apply-side arrival log, for the lag scenarios."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, verify_rows=0):
         self.kind = kind
         if kind == "sysbench":
-            self.fed = Fed("sb", {"a": PORT_A, "b": PORT_B},
-                           '[entities.sbtest]\ntable = "sbtest1"\n\n[[routes]]\nfrom = ["a"]\nto = ["b"]\nentities = ["sbtest"]\n')
+            # With verify_rows: a second entity whose table holds the same rows at both sites
+            # (history both had), for the verify phase; read unpaced until phase_verify says.
+            config = '[entities.sbtest]\ntable = "sbtest1"\n\n[[routes]]\nfrom = ["a"]\nto = ["b"]\nentities = ["sbtest"]\n'
+            extra = ""
+            if verify_rows:
+                config = config.replace('["sbtest"]', '["sbtest", "ver"]') + '\n[entities.ver]\ntable = "verify_rows"\n'
+                extra = "[verify]\nrows_per_second = 100000000\n"
+            self.fed = Fed("ver" if verify_rows else "sb", {"a": PORT_A, "b": PORT_B}, config, extra)
             FEDS.append(self.fed)
             db = self.fed.db
+            if verify_rows:
+                script = os.path.join(OUT, "verify_rows.sql")
+                write_rows_script(script, "verify_rows", 1, verify_rows, 10_000)
+                for port in (PORT_A, PORT_B):
+                    sql(port, ROWS_DDL.format(t="verify_rows"), db)
+                    sql_script(port, script, db)
+                os.remove(script)
             run = subprocess.run(sysbench_base(PORT_A, db) + ["oltp_write_only", "--tables=1", "--table-size=100000", "prepare"],
                                  capture_output=True, text=True)
             if run.returncode != 0:
@@ -1002,6 +1017,80 @@ def phase_snapshot():
     run.stop()
 
 
+def run_measured(args, timeout=3600):
+    """(output, seconds, peak RSS in MB, exit code) of a command."""
+    t = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return out, time.time() - t, usage.ru_maxrss / 1024, p.returncode
+
+
+def verify_loop(fed, stop, passes):
+    """`sitesync verify` at b, again and again until `stop` is set; counts the passes."""
+    while not stop.is_set():
+        p = subprocess.run([BIN, "--config", fed.path, "--site", "b", "verify", "--entity", "ver", "--json"],
+                           capture_output=True, text=True, timeout=3600)
+        passes.append((p.returncode, time.time()))
+
+
+def phase_verify():
+    """verify of a VERIFY_ROWS-row table with no differences, beside SELECT and CHECKSUM TABLE;
+    the lag of another table at VERIFY_LAG_RATE rows/s without verify, with an unpaced verify
+    running in a loop, and with verify at its default pace ([verify] rows_per_second)."""
+    import threading
+    log(f"verify of {VERIFY_ROWS} rows")
+    load = LagLoad("sysbench", verify_rows=VERIFY_ROWS)
+    fed = load.fed
+    res = RESULTS["verify"] = {"rows": VERIFY_ROWS}
+    try:
+        hwm0 = load.capture.stat()[2]
+        out, secs, rss, code = run_measured([BIN, "--config", fed.path, "--site", "b", "verify", "--entity", "ver", "--json"])
+        if code != 0:
+            raise RuntimeError(f"verify found differences or failed ({code}): {out[-1500:]}")
+        report = json.loads(out[out.index("{"):])
+        r = report["results"][0]
+        res.update({"seconds": round(secs, 2), "rows_per_s": rate(VERIFY_ROWS, secs), "verify_peak_rss_mb": round(rss, 1),
+                    "origin_process_peak_rss_mb_before": round(hwm0, 1), "origin_process_peak_rss_mb_after": round(load.capture.stat()[2], 1),
+                    "compared": r["compared"], "buckets": r["buckets"], "buckets_differing": r["buckets_differing"],
+                    "differences": report["differences"]})
+        t = time.time()
+        subprocess.run(["mariadb", f"-h{HOST}", f"-P{PORT_A}", "-uroot", "-N", "-B", fed.db, "-e", "SELECT * FROM verify_rows"],
+                       stdout=subprocess.DEVNULL, check=True)
+        res["select_all_seconds"] = round(time.time() - t, 2)
+        res["select_all_rows_per_s"] = rate(VERIFY_ROWS, time.time() - t)
+        t = time.time()
+        sql(PORT_A, "CHECKSUM TABLE verify_rows", fed.db)
+        res["checksum_table_seconds"] = round(time.time() - t, 2)
+        res["checksum_table_rows_per_s"] = rate(VERIFY_ROWS, time.time() - t)
+        log(f"verify: {res}")
+
+        res["lag_without_verify"] = lag_scenario(load, VERIFY_LAG_RATE, 10)
+        for pace in ("unpaced", "default pace"):
+            if pace == "default pace":
+                text = open(fed.path).read().replace("rows_per_second = 100000000\n", "")
+                open(fed.path, "w").write(text)
+                load.capture.stop()
+                load.capture = fed.start("a", "capture")
+                load.procs[0] = load.capture
+                load.capture.wait_ready()
+            stop, passes = threading.Event(), []
+            th = threading.Thread(target=verify_loop, args=(fed, stop, passes), daemon=True)
+            th.start()
+            time.sleep(1)
+            lag = lag_scenario(load, VERIFY_LAG_RATE, 10)
+            stop.set()
+            th.join(timeout=3600)
+            lag["verify_passes"] = len(passes)
+            lag["verify_passes_with_differences"] = sum(1 for c, _ in passes if c != 0)
+            res[f"lag_while_verifying_{pace.replace(' ', '_')}"] = lag
+        log(f"verify lag: without {res['lag_without_verify']['lag_ms']}, unpaced {res['lag_while_verifying_unpaced']['lag_ms']}, "
+            f"default pace {res['lag_while_verifying_default_pace']['lag_ms']}")
+    finally:
+        load.stop()
+
+
 # ----------------------------------------------------------------------------- report
 def fmt(v, unit=""):
     if v is None:
@@ -1033,6 +1122,19 @@ def summary():
         a, p = b["apply"]["rows_per_s"], b.get("plain_sql", {}).get("rows_per_s")
         rows.append(("apply, rows/s", a, p, "mariadb client, 1000-row INSERTs", ratio(a, p),
                      f">= {TARGETS['apply_vs_plain_sql']} x plain SQL", (ratio(a, p) or 0) >= TARGETS["apply_vs_plain_sql"]))
+    if "verify" in RESULTS and "rows_per_s" in RESULTS["verify"]:
+        v = RESULTS["verify"]
+        rows.append((f"verify {v['rows']:,} equal rows, rows/s", v["rows_per_s"], v["select_all_rows_per_s"], "SELECT * to /dev/null",
+                     ratio(v["rows_per_s"], v["select_all_rows_per_s"]), "", None))
+        rows.append(("  (CHECKSUM TABLE at the origin)", None, v["checksum_table_rows_per_s"], "CHECKSUM TABLE",
+                     ratio(v["rows_per_s"], v["checksum_table_rows_per_s"]), "", None))
+        rows.append(("verify peak RSS, MB", v["verify_peak_rss_mb"], None, "", None, f"<= {TARGETS['peak_rss_mb']}",
+                     v["verify_peak_rss_mb"] <= TARGETS["peak_rss_mb"]))
+        base = (v.get("lag_without_verify") or {}).get("lag_ms", {}).get("p99")
+        for key, name in (("lag_while_verifying_unpaced", "unpaced"), ("lag_while_verifying_default_pace", "default pace")):
+            p99 = (v.get(key) or {}).get("lag_ms", {}).get("p99")
+            if p99 is not None:
+                rows.append((f"lag p99 ms at {VERIFY_LAG_RATE}/s, verify {name}", p99, base, "lag p99 without verify", ratio(p99, base), "", None))
     if "snapshot" in RESULTS:
         s = RESULTS["snapshot"]
         rows.append(("snapshot, rows/s", s["rows_per_s"], s["select_all_rows_per_s"], "SELECT * to /dev/null",
@@ -1128,6 +1230,8 @@ def main():
             phase_lag()
         if "snapshot" in PHASES:
             phase_snapshot()
+        if "verify" in PHASES:
+            phase_verify()
     except Exception as e:  # noqa: BLE001 - report what was measured, then fail
         failed = e
         RESULTS["error"] = str(e)

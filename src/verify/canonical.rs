@@ -51,9 +51,12 @@ pub enum ScanError {
 /// it should hold from `peer` (`Target`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Side {
-    /// This site answers for its own rows: those passing the filter that its applier did not
-    /// create from another site's change.
-    Origin,
+    /// This site answers `peer` for its own rows: those passing the filter that its applier
+    /// did not create from another site's change.
+    Origin {
+        /// The site that asks.
+        peer: String,
+    },
     /// This site holds rows of `origin`: created here from its changes, or this site's own
     /// rows that the identity map links to it (history both had).
     Target {
@@ -77,16 +80,36 @@ pub struct Scanned {
     pub received_from: Option<String>,
     /// The identity map links the row to the compared origin (Target side only).
     pub linked: bool,
+    /// The entity's key is the primary key: ids are the same at every site.
+    pub shared_ids: bool,
 }
 
 impl Scanned {
-    /// Whether the row belongs to the set `side` compares.
+    /// Whether the row belongs to the set `side` compares (the bucket checksums). Where ids are
+    /// shared (the key is the primary key) a row of this site's own that no other origin sent
+    /// counts too: history both sites had is linked by nothing but its id.
     pub fn member(&self, side: &Side) -> bool {
+        self.belongs(side, true)
+    }
+
+    /// Whether the origin answers for the row: on the origin's side its own rows; on this
+    /// side the rows that came from the origin (a row of it that the origin lacks is gone).
+    pub fn answered_for(&self, side: &Side) -> bool {
+        self.belongs(side, false)
+    }
+
+    fn belongs(&self, side: &Side, count_shared_ids: bool) -> bool {
         self.replicated
             && match side {
-                Side::Origin => self.received_from.is_none(),
+                // Where ids are shared, the asking site's own rows that it sent here are in
+                // its set too (nothing else links them there).
+                Side::Origin { peer } => {
+                    self.received_from.is_none()
+                        || (count_shared_ids && self.shared_ids && self.received_from.as_deref() == Some(peer.as_str()))
+                }
                 Side::Target { origin } => {
-                    self.received_from.as_deref() == Some(origin.as_str()) || (self.received_from.is_none() && self.linked)
+                    self.received_from.as_deref() == Some(origin.as_str())
+                        || (self.received_from.is_none() && (self.linked || (count_shared_ids && self.shared_ids)))
                 }
             }
     }
@@ -114,7 +137,7 @@ impl Scanned {
             pk: self.pk.clone(),
             digest: format!("{:032x}", self.digest()),
             columns: columns.iter().zip(&self.values).map(|(c, v)| (c.clone(), column_hash(v.as_deref()))).collect(),
-            owned: self.member(side),
+            owned: self.answered_for(side),
             replicated: self.replicated,
         }
     }
@@ -148,6 +171,8 @@ pub fn bucket_of(key: &str, buckets: u32) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Scan {
     sql: String,
+    /// Rows are matched by a natural key (ids differ per site).
+    natural: bool,
     /// Natural key columns.
     key_columns: Vec<String>,
     /// Compared columns, in name order.
@@ -235,7 +260,7 @@ impl Scan {
                         "IF(EXISTS (SELECT 1 FROM `{control_db}`.`identity_map` m WHERE m.entity = {literal} AND m.local_key = {pk} AND m.origin = {}), '1', '0')",
                         sql_literal(origin)
                     ),
-                    Side::Origin => "'0'".into(),
+                    Side::Origin { .. } => "'0'".into(),
                 });
             }
             None => {
@@ -244,7 +269,7 @@ impl Scan {
             }
         }
         let sql = format!("SELECT {} FROM {} t", select.join(", "), qualified(db, &cfg.table));
-        Ok(Scan { sql, key_columns, columns, filter, filter_columns, table: qualified(db, &cfg.table) })
+        Ok(Scan { sql, natural, key_columns, columns, filter, filter_columns, table: qualified(db, &cfg.table) })
     }
 
     /// Streams every row to `each` (which may stop the scan by returning an error).
@@ -287,7 +312,7 @@ impl Scan {
             let base = base + self.filter_columns.len();
             let received_from = text(base)?;
             let linked = text(base + 1)?.as_deref() == Some("1");
-            each(Scanned { key, pk, values, replicated, received_from, linked })?;
+            each(Scanned { key, pk, values, replicated, received_from, linked, shared_ids: !self.natural })?;
             n += 1;
             pace.tick().await;
         }
@@ -418,6 +443,7 @@ mod tests {
             replicated: true,
             received_from: None,
             linked: false,
+            shared_ids: false,
         }
     }
 
@@ -444,15 +470,22 @@ mod tests {
     fn membership_follows_how_the_row_came() {
         let mut r = row(&[]);
         let target = Side::Target { origin: "a".into() };
-        assert!(r.member(&Side::Origin));
+        let origin = Side::Origin { peer: "b".into() };
+        assert!(r.member(&origin));
         assert!(!r.member(&target), "own row, not linked to a");
         r.linked = true;
         assert!(r.member(&target), "history both had");
         r.received_from = Some("c".into());
-        assert!(!r.member(&target) && !r.member(&Side::Origin), "c's row");
+        assert!(!r.member(&target) && !r.member(&origin), "c's row");
         r.received_from = Some("a".into());
         assert!(r.member(&target));
         r.replicated = false;
         assert!(!r.member(&target));
+        let mut own = row(&[]);
+        own.shared_ids = true;
+        assert!(own.member(&target), "shared ids: history both had is compared");
+        assert!(!own.answered_for(&target), "but a's answer never makes it gone here");
+        own.received_from = Some("b".into());
+        assert!(own.member(&origin) && !own.answered_for(&origin), "b's row at a: compared with b, not a's to republish");
     }
 }

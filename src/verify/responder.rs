@@ -127,7 +127,7 @@ impl Responder {
             return Err(VerifyError::Config(format!("no route carries entity `{entity}` from `{}` to `{asker}`", self.ctx.site)));
         }
         let db = config.database_of(&self.ctx.site);
-        Ok(Scan::plan(&self.pool, config, db, &config.federation.control_database, entity, &Side::Origin).await?)
+        Ok(Scan::plan(&self.pool, config, db, &config.federation.control_database, entity, &origin_side(asker)).await?)
     }
 
     async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, VerifyError> {
@@ -153,10 +153,11 @@ impl Responder {
             Body::BucketsRequest { entity, buckets } => {
                 let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
                 let scan = self.scan(asker, &entity).await?;
+                let side = origin_side(asker);
                 let mut sums: Sums = vec![(0, 0); buckets as usize];
                 let mut conn = self.conn().await?;
                 scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
-                    if row.member(&Side::Origin) {
+                    if row.member(&side) {
                         add(&mut sums, bucket_of(&row.key, buckets), row.digest());
                     }
                     Ok(())
@@ -178,12 +179,13 @@ impl Responder {
                 let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
                 let scan = self.scan(asker, &entity).await?;
                 let wanted: std::collections::HashSet<u32> = which.into_iter().collect();
+                let side = origin_side(asker);
                 let (read_at, read_at_ms) = (Instant::now(), crate::record::now_ms());
                 let mut rows = Vec::new();
                 let mut conn = self.conn().await?;
                 scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
                     if wanted.contains(&bucket_of(&row.key, buckets)) {
-                        rows.push(row.to_digest(&scan.columns, &Side::Origin));
+                        rows.push(row.to_digest(&scan.columns, &side));
                     }
                     Ok(())
                 })
@@ -245,4 +247,9 @@ impl Responder {
         }
         Ok(())
     }
+}
+
+/// This site's side when `asker` asks.
+fn origin_side(asker: &str) -> Side {
+    Side::Origin { peer: asker.to_string() }
 }
