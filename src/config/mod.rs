@@ -394,7 +394,7 @@ pub struct VerifyConfig {
 
 impl Default for VerifyConfig {
     fn default() -> Self {
-        Self { rows_per_second: 100_000, max_lag_seconds: 10.0, timeout_seconds: 120, interval: None, repair: false }
+        Self { rows_per_second: 20_000, max_lag_seconds: 10.0, timeout_seconds: 120, interval: None, repair: false }
     }
 }
 

@@ -320,6 +320,54 @@ impl Scan {
     }
 }
 
+impl Scan {
+    /// (rows, wrapping sum of digests) per bucket of the rows in `side`'s set: what both
+    /// sites compare first.
+    pub async fn bucket_sums(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        pace: &mut super::Pace,
+        side: &Side,
+        buckets: u32,
+    ) -> Result<Sums, ScanError> {
+        let mut sums: Sums = vec![(0, 0); buckets as usize];
+        self.run::<ScanError, _>(conn, pace, |row| {
+            if row.member(side) {
+                let s = &mut sums[bucket_of(&row.key, buckets) as usize];
+                s.0 += 1;
+                s.1 = s.1.wrapping_add(row.digest());
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(sums)
+    }
+
+    /// Every row (whatever its set) in the buckets `wanted`, and of `keys` if given.
+    pub async fn rows_in(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        pace: &mut super::Pace,
+        side: &Side,
+        buckets: u32,
+        wanted: &std::collections::HashSet<u32>,
+        keys: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<Vec<RowDigest>, ScanError> {
+        let mut rows = Vec::new();
+        self.run::<ScanError, _>(conn, pace, |row| {
+            if wanted.contains(&bucket_of(&row.key, buckets)) && keys.is_none_or(|k| k.contains(&row.key)) {
+                rows.push(row.to_digest(&self.columns, side));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
+    }
+}
+
+/// (rows, sum of digests) per bucket.
+pub type Sums = Vec<(u64, u128)>;
+
 /// A filter column's text as the record's JSON value would be.
 fn filter_value(text: Option<String>, numeric: bool) -> serde_json::Value {
     match text {

@@ -48,6 +48,8 @@ pub async fn run(ctx: ContinuousContext) {
             }
         }
     };
+    // This site's own reading pauses while its applier is far behind, as the origins' does.
+    verifier.pause_while(super::responder::apply_lag(ctx.metrics.clone(), site.clone(), config.origins_of(&site)));
     tracing::info!(site = %site, interval = ?interval, repair = config.verify.repair, "continuous verification on");
     let interval_ms = interval.as_millis() as i64;
     loop {

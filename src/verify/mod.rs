@@ -31,7 +31,7 @@ use sqlx::AssertSqlSafe;
 use crate::channel::{self, Body, Channel, ChannelError, RowDigest};
 use crate::config::{Config, OnDelete};
 use crate::control::{self, Control};
-use canonical::{bucket_of, Scan, ScanError, Side};
+use canonical::{bucket_of, Scan, ScanError, Side, Sums};
 
 /// Why verification could not run.
 #[derive(Debug, thiserror::Error)]
@@ -152,13 +152,16 @@ pub struct Pace {
     per_second: f64,
     started: Instant,
     rows: u64,
-    lag: Option<Box<dyn Fn() -> f64 + Send + Sync>>,
+    lag: Option<Lag>,
     max_lag: f64,
 }
 
+/// This site's apply lag behind its origins now, in seconds (from the process's metrics).
+pub type Lag = std::sync::Arc<dyn Fn() -> f64 + Send + Sync>;
+
 impl Pace {
     /// At most `rows_per_second`; with `lag`, waits while it exceeds `max_lag` seconds.
-    pub fn new(rows_per_second: u64, lag: Option<Box<dyn Fn() -> f64 + Send + Sync>>, max_lag: f64) -> Self {
+    pub fn new(rows_per_second: u64, lag: Option<Lag>, max_lag: f64) -> Self {
         Self { per_second: rows_per_second.max(1) as f64, started: Instant::now(), rows: 0, lag, max_lag }
     }
 
@@ -187,16 +190,6 @@ impl Pace {
 /// Buckets for a table of `rows` rows: about 16 rows each, a power of two.
 pub fn buckets_for(rows: u64) -> u32 {
     ((rows / 16).clamp(16, 1 << 16) as u32).next_power_of_two()
-}
-
-/// (rows, sum of digests) per bucket.
-pub type Sums = Vec<(u64, u128)>;
-
-/// Adds `digest` to bucket `b` of `sums`.
-pub fn add(sums: &mut Sums, b: u32, digest: u128) {
-    let s = &mut sums[b as usize];
-    s.0 += 1;
-    s.1 = s.1.wrapping_add(digest);
 }
 
 /// Whether `kind` of difference at `o`/`t` (the origin's and this site's copy of one key)
@@ -288,6 +281,7 @@ pub(crate) struct Verifier<'a> {
     pool: sqlx::MySqlPool,
     ctl: Control,
     channel: Channel,
+    lag: Option<Lag>,
 }
 
 impl<'a> Verifier<'a> {
@@ -299,7 +293,7 @@ impl<'a> Verifier<'a> {
             .map_err(|e| VerifyError::Database { what: format!("connecting to site `{site}`"), message: e.to_string() })?;
         let ctl = Control::new(pool.clone(), &config.federation.control_database);
         let channel = Channel::open(config, site).await?;
-        Ok(Verifier { config, site, pool, ctl, channel })
+        Ok(Verifier { config, site, pool, ctl, channel, lag: None })
     }
 
     /// The control tables of this site.
@@ -312,7 +306,13 @@ impl<'a> Verifier<'a> {
     }
 
     fn pace(&self) -> Pace {
-        Pace::new(self.config.verify.rows_per_second, None, f64::INFINITY)
+        Pace::new(self.config.verify.rows_per_second, self.lag.clone(), self.config.verify.max_lag_seconds)
+    }
+
+    /// Reading pauses while `lag` exceeds `[verify] max_lag_seconds` (inside `sitesync run`,
+    /// where the applier's lag is known).
+    pub(crate) fn pause_while(&mut self, lag: Lag) {
+        self.lag = Some(lag);
     }
 
     async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, VerifyError> {
@@ -338,16 +338,7 @@ impl<'a> Verifier<'a> {
         // 1. Buckets: the origin reads while this site does.
         let id = channel::request_id(self.site);
         self.channel.send(&id, origin, Body::BucketsRequest { entity: entity.to_string(), buckets }).await?;
-        let mut local: Sums = vec![(0, 0); buckets as usize];
-        let mut conn = self.conn().await?;
-        scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
-            if row.member(&side) {
-                add(&mut local, bucket_of(&row.key, buckets), row.digest());
-            }
-            Ok(())
-        })
-        .await?;
-        drop(conn);
+        let local = scan.bucket_sums(&mut *self.conn().await?, &mut self.pace(), &side, buckets).await?;
         let mut remote: Sums = vec![(0, 0); buckets as usize];
         loop {
             match self.channel.answer(&id, origin, self.timeout()).await? {
@@ -465,17 +456,13 @@ impl<'a> Verifier<'a> {
     ) -> Result<BTreeMap<String, Suspect>, VerifyError> {
         let id = channel::request_id(self.site);
         self.channel.send(&id, origin, Body::RowsRequest { entity: entity.to_string(), buckets, which: which.to_vec() }).await?;
-        let wanted: BTreeSet<u32> = which.iter().copied().collect();
-        let mut mine: HashMap<String, RowDigest> = HashMap::new();
-        let mut conn = self.conn().await?;
-        scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
-            if wanted.contains(&bucket_of(&row.key, buckets)) && keys.is_none_or(|k| k.contains(&row.key)) {
-                mine.insert(row.key.clone(), row.to_digest(&scan.columns, side));
-            }
-            Ok(())
-        })
-        .await?;
-        drop(conn);
+        let wanted: std::collections::HashSet<u32> = which.iter().copied().collect();
+        let mut mine: HashMap<String, RowDigest> = scan
+            .rows_in(&mut *self.conn().await?, &mut self.pace(), side, buckets, &wanted, keys)
+            .await?
+            .into_iter()
+            .map(|r| (r.key.clone(), r))
+            .collect();
         let mut found = BTreeMap::new();
         let mut note = |o: Option<RowDigest>, t: Option<RowDigest>| {
             let key = o.as_ref().or(t.as_ref()).map(|r| r.key.clone()).unwrap_or_default();
@@ -618,9 +605,5 @@ mod tests {
         assert_eq!(buckets_for(1000), 64);
         assert_eq!(buckets_for(1_000_000), 65536);
         assert_eq!(buckets_for(u64::MAX), 65536);
-        let mut sums: Sums = vec![(0, 0); 2];
-        add(&mut sums, 1, u128::MAX);
-        add(&mut sums, 1, 2);
-        assert_eq!(sums[1], (2, 1));
     }
 }

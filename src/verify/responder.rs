@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::canonical::{bucket_of, Scan, Side};
-use super::{add, Pace, Sums, VerifyError};
+use super::canonical::{Scan, Side};
+use super::{Pace, VerifyError};
 use crate::channel::{Body, Channel, ControlMessage};
 use crate::config::Config;
 use crate::control::{self, Control};
@@ -112,9 +112,7 @@ struct Responder {
 impl Responder {
     fn pace(&self) -> Pace {
         let (metrics, site, origins) = (self.ctx.metrics.clone(), self.ctx.site.clone(), self.ctx.config.origins_of(&self.ctx.site));
-        let lag =
-            move || origins.iter().map(|o| metrics.apply_lag.with_label_values(&[site.as_str(), o.as_str()]).get()).fold(0.0, f64::max);
-        Pace::new(self.ctx.config.verify.rows_per_second, Some(Box::new(lag)), self.ctx.config.verify.max_lag_seconds)
+        Pace::new(self.ctx.config.verify.rows_per_second, Some(apply_lag(metrics, site, origins)), self.ctx.config.verify.max_lag_seconds)
     }
 
     /// The scan of `entity` for `asker`, once the request is checked against the configuration.
@@ -153,17 +151,7 @@ impl Responder {
             Body::BucketsRequest { entity, buckets } => {
                 let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
                 let scan = self.scan(asker, &entity).await?;
-                let side = origin_side(asker);
-                let mut sums: Sums = vec![(0, 0); buckets as usize];
-                let mut conn = self.conn().await?;
-                scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
-                    if row.member(&side) {
-                        add(&mut sums, bucket_of(&row.key, buckets), row.digest());
-                    }
-                    Ok(())
-                })
-                .await?;
-                drop(conn);
+                let sums = scan.bucket_sums(&mut *self.conn().await?, &mut self.pace(), &origin_side(asker), buckets).await?;
                 let filled: Vec<(u32, u64, String)> =
                     sums.iter().enumerate().filter(|(_, s)| s.0 > 0).map(|(b, s)| (b as u32, s.0, format!("{:032x}", s.1))).collect();
                 let parts: Vec<&[(u32, u64, String)]> =
@@ -179,18 +167,8 @@ impl Responder {
                 let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
                 let scan = self.scan(asker, &entity).await?;
                 let wanted: std::collections::HashSet<u32> = which.into_iter().collect();
-                let side = origin_side(asker);
                 let (read_at, read_at_ms) = (Instant::now(), crate::record::now_ms());
-                let mut rows = Vec::new();
-                let mut conn = self.conn().await?;
-                scan.run::<VerifyError, _>(&mut conn, &mut self.pace(), |row| {
-                    if wanted.contains(&bucket_of(&row.key, buckets)) {
-                        rows.push(row.to_digest(&scan.columns, &side));
-                    }
-                    Ok(())
-                })
-                .await?;
-                drop(conn);
+                let rows = scan.rows_in(&mut *self.conn().await?, &mut self.pace(), &origin_side(asker), buckets, &wanted, None).await?;
                 self.capture_past(read_at, read_at_ms).await;
                 let parts: Vec<&[crate::channel::RowDigest]> =
                     if rows.is_empty() { vec![&[]] } else { rows.chunks(ROWS_PER_PART).collect() };
@@ -252,4 +230,11 @@ impl Responder {
 /// This site's side when `asker` asks.
 fn origin_side(asker: &str) -> Side {
     Side::Origin { peer: asker.to_string() }
+}
+
+/// The largest apply lag of `site` behind `origins`, as this process's metrics say.
+pub(super) fn apply_lag(metrics: Metrics, site: String, origins: Vec<String>) -> super::Lag {
+    std::sync::Arc::new(move || {
+        origins.iter().map(|o| metrics.apply_lag.with_label_values(&[site.as_str(), o.as_str()]).get()).fold(0.0, f64::max)
+    })
 }
