@@ -272,12 +272,8 @@ impl Scan {
         Ok(Scan { sql, natural, key_columns, columns, filter, filter_columns, table: qualified(db, &cfg.table) })
     }
 
-    /// Streams every row to `each` (which may stop the scan by returning an error).
-    pub async fn run<E, F>(&self, conn: &mut sqlx::MySqlConnection, pace: &mut super::Pace, mut each: F) -> Result<u64, E>
-    where
-        F: FnMut(Scanned) -> Result<(), E>,
-        E: From<ScanError>,
-    {
+    /// Streams every row to `sink` (which may stop the scan by returning an error).
+    pub async fn run<S: RowSink>(&self, conn: &mut sqlx::MySqlConnection, pace: &mut super::Pace, sink: &mut S) -> Result<u64, S::Error> {
         let db_err = |source| ScanError::Database { what: self.table.clone(), source };
         // TIMESTAMP as UTC text at every site, whatever the session's zone.
         // A paced reader may pause between rows longer than the server waits by default.
@@ -312,7 +308,7 @@ impl Scan {
             let base = base + self.filter_columns.len();
             let received_from = text(base)?;
             let linked = text(base + 1)?.as_deref() == Some("1");
-            each(Scanned { key, pk, values, replicated, received_from, linked, shared_ids: !self.natural })?;
+            sink.row(Scanned { key, pk, values, replicated, received_from, linked, shared_ids: !self.natural }).await?;
             n += 1;
             pace.tick().await;
         }
@@ -320,48 +316,80 @@ impl Scan {
     }
 }
 
-impl Scan {
-    /// (rows, wrapping sum of digests) per bucket of the rows in `side`'s set: what both
-    /// sites compare first.
-    pub async fn bucket_sums(
-        &self,
-        conn: &mut sqlx::MySqlConnection,
-        pace: &mut super::Pace,
-        side: &Side,
-        buckets: u32,
-    ) -> Result<Sums, ScanError> {
-        let mut sums: Sums = vec![(0, 0); buckets as usize];
-        self.run::<ScanError, _>(conn, pace, |row| {
-            if row.member(side) {
-                let s = &mut sums[bucket_of(&row.key, buckets) as usize];
-                s.0 += 1;
-                s.1 = s.1.wrapping_add(row.digest());
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(sums)
-    }
+/// Takes a scan's rows one at a time (and may wait, to send what it has, between them).
+pub trait RowSink {
+    /// Why it stops the scan.
+    type Error: From<ScanError>;
+    /// One row.
+    fn row(&mut self, row: Scanned) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
 
-    /// Every row (whatever its set) in the buckets `wanted`, and of `keys` if given.
-    pub async fn rows_in(
-        &self,
-        conn: &mut sqlx::MySqlConnection,
-        pace: &mut super::Pace,
-        side: &Side,
-        buckets: u32,
-        wanted: &std::collections::HashSet<u32>,
-        keys: Option<&std::collections::BTreeSet<String>>,
-    ) -> Result<Vec<RowDigest>, ScanError> {
-        let mut rows = Vec::new();
-        self.run::<ScanError, _>(conn, pace, |row| {
-            if wanted.contains(&bucket_of(&row.key, buckets)) && keys.is_none_or(|k| k.contains(&row.key)) {
-                rows.push(row.to_digest(&self.columns, side));
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(rows)
+/// (rows, wrapping sum of digests) per bucket of the rows in `side`'s set: what both sites
+/// compare first.
+pub struct BucketSums<'a> {
+    side: &'a Side,
+    buckets: u32,
+    /// The sums.
+    pub sums: Sums,
+}
+
+impl<'a> BucketSums<'a> {
+    /// Empty sums of `buckets` buckets.
+    pub fn new(side: &'a Side, buckets: u32) -> Self {
+        Self { side, buckets, sums: vec![(0, 0); buckets as usize] }
+    }
+}
+
+impl RowSink for BucketSums<'_> {
+    type Error = ScanError;
+    async fn row(&mut self, row: Scanned) -> Result<(), ScanError> {
+        if row.member(self.side) {
+            let s = &mut self.sums[bucket_of(&row.key, self.buckets) as usize];
+            s.0 += 1;
+            s.1 = s.1.wrapping_add(row.digest());
+        }
+        Ok(())
+    }
+}
+
+/// Which rows a rows answer holds: every row (whatever its set) in the buckets `wanted`, and
+/// of `keys` if given.
+pub struct Wanted<'a> {
+    /// The side read.
+    pub side: &'a Side,
+    /// Bucket count of the pass.
+    pub buckets: u32,
+    /// The buckets.
+    pub wanted: std::collections::HashSet<u32>,
+    /// Only these keys.
+    pub keys: Option<&'a std::collections::BTreeSet<String>>,
+}
+
+impl Wanted<'_> {
+    /// The row as it travels, if wanted.
+    pub fn take(&self, row: &Scanned, columns: &[String]) -> Option<RowDigest> {
+        (self.wanted.contains(&bucket_of(&row.key, self.buckets)) && self.keys.is_none_or(|k| k.contains(&row.key)))
+            .then(|| row.to_digest(columns, self.side))
+    }
+}
+
+/// The wanted rows, kept.
+pub struct Collect<'a> {
+    /// Which.
+    pub wanted: Wanted<'a>,
+    /// The compared columns' names.
+    pub columns: &'a [String],
+    /// The rows.
+    pub rows: Vec<RowDigest>,
+}
+
+impl RowSink for Collect<'_> {
+    type Error = ScanError;
+    async fn row(&mut self, row: Scanned) -> Result<(), ScanError> {
+        if let Some(d) = self.wanted.take(&row, self.columns) {
+            self.rows.push(d);
+        }
+        Ok(())
     }
 }
 

@@ -31,7 +31,7 @@ use sqlx::AssertSqlSafe;
 use crate::channel::{self, Body, Channel, ChannelError, RowDigest};
 use crate::config::{Config, OnDelete};
 use crate::control::{self, Control};
-use canonical::{bucket_of, Scan, ScanError, Side, Sums};
+use canonical::{bucket_of, BucketSums, Collect, Scan, ScanError, Side, Sums, Wanted};
 
 /// Why verification could not run.
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +338,9 @@ impl<'a> Verifier<'a> {
         // 1. Buckets: the origin reads while this site does.
         let id = channel::request_id(self.site);
         self.channel.send(&id, origin, Body::BucketsRequest { entity: entity.to_string(), buckets }).await?;
-        let local = scan.bucket_sums(&mut *self.conn().await?, &mut self.pace(), &side, buckets).await?;
+        let mut local = BucketSums::new(&side, buckets);
+        scan.run(&mut *self.conn().await?, &mut self.pace(), &mut local).await?;
+        let local = local.sums;
         let mut remote: Sums = vec![(0, 0); buckets as usize];
         loop {
             match self.channel.answer(&id, origin, self.timeout()).await? {
@@ -456,13 +458,10 @@ impl<'a> Verifier<'a> {
     ) -> Result<BTreeMap<String, Suspect>, VerifyError> {
         let id = channel::request_id(self.site);
         self.channel.send(&id, origin, Body::RowsRequest { entity: entity.to_string(), buckets, which: which.to_vec() }).await?;
-        let wanted: std::collections::HashSet<u32> = which.iter().copied().collect();
-        let mut mine: HashMap<String, RowDigest> = scan
-            .rows_in(&mut *self.conn().await?, &mut self.pace(), side, buckets, &wanted, keys)
-            .await?
-            .into_iter()
-            .map(|r| (r.key.clone(), r))
-            .collect();
+        let wanted = Wanted { side, buckets, wanted: which.iter().copied().collect(), keys };
+        let mut collect = Collect { wanted, columns: &scan.columns, rows: Vec::new() };
+        scan.run(&mut *self.conn().await?, &mut self.pace(), &mut collect).await?;
+        let mut mine: HashMap<String, RowDigest> = collect.rows.into_iter().map(|r| (r.key.clone(), r)).collect();
         let mut found = BTreeMap::new();
         let mut note = |o: Option<RowDigest>, t: Option<RowDigest>| {
             let key = o.as_ref().or(t.as_ref()).map(|r| r.key.clone()).unwrap_or_default();

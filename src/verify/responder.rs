@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::canonical::{Scan, Side};
+use super::canonical::{BucketSums, RowSink, Scan, Scanned, Side, Wanted};
 use super::{Pace, VerifyError};
 use crate::channel::{Body, Channel, ControlMessage};
 use crate::config::Config;
@@ -151,9 +151,11 @@ impl Responder {
             Body::BucketsRequest { entity, buckets } => {
                 let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
                 let scan = self.scan(asker, &entity).await?;
-                let sums = scan.bucket_sums(&mut *self.conn().await?, &mut self.pace(), &origin_side(asker), buckets).await?;
+                let side = origin_side(asker);
+                let mut sums = BucketSums::new(&side, buckets);
+                scan.run(&mut *self.conn().await?, &mut self.pace(), &mut sums).await?;
                 let filled: Vec<(u32, u64, String)> =
-                    sums.iter().enumerate().filter(|(_, s)| s.0 > 0).map(|(b, s)| (b as u32, s.0, format!("{:032x}", s.1))).collect();
+                    sums.sums.iter().enumerate().filter(|(_, s)| s.0 > 0).map(|(b, s)| (b as u32, s.0, format!("{:032x}", s.1))).collect();
                 let parts: Vec<&[(u32, u64, String)]> =
                     if filled.is_empty() { vec![&[]] } else { filled.chunks(BUCKETS_PER_PART).collect() };
                 let n = parts.len();
@@ -166,17 +168,18 @@ impl Responder {
             Body::RowsRequest { entity, buckets, which } => {
                 let buckets = buckets.clamp(1, 1 << 20).next_power_of_two();
                 let scan = self.scan(asker, &entity).await?;
-                let wanted: std::collections::HashSet<u32> = which.into_iter().collect();
+                let side = origin_side(asker);
                 let (read_at, read_at_ms) = (Instant::now(), crate::record::now_ms());
-                let rows = scan.rows_in(&mut *self.conn().await?, &mut self.pace(), &origin_side(asker), buckets, &wanted, None).await?;
+                // Parts go out while the scan reads: memory holds one part.
+                let wanted = Wanted { side: &side, buckets, wanted: which.into_iter().collect(), keys: None };
+                let mut parts =
+                    Parts { channel: &self.channel, id, asker, wanted, columns: &scan.columns, part: 0, rows: Vec::new(), sent: 0 };
+                scan.run(&mut *self.conn().await?, &mut self.pace(), &mut parts).await?;
+                // The last part waits until capture has published what the read saw.
                 self.capture_past(read_at, read_at_ms).await;
-                let parts: Vec<&[crate::channel::RowDigest]> =
-                    if rows.is_empty() { vec![&[]] } else { rows.chunks(ROWS_PER_PART).collect() };
-                let n = parts.len();
-                for (i, part) in parts.into_iter().enumerate() {
-                    self.channel.send(id, asker, Body::Rows { part: i as u32, last: i + 1 == n, rows: part.to_vec() }).await?;
-                }
-                tracing::info!(site = %self.ctx.site, request = id, asker, entity, rows = rows.len(), "answered rows");
+                let sent = parts.sent + parts.rows.len();
+                parts.flush(true).await?;
+                tracing::info!(site = %self.ctx.site, request = id, asker, entity, rows = sent, "answered rows");
             }
             Body::RepairRequest { entity, rows } => {
                 self.scan(asker, &entity).await?;
@@ -237,4 +240,39 @@ pub(super) fn apply_lag(metrics: Metrics, site: String, origins: Vec<String>) ->
     std::sync::Arc::new(move || {
         origins.iter().map(|o| metrics.apply_lag.with_label_values(&[site.as_str(), o.as_str()]).get()).fold(0.0, f64::max)
     })
+}
+
+/// A rows answer sent in parts of [`ROWS_PER_PART`] as the scan finds them.
+struct Parts<'a> {
+    channel: &'a Channel,
+    id: &'a str,
+    asker: &'a str,
+    wanted: Wanted<'a>,
+    columns: &'a [String],
+    part: u32,
+    rows: Vec<crate::channel::RowDigest>,
+    sent: usize,
+}
+
+impl Parts<'_> {
+    async fn flush(&mut self, last: bool) -> Result<(), VerifyError> {
+        let rows = std::mem::take(&mut self.rows);
+        self.sent += rows.len();
+        self.channel.send(self.id, self.asker, Body::Rows { part: self.part, last, rows }).await?;
+        self.part += 1;
+        Ok(())
+    }
+}
+
+impl RowSink for Parts<'_> {
+    type Error = VerifyError;
+    async fn row(&mut self, row: Scanned) -> Result<(), VerifyError> {
+        if let Some(d) = self.wanted.take(&row, self.columns) {
+            self.rows.push(d);
+            if self.rows.len() >= ROWS_PER_PART {
+                self.flush(false).await?;
+            }
+        }
+        Ok(())
+    }
 }
