@@ -56,7 +56,7 @@ DRAIN_SECONDS = env_int("BENCH_DRAIN_SECONDS", 120)
 STALL_SECONDS = env_int("BENCH_STALL_SECONDS", 20)
 STALL_RATE = env_int("BENCH_STALL_RATE", 5000)
 STALL_TXN = env_int("BENCH_STALL_TXN", 10)
-PHASES = env_list("BENCH_PHASES", "bulk,lag,snapshot,stall")
+PHASES = env_list("BENCH_PHASES", "bulk,lag,snapshot,stall,verify")
 KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
 PERF = os.environ.get("BENCH_PERF", "0") == "1"
 PERF_FREQ = env_int("BENCH_PERF_FREQ", 199)

@@ -4,7 +4,7 @@
 #   deploy/bench/run.sh
 #
 # capture (backlog catch-up and steady state), apply, end-to-end lag at fixed offered loads,
-# snapshot, peak RSS and CPU per 100,000 rows, memory while apply is stalled; each figure beside
+# snapshot, verify, peak RSS and CPU per 100,000 rows, memory while apply is stalled; each figure beside
 # the machine's own limit (mariadb-binlog, Kafka's ProducerPerformance, plain SQL, SELECT).
 # Prints a table and writes .stack/bench/<run>/results.json (and .stack/bench/latest.json).
 # Sizes and phases come from BENCH_* variables (deploy/bench/README.md), e.g. a quick run:
