@@ -341,7 +341,7 @@ impl Reader {
         snap.window_open = false;
         let entity = snap.entity.clone().expect("entity chosen");
         let rows = std::mem::take(&mut snap.rows);
-        let (request_id, run, exhausted) = (snap.request_id, snap.run, snap.exhausted);
+        let (request_id, run, exhausted, limited) = (snap.request_id, snap.run, snap.exhausted, snap.limited);
         let last_of_all = exhausted && snap.remaining.is_empty();
         self.stamps.preload(&entity, rows.iter().map(|(_, image)| image)).await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -351,7 +351,9 @@ impl Reader {
             }
         }
         let n = out.len();
-        let txn_id = format!("{}{request_id}-{run}-{}-{}", record::SNAPSHOT_TRANSACTION_PREFIX, entity.name, mark.chunk);
+        // A repair's rows say so: `snapshot-repair-<request>-...`.
+        let kind = if limited { "repair-" } else { "" };
+        let txn_id = format!("{}{kind}{request_id}-{run}-{}-{}", record::SNAPSHOT_TRANSACTION_PREFIX, entity.name, mark.chunk);
         let now_ms = record::now_ms();
         let mut records = Vec::with_capacity(n);
         for (i, change) in out.into_iter().enumerate() {
