@@ -44,6 +44,25 @@ pub struct ControlMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
+    /// Publish the history of `entities` (empty: every entity routed from the asked site to the
+    /// asking one) for the asking site only: a site joining the federation.
+    SnapshotRequest {
+        /// Entities.
+        entities: Vec<String>,
+    },
+    /// Where an asked snapshot stands (sent as it progresses, the last one `done` or `failed`).
+    SnapshotProgress {
+        /// The snapshot request at the answering site.
+        request: u64,
+        /// `requested`, `running`, `done` or `failed`.
+        status: String,
+        /// Rows published so far.
+        rows_done: i64,
+        /// Rows to publish.
+        rows_total: i64,
+        /// What it did, or why it failed.
+        message: Option<String>,
+    },
     /// Checksums of the rows of `entity` that the asking site should hold from the asked one,
     /// in `buckets` buckets by natural key.
     BucketsRequest {

@@ -94,6 +94,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Asks the origins routed here for their history (a site joining the federation, or an
+    /// entity newly routed here), shows progress per origin, and waits until it is applied.
+    Join {
+        /// Only these entities (default: every entity routed here).
+        #[arg(long = "entity")]
+        entities: Vec<String>,
+        /// Only from these origins (default: every origin routed here).
+        #[arg(long = "from")]
+        from: Vec<String>,
+    },
     /// The dead letters.
     Dlq {
         /// What to do with them.

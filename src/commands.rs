@@ -35,6 +35,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Dlq { action } => dlq(&config, &site, action).await,
         Command::Snapshot { entities, no_wait } => snapshot(&config, &site, &entities, no_wait).await,
         Command::Resume { entities } => resume(&config, &site, &entities).await,
+        Command::Join { entities, from } => join(&config, &site, &entities, &from).await,
         Command::Verify { entities, against, repair, direct, json } => {
             let options = crate::verify::Options { entities, against, repair };
             if direct {
@@ -336,6 +337,17 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+/// `sitesync join`.
+async fn join(config: &Config, site: &str, entities: &[String], from: &[String]) -> Result<ExitCode> {
+    let joined = crate::join::join(config, site, entities, from).await?;
+    let complete = joined.iter().all(|j| j.status == "done" && j.applied);
+    for j in &joined {
+        let why = j.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        println!("history from {}: {} ({} rows{}){}", j.origin, j.status, j.rows, why, if j.applied { ", applied" } else { "" });
+    }
+    Ok(if complete { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `sitesync verify`: through the control channel.

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 mod control;
+mod join;
 mod kafka;
 mod mysql;
 mod position;

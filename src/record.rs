@@ -121,6 +121,17 @@ pub struct SitesyncMeta {
     /// Absent: the version column's value at depth 0, made at `origin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<crate::stamp::Stamp>,
+    /// Only this site applies the record: the history an origin publishes for a joining site
+    /// (the others already have it). Absent: every site routed from the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+impl SitesyncMeta {
+    /// Whether `site` applies the record (as far as its addressee goes).
+    pub fn is_for(&self, site: &str) -> bool {
+        self.to.as_deref().is_none_or(|to| to == site)
+    }
 }
 
 /// A referenced row: the origin's id of it and its natural key.

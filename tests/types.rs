@@ -616,6 +616,7 @@ fn record_structs_match_the_schemas() {
             last_in_transaction: true,
             stamp: Some(sitesync::stamp::Stamp { version: "1700000300".into(), depth: 1, site: "qingdao".into() }),
             refs: vec![RefKey { entity: "tag".into(), id: Value::from(7), key: row(&[("name", Value::from("x"))]) }],
+            to: Some("qingdao".into()),
         },
     };
     let value = serde_json::to_value(&record).unwrap();

@@ -84,7 +84,13 @@ impl Applier {
             self.note_columns(origin, r, false);
             let entity = &r.sitesync.entity;
             let plan = match self.plans.get(entity) {
-                Some(plan) if r.sitesync.origin != self.ctx.site && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) => plan,
+                Some(plan)
+                    if r.sitesync.origin != self.ctx.site
+                        && r.sitesync.is_for(&self.ctx.site)
+                        && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) =>
+                {
+                    plan
+                }
                 _ => {
                     outcomes.push(Outcome::Skipped);
                     continue;

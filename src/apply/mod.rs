@@ -853,7 +853,10 @@ impl Applier {
                     deferred.push(i);
                     continue;
                 }
-                if r.sitesync.origin == self.ctx.site || !self.ctx.config.routes_entity(origin, &self.ctx.site, &r.sitesync.entity) {
+                if r.sitesync.origin == self.ctx.site
+                    || !r.sitesync.is_for(&self.ctx.site)
+                    || !self.ctx.config.routes_entity(origin, &self.ctx.site, &r.sitesync.entity)
+                {
                     progressed = true;
                     continue;
                 }

@@ -65,7 +65,7 @@ async fn replay_group(
             Err(e) => return Ok(Some(format!("letter {id}: {e}"))),
         };
         match plans.get(&r.sitesync.entity) {
-            Some(plan) if config.routes_entity(origin, site, &r.sitesync.entity) => {
+            Some(plan) if r.sitesync.is_for(site) && config.routes_entity(origin, site, &r.sitesync.entity) => {
                 if let Err(e) = plan.apply(&mut tx, origin, r, plans).await {
                     return Ok(Some(e.to_string()));
                 }

@@ -207,6 +207,8 @@ pub(super) struct Place<'a> {
     pub(super) snapshot: &'static str,
     pub(super) total_order: u64,
     pub(super) data_collection_order: u64,
+    /// Only this site applies the record (a snapshot for a joining site).
+    pub(super) to: Option<&'a str>,
 }
 
 /// A record ready for Kafka: message key and value, and its counter.
@@ -303,6 +305,10 @@ impl Encoded {
             v.extend_from_slice(b",\"stamp\":");
             serde_json::to_writer(&mut *v, stamp).expect("a stamp serializes");
         }
+        if let Some(to) = place.to {
+            v.extend_from_slice(b",\"to\":");
+            json_str(v, to);
+        }
         v.extend_from_slice(b"}}");
     }
 }
@@ -389,6 +395,7 @@ mod tests {
                 snapshot,
                 total_order: 9,
                 data_collection_order: 2,
+                to: Some("c\u{2028}"),
             };
             let mut encoded = Encoded::default();
             encoded.write(&site, &table, &change, &place, IntCounter::new("c", "c").unwrap());
@@ -425,6 +432,7 @@ mod tests {
                         .iter()
                         .map(|r| RefKey { entity: r.entity.clone(), id: r.id.clone(), key: serde_json::from_str(&r.key).unwrap() })
                         .collect(),
+                    to: Some("c\u{2028}".into()),
                 },
             };
             assert_eq!(String::from_utf8(encoded.value.clone()).unwrap(), serde_json::to_string(&record).unwrap());

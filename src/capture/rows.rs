@@ -257,6 +257,7 @@ impl Reader {
                 snapshot: "false",
                 total_order: txn.records,
                 data_collection_order: *per_table,
+                to: None,
             };
             let mut encoded = std::mem::take(&mut self.spare);
             encoded.write(&self.site_parts, &entity.parts, &change, &place, counter);

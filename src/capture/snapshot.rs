@@ -54,6 +54,8 @@ pub(super) struct Snapshot {
     rows_done: u64,
     /// Only the rows listed in `snapshot_rows` for this request (a repair).
     limited: bool,
+    /// Only this site applies the records (a joining site's history).
+    for_site: Option<String>,
 }
 
 impl Snapshot {
@@ -129,10 +131,11 @@ impl Reader {
         }
         // The request's insert is read again when capture resumes from an earlier checkpoint:
         // a snapshot that is done (or failed) is not run twice.
-        let status = self.snapshots.requests.get(id).await?.map(|r| r.status);
-        if !matches!(status.as_deref(), Some("requested" | "running")) {
+        let request = self.snapshots.requests.get(id).await?;
+        if !matches!(request.as_ref().map(|r| r.status.as_str()), Some("requested" | "running")) {
             return Ok(());
         }
+        let for_site = request.and_then(|r| r.for_site);
         let mut names: Vec<String> = entities.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         if names.is_empty() {
             names = self.ctx.config.entities.keys().cloned().collect();
@@ -175,6 +178,7 @@ impl Reader {
             exhausted: false,
             rows_done: 0,
             limited,
+            for_site,
         });
         self.next_chunk().await
     }
@@ -342,6 +346,7 @@ impl Reader {
         let entity = snap.entity.clone().expect("entity chosen");
         let rows = std::mem::take(&mut snap.rows);
         let (request_id, run, exhausted, limited) = (snap.request_id, snap.run, snap.exhausted, snap.limited);
+        let for_site = snap.for_site.clone();
         let last_of_all = exhausted && snap.remaining.is_empty();
         self.stamps.preload(&entity, rows.iter().map(|(_, image)| image)).await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -369,6 +374,7 @@ impl Reader {
                 snapshot: if last_of_all && i + 1 == n { "last" } else { "true" },
                 total_order: i as u64 + 1,
                 data_collection_order: i as u64 + 1,
+                to: for_site.as_deref(),
             };
             let mut encoded = Encoded::default();
             encoded.write(&self.site_parts, &entity.parts, &change, &place, entity.events(&self.ctx.metrics, &self.ctx.site, Op::Read));

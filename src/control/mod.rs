@@ -49,6 +49,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("row_versions", "depth", "INT UNSIGNED NOT NULL DEFAULT 0"),
     ("row_versions", "row_version", "VARCHAR(128) NULL"),
     ("row_versions", "content", "CHAR(32) NULL"),
+    // A snapshot for one site only (a site joining the federation).
+    ("snapshot_requests", "for_site", "VARCHAR(64) NULL"),
 ];
 
 pub use crate::stamp::VersionEntry;

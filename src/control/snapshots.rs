@@ -55,6 +55,8 @@ pub struct SnapshotRequest {
     pub rows_total: i64,
     /// Why it failed, or what it did.
     pub message: Option<String>,
+    /// Only this site applies its records (a joining site's history); None: every site.
+    pub for_site: Option<String>,
 }
 
 /// The snapshot tables of one control database.
@@ -74,6 +76,13 @@ impl SnapshotRequests {
         q: sqlx::query::Query<'_, sqlx::MySql, sqlx::mysql::MySqlArguments>,
     ) -> Result<u64, ControlError> {
         Ok(q.execute(self.ctl.pool()).await.map_err(self.ctl.err(what))?.last_insert_id())
+    }
+
+    /// Asks for a snapshot of `entities` (comma-separated) whose records only `site` applies
+    /// (the history a joining site needs); its id.
+    pub async fn request_for(&self, entities: &str, site: &str) -> Result<u64, ControlError> {
+        let sql = format!("INSERT INTO `{}`.`snapshot_requests` (entities, for_site) VALUES (?, ?)", self.ctl.database());
+        self.exec("asking for a snapshot (did `sitesync init` run?)", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(entities).bind(site)).await
     }
 
     /// Asks for a snapshot of `entities` (comma-separated; empty: all); its id.
@@ -127,13 +136,22 @@ impl SnapshotRequests {
 
     /// The request `id`, if it exists.
     pub async fn get(&self, id: u64) -> Result<Option<SnapshotRequest>, ControlError> {
-        let sql = format!("SELECT status, rows_done, rows_total, message FROM `{}`.`snapshot_requests` WHERE id = ?", self.ctl.database());
+        let sql = format!(
+            "SELECT status, rows_done, rows_total, message, for_site FROM `{}`.`snapshot_requests` WHERE id = ?",
+            self.ctl.database()
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(self.ctl.pool())
             .await
             .map_err(self.ctl.err("reading a snapshot request"))?;
-        Ok(row.map(|r| SnapshotRequest { status: r.get(0), rows_done: r.get(1), rows_total: r.get(2), message: r.get(3) }))
+        Ok(row.map(|r| SnapshotRequest {
+            status: r.get(0),
+            rows_done: r.get(1),
+            rows_total: r.get(2),
+            message: r.get(3),
+            for_site: r.get(4),
+        }))
     }
 
     /// Requests asked for or running (a restarted capture starts them again): (id, entities).

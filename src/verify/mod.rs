@@ -536,30 +536,48 @@ impl<'a> Verifier<'a> {
     /// Waits until this site's applier has applied everything the origin's topic holds now.
     async fn catch_up(&self, origin: &str) -> Result<(), VerifyError> {
         let topic = self.config.topic_of(origin);
-        let end = self.channel.end_of(&topic).await?;
-        let deadline = Instant::now() + self.timeout();
-        loop {
-            let offsets = self
-                .ctl
-                .load_offsets()
-                .await
-                .map_err(|e| VerifyError::Database { what: "reading apply offsets".into(), message: e.to_string() })?;
-            let next = offsets.iter().filter(|o| o.topic == topic).map(|o| o.next).max().unwrap_or(0);
-            if next >= end {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                tracing::warn!(
-                    origin,
-                    topic,
-                    applied = next,
-                    end,
-                    "this site's applier is behind the origin: what is still in flight may show as different"
-                );
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Caught::Behind { applied, end } = caught_up(&self.channel, &self.ctl, &topic, self.timeout()).await? {
+            tracing::warn!(
+                origin,
+                topic,
+                applied,
+                end,
+                "this site's applier is behind the origin: what is still in flight may show as different"
+            );
         }
+        Ok(())
+    }
+}
+
+/// Whether this site's applier reached the end a topic had when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caught {
+    /// Applied up to that end.
+    Up,
+    /// Still behind when the wait ended.
+    Behind {
+        /// Next offset to apply.
+        applied: i64,
+        /// The end waited for.
+        end: i64,
+    },
+}
+
+/// Waits (at most `timeout`) until this site's applier has applied `topic` up to its end now.
+pub(crate) async fn caught_up(channel: &Channel, ctl: &Control, topic: &str, timeout: Duration) -> Result<Caught, VerifyError> {
+    let end = channel.end_of(topic).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let offsets =
+            ctl.load_offsets().await.map_err(|e| VerifyError::Database { what: "reading apply offsets".into(), message: e.to_string() })?;
+        let applied = offsets.iter().filter(|o| o.topic == topic).map(|o| o.next).max().unwrap_or(0);
+        if applied >= end {
+            return Ok(Caught::Up);
+        }
+        if Instant::now() > deadline {
+            return Ok(Caught::Behind { applied, end });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -145,6 +145,60 @@ impl Responder {
         }
     }
 
+    /// A joining site's history: this site's own rows of `entities` (empty: every entity routed
+    /// from here to `asker`), published for `asker` alone, with progress until done.
+    async fn snapshot_for(&self, id: &str, asker: &str, entities: Vec<String>) -> Result<(), VerifyError> {
+        let config = &self.ctx.config;
+        let routed: Vec<String> = config.entities.keys().filter(|e| config.routes_entity(&self.ctx.site, asker, e)).cloned().collect();
+        let entities = if entities.is_empty() { routed.clone() } else { entities };
+        if let Some(e) = entities.iter().find(|e| !routed.contains(e)) {
+            return Err(VerifyError::Config(format!("no route carries entity `{e}` from `{}` to `{asker}`", self.ctx.site)));
+        }
+        if entities.is_empty() {
+            let body = Body::SnapshotProgress {
+                request: 0,
+                status: "done".into(),
+                rows_done: 0,
+                rows_total: 0,
+                message: Some("nothing is routed".into()),
+            };
+            return Ok(self.channel.send(id, asker, body).await?);
+        }
+        let request = self
+            .ctl
+            .snapshots()
+            .request_for(&entities.join(","), asker)
+            .await
+            .map_err(|e| VerifyError::Database { what: "asking capture for a snapshot".into(), message: e.to_string() })?;
+        tracing::info!(site = %self.ctx.site, request = id, asker, snapshot = request, entities = %entities.join(","), "publishing history for a joining site");
+        let mut last = None;
+        loop {
+            let state = self
+                .ctl
+                .snapshots()
+                .get(request)
+                .await
+                .map_err(|e| VerifyError::Database { what: "reading a snapshot request".into(), message: e.to_string() })?
+                .ok_or_else(|| VerifyError::Refused { site: self.ctx.site.clone(), message: format!("snapshot {request} vanished") })?;
+            let now = (state.status.clone(), state.rows_done);
+            if last.as_ref() != Some(&now) {
+                let body = Body::SnapshotProgress {
+                    request,
+                    status: state.status.clone(),
+                    rows_done: state.rows_done,
+                    rows_total: state.rows_total,
+                    message: state.message.clone(),
+                };
+                self.channel.send(id, asker, body).await?;
+                last = Some(now);
+            }
+            if matches!(state.status.as_str(), "done" | "failed") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn answer(&self, m: ControlMessage) -> Result<(), VerifyError> {
         let (id, asker) = (m.id.as_str(), m.from.as_str());
         match m.body {
@@ -224,6 +278,7 @@ impl Responder {
                     }
                 }
             }
+            Body::SnapshotRequest { entities } => self.snapshot_for(id, asker, entities).await?,
             other => tracing::debug!(site = %self.ctx.site, request = id, ?other, "not a request: ignored"),
         }
         Ok(())
