@@ -104,6 +104,13 @@ pub enum Command {
         #[arg(long = "from")]
         from: Vec<String>,
     },
+    /// Forgets a site that left the federation (removed from the file): its offsets, progress,
+    /// identity links, parked transactions, dead letters and verifications here. Its rows stay.
+    Forget {
+        /// The departed site's id.
+        #[arg(value_name = "SITE")]
+        departed: String,
+    },
     /// The dead letters.
     Dlq {
         /// What to do with them.

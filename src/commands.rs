@@ -36,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot { entities, no_wait } => snapshot(&config, &site, &entities, no_wait).await,
         Command::Resume { entities } => resume(&config, &site, &entities).await,
         Command::Join { entities, from } => join(&config, &site, &entities, &from).await,
+        Command::Forget { departed } => forget(&config, &site, &departed).await,
         Command::Verify { entities, against, repair, direct, json } => {
             let options = crate::verify::Options { entities, against, repair };
             if direct {
@@ -337,6 +338,30 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+/// `sitesync forget SITE`.
+async fn forget(config: &Config, site: &str, departed: &str) -> Result<ExitCode> {
+    if config.sites.contains_key(departed) {
+        anyhow::bail!(
+            "site `{departed}` is still in {}: remove [sites.{departed}] (and it from the routes), deploy the file and restart every site first",
+            config.path.display()
+        );
+    }
+    if departed.is_empty() || !departed.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        anyhow::bail!("`{departed}` is not a site id (letters, digits, `.`, `_`, `-`)");
+    }
+    let ctl = control_of(config, site).await?;
+    let topics = vec![config.topic_of(departed), config.heartbeat_topic_of(departed)];
+    let forgotten = ctl.forget_site(departed, &topics).await?;
+    for (table, n) in &forgotten {
+        println!("{table}: {n} row(s) about {departed} deleted");
+    }
+    println!(
+        "forgot {departed} at {site}; its rows stay here. Its topics ({}) are no longer read: delete them when no site needs them",
+        topics.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sitesync join`.

@@ -111,7 +111,7 @@ async fn content(pool: &sqlx::MySqlPool) -> Vec<Vec<String>> {
 async fn load(pool: sqlx::MySqlPool, site: &'static str, stop: Arc<AtomicBool>) -> u64 {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let sql = if n % 2 == 0 {
+        let sql = if n.is_multiple_of(2) {
             format!("INSERT INTO user (token, name) VALUES ('live-{site}-{n}', 'Live {n}')")
         } else {
             format!("UPDATE user SET name = 'Live {n} renamed' WHERE token = 'live-{site}-{}'", n - 1)
@@ -154,7 +154,7 @@ async fn a_campus_with_history_joins_a_running_federation_under_load() {
     let two = format!("{}{}", &three[..start], &three[end..]).replace(r#"from = ["b", "c"]"#, r#"from = ["b"]"#);
     std::fs::write(&fed.config_path, &two).unwrap();
     let listen_b = fed.listen("b");
-    let mut runs = vec![fed.start("a", &["run"]), fed.start("b", &["run"])];
+    let mut runs = [fed.start("a", &["run"]), fed.start("b", &["run"])];
     for site in ["a", "b"] {
         let out = fed.command(site, &["snapshot"]).output().unwrap();
         assert!(out.status.success(), "snapshot at {site}: {}", text(&out));
@@ -240,5 +240,138 @@ async fn a_campus_with_history_joins_a_running_federation_under_load() {
     // b skipped what a published for c alone.
     let skipped_after = skipped_from_a(listen_b);
     assert!(skipped_after - skipped_before >= 20.0, "b skipped a's history for c: {skipped_before} -> {skipped_after}");
+    fed.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_leaves_is_forgotten_and_the_others_go_on() {
+    let config = "[entities.user]\ntable = \"user\"\nkey = [\"token\"]\nrefs = { creator_id = \"user\", approver_id = \"user\" }\n\n\
+                  [[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"user\"]\n";
+    let mut fed = Federation::new(
+        "leave",
+        Spec {
+            sites: &["a", "b", "c"],
+            schema: LIMS2,
+            entities_and_routes: config,
+            seed: |i, _| format!("ALTER TABLE user AUTO_INCREMENT = {}", 1000 * (i + 1)),
+            ..Spec::default()
+        },
+    )
+    .await;
+    let mut runs: Vec<usize> = ["a", "b", "c"].iter().map(|s| fed.start(s, &["run"])).collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    fed.exec("c", "INSERT INTO user (token, name) VALUES ('from-c', 'Made at c')").await;
+    for site in ["a", "b"] {
+        fed.wait_rows(site, "SELECT name FROM user WHERE token = 'from-c'", &[&["Made at c"]]).await;
+    }
+
+    // c leaves: stopped for good, out of the file; a and b restart one after the other.
+    assert!(fed.stop(runs[2]).success());
+    let text3 = std::fs::read_to_string(&fed.config_path).unwrap();
+    let start = text3.find("[sites.c]").unwrap();
+    let end = start + text3[start..].find("\n\n").unwrap() + 2;
+    std::fs::write(&fed.config_path, format!("{}{}", &text3[..start], &text3[end..])).unwrap();
+    for i in 0..2 {
+        assert!(fed.stop(runs[i]).success());
+        runs[i] = fed.start(["a", "b"][i], &["run"]);
+    }
+    // Still configured: refused.
+    let out = fed.command("a", &["forget", "b"]).output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("still in"), "{}", text(&out));
+    let control = fed.control_db.clone();
+    let about_c = format!(
+        "SELECT (SELECT COUNT(*) FROM `{control}`.apply_offsets WHERE topic = '{0}.c'), \
+         (SELECT COUNT(*) FROM `{control}`.identity_map WHERE origin = 'c'), (SELECT COUNT(*) FROM `{control}`.apply_progress WHERE origin = 'c')",
+        fed.topic_prefix
+    );
+    let before = fed.rows("a", &about_c).await;
+    assert!(before[0].iter().all(|n| n != "0"), "a holds offsets, identity links and progress of c: {before:?}");
+    for site in ["a", "b"] {
+        let out = fed.command(site, &["forget", "c"]).output().unwrap();
+        assert!(out.status.success(), "forget c at {site}: {}", text(&out));
+        assert!(text(&out).contains("identity_map: 1 row(s) about c deleted"), "{}", text(&out));
+        assert_eq!(fed.rows(site, &about_c).await, vec![vec!["0".to_string(); 3]]);
+    }
+    // Its rows stay; the others go on replicating, and agree.
+    fed.exec("a", "INSERT INTO user (token, name) VALUES ('after-c', 'Made at a after c left')").await;
+    fed.wait_rows(
+        "b",
+        "SELECT name FROM user WHERE token IN ('from-c', 'after-c') ORDER BY token",
+        &[&["Made at a after c left"], &["Made at c"]],
+    )
+    .await;
+    for site in ["a", "b"] {
+        let out = fed.command(site, &["verify"]).output().unwrap();
+        assert!(out.status.success(), "verify at {site}: {}", text(&out));
+    }
+    fed.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_site_under_load_loses_nothing_and_applies_nothing_twice() {
+    let config = "[entities.user]\ntable = \"user\"\nkey = [\"token\"]\nrefs = { creator_id = \"user\", approver_id = \"user\" }\n\n\
+                  [[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"user\"]\n";
+    // Every row write at every site is logged by triggers: the applier's included.
+    let schema = format!(
+        "{LIMS2};\nCREATE TABLE write_log (n BIGINT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(64) NOT NULL, kind CHAR(1) NOT NULL) ENGINE=InnoDB;\n\
+         CREATE TRIGGER log_insert AFTER INSERT ON user FOR EACH ROW INSERT INTO write_log (token, kind) VALUES (NEW.token, 'i');\n\
+         CREATE TRIGGER log_update AFTER UPDATE ON user FOR EACH ROW INSERT INTO write_log (token, kind) VALUES (NEW.token, 'u')"
+    );
+    let mut fed = Federation::new(
+        "rolling",
+        Spec {
+            sites: &["a", "b", "c"],
+            schema: &schema,
+            entities_and_routes: config,
+            seed: |i, _| format!("ALTER TABLE user AUTO_INCREMENT = {}", 1000 * (i + 1)),
+            ..Spec::default()
+        },
+    )
+    .await;
+    let sites: [&'static str; 3] = ["a", "b", "c"];
+    let mut runs: Vec<usize> = sites.iter().map(|s| fed.start(s, &["run"])).collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pools: Vec<sqlx::MySqlPool> = sites.iter().map(|s| fed.pool(s).clone()).collect();
+    let writers: Vec<_> = sites
+        .into_iter()
+        .enumerate()
+        .map(|(i, site)| {
+            let (pool, stop) = (pools[i].clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    common::exec(&pool, &format!("INSERT INTO user (token, name) VALUES ('{site}-{n}', 'Row {n}')")).await;
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                n
+            })
+        })
+        .collect();
+    // Every site restarts in turn, twice, while all three write.
+    for round in 0..2 {
+        for (i, site) in sites.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert!(fed.stop(runs[i]).success(), "round {round}: {site} stops cleanly");
+            runs[i] = fed.start(site, &["run"]);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    assert!(written > 100, "{written}");
+    let expected = vec![vec![written.to_string()]];
+    for site in sites {
+        fed.wait_rows(site, "SELECT COUNT(*) FROM user", &[&[&written.to_string()]]).await;
+        // Each row written once at every site: one insert, no second write.
+        let log = fed.rows(site, "SELECT COUNT(*) FROM write_log WHERE kind = 'i'").await;
+        assert_eq!(log, expected, "{site}: inserts logged");
+        let twice = fed.rows(site, "SELECT COUNT(*) FROM write_log WHERE kind = 'u'").await;
+        assert_eq!(twice, vec![vec!["0".to_string()]], "{site}: a row was written twice");
+    }
     fed.assert_running();
 }

@@ -446,6 +446,34 @@ impl Control {
         Ok(())
     }
 
+    /// Forgets what this site's control tables hold about `site`, which left the federation:
+    /// its topics' offsets, the last transactions applied from it, identity links of its rows,
+    /// its parked transactions, dead letters and verifications. Its rows stay where they are,
+    /// and stay marked as received from it (`received_rows`), so no snapshot here republishes
+    /// them as this site's own. (table, rows deleted), in one transaction.
+    pub async fn forget_site(&self, site: &str, topics: &[String]) -> Result<Vec<(&'static str, u64)>, ControlError> {
+        let db = &self.db;
+        let mut tx = self.pool.begin().await.map_err(self.err("forgetting a site"))?;
+        let mut out = Vec::new();
+        let placeholders = vec!["?"; topics.len().max(1)].join(", ");
+        let mut q = sqlx::query(AssertSqlSafe(format!("DELETE FROM `{db}`.`apply_offsets` WHERE topic IN ({placeholders})")));
+        for t in topics {
+            q = q.bind(t);
+        }
+        out.push(("apply_offsets", q.execute(&mut *tx).await.map_err(self.err("forgetting a site's offsets"))?.rows_affected()));
+        for table in ["apply_progress", "identity_map", "parked", "dead_letters", "verify_state"] {
+            let n = sqlx::query(AssertSqlSafe(format!("DELETE FROM `{db}`.`{table}` WHERE origin = ?")))
+                .bind(site)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err("forgetting a site"))?
+                .rows_affected();
+            out.push((table, n));
+        }
+        tx.commit().await.map_err(self.err("forgetting a site"))?;
+        Ok(out)
+    }
+
     /// Every stored apply offset.
     pub async fn load_offsets(&self) -> Result<Vec<Offset>, ControlError> {
         let rows = sqlx::query(AssertSqlSafe(format!("SELECT topic, kafka_partition, next_offset FROM `{}`.`apply_offsets`", self.db)))
