@@ -481,3 +481,22 @@ async fn continuous_verification_resumes_its_pass_after_kill_9_and_repairs_withi
     .await;
     fed.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_an_origin_that_does_not_answer() {
+    let config = "[entities.user]\ntable = \"user\"\nkey = [\"token\"]\nrefs = { creator_id = \"user\", approver_id = \"user\" }\n\n\
+                  [[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"user\"]\n\n[verify]\ntimeout_seconds = 3\n";
+    let mut fed = Federation::new("verifysilent", Spec { schema: LIMS2, entities_and_routes: config, ..Spec::default() }).await;
+    // Only b runs: nobody answers for a.
+    fed.start("b", &["run"]);
+    let started = std::time::Instant::now();
+    let out = fed.command("b", &["verify"]).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("no answer from site `a` within 3 s") && all.contains("is `sitesync run` running there"), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded by the timeout: {:?}", started.elapsed());
+    // A site that is not an origin of b cannot be asked.
+    let out = fed.command("a", &["verify", "--against", "b"]).output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("no route"), "{}", text(&out));
+    fed.assert_running();
+}
