@@ -84,9 +84,7 @@ fn history(i: usize, _site: &str) -> String {
     sql
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use common::output_text as text;
 
 /// The replicated people, labs and memberships of a site, by natural key.
 async fn content(pool: &sqlx::MySqlPool) -> Vec<Vec<String>> {
@@ -116,15 +114,7 @@ async fn load(pool: sqlx::MySqlPool, site: &'static str, stop: Arc<AtomicBool>) 
         } else {
             format!("UPDATE user SET name = 'Live {n} renamed' WHERE token = 'live-{site}-{}'", n - 1)
         };
-        for attempt in 0.. {
-            match sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await {
-                Ok(_) => break,
-                Err(sqlx::Error::Database(e)) if attempt < 20 && matches!(e.code().as_deref(), Some("40001" | "HY000")) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("{sql}: {e}"),
-            }
-        }
+        common::exec_as_application(&pool, &sql).await;
         n += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::Duration;
 
 use common::{Federation, Spec};
@@ -68,9 +67,7 @@ fn history(i: usize, _site: &str) -> String {
     sql
 }
 
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use common::output_text as text;
 
 /// `verify --json` at `site` (with only `site`'s password: the other URLs name unset variables).
 fn verify(fed: &Federation, site: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
@@ -267,16 +264,7 @@ async fn load(pool: sqlx::MySqlPool, site: &'static str, seed: u64, stop: std::s
             2 => format!("UPDATE user SET name = 'renamed {n}' WHERE token = 'h-{site}-{}'", rng.below(3000)),
             _ => format!("UPDATE user SET is_temporary = 1 - is_temporary WHERE token = 'h-{site}-{}'", rng.below(3000)),
         };
-        // As an application does, a deadlock with the applier is retried.
-        for attempt in 0.. {
-            match sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await {
-                Ok(_) => break,
-                Err(sqlx::Error::Database(e)) if attempt < 20 && matches!(e.code().as_deref(), Some("40001" | "HY000")) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("{sql}: {e}"),
-            }
-        }
+        common::exec_as_application(&pool, &sql).await;
         n += 1;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }

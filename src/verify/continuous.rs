@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{pairs, Verifier};
 use crate::config::Config;
 use crate::control::Verified;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{retry_while_unreachable, Shutdown};
 use crate::telemetry::Metrics;
 
 /// What the background verifier needs.
@@ -37,17 +37,14 @@ const RETRY: Duration = Duration::from_secs(60);
 pub async fn run(ctx: ContinuousContext) {
     let Some(interval) = ctx.config.verify.interval() else { return };
     let (config, site) = (ctx.config.clone(), ctx.site.clone());
-    let mut verifier = loop {
-        match Verifier::open(&config, &site).await {
-            Ok(v) => break v,
-            Err(e) => {
-                tracing::warn!(site = %site, error = %e, "continuous verification cannot start yet; retrying");
-                if pause(&ctx.shutdown, RETRY).await {
-                    return;
-                }
-            }
-        }
-    };
+    let opened = retry_while_unreachable(
+        &ctx.shutdown,
+        "the control topic and database to verify",
+        &site,
+        |_| true,
+        || Verifier::open(&config, &site),
+    );
+    let Some(Ok(mut verifier)) = opened.await else { return };
     // This site's own reading pauses while its applier is far behind, as the origins' does.
     verifier.pause_while(super::responder::apply_lag(ctx.metrics.clone(), site.clone(), config.origins_of(&site)));
     tracing::info!(site = %site, interval = ?interval, repair = config.verify.repair, "continuous verification on");

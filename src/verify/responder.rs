@@ -21,7 +21,7 @@ use super::{Pace, VerifyError};
 use crate::channel::{Body, Channel, ControlMessage};
 use crate::config::Config;
 use crate::control::{self, Control};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{retry_while_unreachable, Shutdown};
 use crate::telemetry::Metrics;
 
 /// Rows per answer message.
@@ -45,34 +45,27 @@ pub struct ResponderContext {
     pub shutdown: Shutdown,
 }
 
-/// Answers requests until shutdown. A channel that cannot be opened (no control topic yet)
-/// is retried; it never stops capture or apply.
+/// Answers requests until shutdown.
 pub async fn run(ctx: ResponderContext) {
-    let channel = loop {
-        match Channel::open(&ctx.config, &ctx.site).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(site = %ctx.site, error = %e, "verify requests are not answered yet (run `sitesync init` to create the control topic); retrying in 30 s");
-                tokio::select! {
-                    _ = ctx.shutdown.wait() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                }
-            }
-        }
-    };
+    // Neither a missing control topic (no `init` yet) nor a database down stops capture or
+    // apply: the responder waits for them.
+    let opened = retry_while_unreachable(
+        &ctx.shutdown,
+        "the control topic (run `sitesync init`) to answer verify requests",
+        &ctx.site,
+        |_| true,
+        || Channel::open(&ctx.config, &ctx.site),
+    );
+    let Some(Ok(channel)) = opened.await else { return };
     let url = ctx.config.sites[&ctx.site].mysql.expose().to_string();
-    let pool = loop {
-        match control::connect(&ctx.site, &url, 2).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(site = %ctx.site, error = %e, "verify responder: database unreachable; retrying in 5 s");
-                tokio::select! {
-                    _ = ctx.shutdown.wait() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-        }
-    };
+    let connected = retry_while_unreachable(
+        &ctx.shutdown,
+        "the database to answer verify requests",
+        &ctx.site,
+        |_| true,
+        || control::connect(&ctx.site, &url, 2),
+    );
+    let Some(Ok(pool)) = connected.await else { return };
     let responder = Responder { ctl: Control::new(pool.clone(), &ctx.config.federation.control_database), pool, channel, ctx };
     tracing::info!(site = %responder.ctx.site, topic = responder.channel.topic(), "answering verify requests");
     loop {

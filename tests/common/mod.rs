@@ -354,6 +354,24 @@ fn unsafe_sigterm(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
 
+/// Runs `sql` as an application does: a deadlock or lock wait with the applier is retried.
+pub async fn exec_as_application(pool: &MySqlPool, sql: &str) {
+    for attempt in 0.. {
+        match sqlx::query(AssertSqlSafe(sql.to_string())).execute(pool).await {
+            Ok(_) => return,
+            Err(sqlx::Error::Database(e)) if attempt < 20 && matches!(e.code().as_deref(), Some("40001" | "HY000")) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// A command's stdout and stderr, for messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
 pub async fn exec(pool: &MySqlPool, sql: &str) {
     sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
