@@ -159,3 +159,104 @@ fn continuous_verification_is_off_by_default_and_a_bad_interval_names_its_key() 
     assert_eq!(super::parse_duration("90s"), Ok(std::time::Duration::from_secs(90)));
     assert_eq!(super::parse_duration("1d"), Ok(std::time::Duration::from_secs(86_400)));
 }
+
+/// A directory of its own for a test's secret files.
+fn secret_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sitesync-config-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn secrets_come_from_files_less_one_trailing_newline() {
+    let dir = secret_dir("file");
+    let e = |_: &str| None;
+    for (name, content, expected) in [
+        ("plain", "pa$$w0rd${X}", "pa$$w0rd${X}"),
+        ("newline", "s3cret\n", "s3cret"),
+        ("crlf", "s3cret\r\n", "s3cret"),
+        ("two", "s3cret\n\n", "s3cret\n"),
+        ("spaces", " s3 cret ", " s3 cret "),
+        ("empty", "", ""),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        let got = expand::expand_str(&format!("mysql://u:${{file:{}}}@h/db", path.display()), &e).unwrap();
+        assert_eq!(got, format!("mysql://u:{expected}@h/db"), "{name}: the content is taken as it is, never expanded again");
+    }
+
+    // Through the whole file: the site's URL gets the file's password; `$$` and `${VAR}` stay.
+    let pw = dir.join("jinan");
+    std::fs::write(&pw, "fr0m-f1le\n").unwrap();
+    let text = GOOD.replace("${PW_A}", &format!("${{file:{}}}", pw.display())).replace("name = \"sdu\"", "name = \"s$$du\"");
+    let c = Config::from_toml(&text, Path::new("fed.toml"), &env).unwrap();
+    assert_eq!(c.sites["jinan"].mysql.expose(), "mysql://sitesync:fr0m-f1le@127.0.0.1:3307/lims");
+    assert_eq!(c.sites["qingdao"].mysql.expose(), "mysql://sitesync:b@127.0.0.1:3308/lims");
+    assert_eq!(c.federation.name, "s$du");
+    assert!(!format!("{c:?}").contains("fr0m"), "secrets must not show in Debug output");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_secret_file_that_cannot_be_read_names_the_key_and_the_path_never_the_content() {
+    let dir = secret_dir("badfile");
+    let missing = dir.join("nope");
+    let text = GOOD.replace("${PW_A}", &format!("${{file:{}}}", missing.display()));
+    // Deferred like a missing variable: only site jinan needs it.
+    let c = Config::from_toml(&text, Path::new("fed.toml"), &env).unwrap();
+    assert!(c.site("qingdao").is_ok());
+    let err = c.site("jinan").unwrap_err().to_string();
+    assert!(err.contains("sites.jinan.mysql") && err.contains(&missing.display().to_string()) && err.contains("missing"), "{err}");
+
+    // Elsewhere in the file it stops the load, naming the key.
+    let p = problems(&GOOD.replace("name = \"sdu\"", &format!("name = \"${{file:{}}}\"", missing.display())));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "federation.name");
+    assert!(p[0].message.contains("missing") && p[0].message.contains("nope"), "{}", p[0].message);
+
+    // A directory, a file without read permission (when not root), not UTF-8, a relative path.
+    let e = |_: &str| None;
+    let err = expand::expand_str(&format!("${{file:{}}}", dir.display()), &e).unwrap_err();
+    assert!(err.contains("unreadable") && err.contains(&dir.display().to_string()), "{err}");
+    let locked = dir.join("locked");
+    std::fs::write(&locked, "t0p-s3cret").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&locked).is_err() {
+        let err = expand::expand_str(&format!("${{file:{}}}", locked.display()), &e).unwrap_err();
+        assert!(err.contains("unreadable") && err.contains("locked"), "{err}");
+    }
+    let latin1 = dir.join("latin1");
+    std::fs::write(&latin1, b"caf\xe9-s3cret").unwrap();
+    let err = expand::expand_str(&format!("${{file:{}}}", latin1.display()), &e).unwrap_err();
+    assert!(err.contains("not UTF-8") && !err.contains("s3cret"), "{err}");
+    let err = expand::expand_str("${file:secrets/pw}", &e).unwrap_err();
+    assert!(err.contains("absolute") && err.contains("secrets/pw"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn systemd_credentials_come_from_the_credentials_directory() {
+    let dir = secret_dir("credential");
+    std::fs::write(dir.join("sitesync-jinan"), "cr3d\n").unwrap();
+    let creds = dir.display().to_string();
+    let with = |name: &str| if name == "CREDENTIALS_DIRECTORY" { Some(creds.clone()) } else { None };
+    assert_eq!(expand::expand_str("u:${credential:sitesync-jinan}@h", &with).unwrap(), "u:cr3d@h");
+
+    let err = expand::expand_str("${credential:other}", &with).unwrap_err();
+    assert!(err.contains("credential other") && err.contains("missing") && err.contains(&creds), "{err}");
+    let err = expand::expand_str("${credential:sitesync-jinan}", &|_| None).unwrap_err();
+    assert!(err.contains("CREDENTIALS_DIRECTORY") && err.contains("not set") && err.contains("sitesync-jinan"), "{err}");
+    for bad in ["${credential:}", "${credential:../etc/passwd}", "${credential:..}"] {
+        assert!(expand::expand_str(bad, &with).unwrap_err().contains("not a valid credential name"), "{bad}");
+    }
+
+    // Through the whole file, and an unknown source is named.
+    let text = GOOD.replace("${PW_A}", "${credential:sitesync-jinan}");
+    let env_with = |name: &str| if name == "CREDENTIALS_DIRECTORY" { Some(creds.clone()) } else { env(name) };
+    let c = Config::from_toml(&text, Path::new("fed.toml"), &env_with).unwrap();
+    assert_eq!(c.sites["jinan"].mysql.expose(), "mysql://sitesync:cr3d@127.0.0.1:3307/lims");
+    let err = expand::expand_str("${vault:x}", &with).unwrap_err();
+    assert!(err.contains("vault:x") && err.contains("${file:/path}"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
