@@ -166,9 +166,10 @@ async fn count(pool: &sqlx::MySqlPool, sql: &str) -> i64 {
 
 // ---- (a) secrets
 
-/// A user with a known password at stack server A, reached through `${VAR}`: `run`, `check`,
-/// `init` and failing starts (wrong password, no database, bad URL), in text and JSON logs and
-/// at debug level, never print the password, nor the URL that holds it.
+/// A user with a known password at stack server A, reached through `${VAR}`, `${file:/path}`
+/// and `${credential:NAME}`: `run`, `check`, `init` and failing starts (wrong password, no
+/// database, bad URL, a password file missing), in text and JSON logs and at debug level, never
+/// print the password, nor the URL that holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_or_errors() {
     let mut fed =
@@ -198,6 +199,24 @@ async fn secrets_never_reach_logs_or_errors() {
     with_mysql(&fed.config_path, &nodb, "a", &format!("mysql://{user}:${{SSTEST_PASSWORD}}@127.0.0.1:{closed}/{app}"));
     let badurl = dir.join("secret-badurl.toml");
     with_mysql(&fed.config_path, &badurl, "a", &format!("mysql://{user}:${{SSTEST_PASSWORD}}@{server}:notaport/{app}"));
+    // The same password from a file (with the trailing newline editors leave) and as a systemd
+    // credential; a wrong one from a file; a file that is not there.
+    let secret_file = dir.join("a.password");
+    std::fs::write(&secret_file, format!("{password}\n")).unwrap();
+    let wrong_file = dir.join("a.wrong-password");
+    std::fs::write(&wrong_file, format!("{wrong}\n")).unwrap();
+    let credentials = dir.join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("sitesync-a"), &password).unwrap();
+    let fromfile = dir.join("secret-file.toml");
+    with_mysql(&fed.config_path, &fromfile, "a", &format!("mysql://{user}:${{file:{}}}@{server}/{app}", secret_file.display()));
+    let wrongfile = dir.join("secret-wrongfile.toml");
+    with_mysql(&fed.config_path, &wrongfile, "a", &format!("mysql://{user}:${{file:{}}}@{server}/{app}", wrong_file.display()));
+    let nofile = dir.join("secret-nofile.toml");
+    let absent = dir.join("not-there.password");
+    with_mysql(&fed.config_path, &nofile, "a", &format!("mysql://{user}:${{file:{}}}@{server}/{app}", absent.display()));
+    let credential = dir.join("secret-credential.toml");
+    with_mysql(&fed.config_path, &credential, "a", &format!("mysql://{user}:${{credential:sitesync-a}}@{server}/{app}"));
 
     let cmd = |config: &Path, pw: &str, args: &[&str], json: bool, debug: bool| {
         let mut c = sitesync(config, "a", args);
@@ -220,9 +239,15 @@ async fn secrets_never_reach_logs_or_errors() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = finish(cmd(&good, &password, &["init"], true, true), log("init-json"), quick).await;
     assert_eq!(code, 0, "{out}");
+    let (code, out) = finish(cmd(&fromfile, "", &["check"], false, true), log("check-file"), quick).await;
+    assert_eq!(code, 0, "check with the password from a file:\n{out}");
+    let mut c = cmd(&credential, "", &["check"], true, true);
+    c.env("CREDENTIALS_DIRECTORY", &credentials);
+    let (code, out) = finish(c, log("check-credential"), quick).await;
+    assert_eq!(code, 0, "check with the password as a systemd credential:\n{out}");
     fed.start("b", &["run"]);
-    for (round, json) in [(0, false), (1, true)] {
-        let mut a = Proc::spawn(cmd(&good, &password, &["run"], json, true), log(&format!("run-{round}")));
+    for (round, json, config) in [(0, false, &good), (1, true, &good), (2, true, &fromfile)] {
+        let mut a = Proc::spawn(cmd(config, &password, &["run"], json, true), log(&format!("run-{round}")));
         tokio::time::sleep(Duration::from_millis(500)).await;
         fed.exec("a", &format!("INSERT INTO person (id, name) VALUES ({}, 'from a')", 10 + round)).await;
         fed.exec("b", &format!("INSERT INTO person (id, name) VALUES ({}, 'from b')", 20 + round)).await;
@@ -242,9 +267,22 @@ async fn secrets_never_reach_logs_or_errors() {
         }
     }
 
+    // A password file that is not there: the key and the path, and that it is missing.
+    for args in [&["check"][..], &["run"]] {
+        let (code, out) = finish(cmd(&nofile, "", args, false, true), log(&format!("nofile-{}", args[0])), quick).await;
+        assert_ne!(code, 0, "{args:?} without its password file:\n{out}");
+        assert!(out.contains("sites.a.mysql") && out.contains(&absent.display().to_string()) && out.contains("missing"), "{out}");
+    }
+    let mut c = cmd(&credential, "", &["check"], false, false);
+    c.env_remove("CREDENTIALS_DIRECTORY");
+    let (code, out) = finish(c, log("nocredentials"), quick).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("sites.a.mysql") && out.contains("CREDENTIALS_DIRECTORY"), "{out}");
+
     // Failing starts: wrong password, no database, a URL that does not parse.
-    let failing: [(&str, &Path, &str, &str); 3] = [
+    let failing: [(&str, &Path, &str, &str); 4] = [
         ("wrongpw", &good, &wrong, "Access denied"),
+        ("wrongpw-file", &wrongfile, "", "Access denied"),
         ("nodb", &nodb, &password, "onnection refused"),
         ("badurl", &badurl, &password, "sites.a.mysql"),
     ];
