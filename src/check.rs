@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::control::{self, Control};
 use crate::kafka;
 use crate::mysql::charset::{self, TextEncoding};
+use crate::mysql::dsn::{self, Dsn, Encryption, SslMode};
 use crate::preflight::{self, Finding};
 
 /// How long Kafka may take to answer a metadata request.
@@ -35,7 +36,18 @@ pub async fn run(config: &Config, site: &str) -> Result<ExitCode> {
     let findings = findings(config, site).await;
     let failed = findings.iter().filter(|f| !f.ok).count();
     for f in &findings {
-        println!("{} {}: {}", if f.ok { "PASS" } else { "FAIL" }, f.name, f.detail);
+        println!(
+            "{} {}: {}",
+            if !f.ok {
+                "FAIL"
+            } else if f.warn {
+                "WARN"
+            } else {
+                "PASS"
+            },
+            f.name,
+            f.detail
+        );
     }
     println!("{} checks, {} failed", findings.len(), failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -114,19 +126,26 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
     let site_cfg = &config.sites[site];
     let app_db = config.database_of(site);
     let control_db = &config.federation.control_database;
-    let opts = match mysql_async::Opts::from_url(site_cfg.mysql.expose()) {
-        Ok(opts) => opts,
+    let dsn = match Dsn::parse(site_cfg.mysql.expose()) {
+        Ok(dsn) => dsn,
         Err(e) => {
             out.push(Finding::fail(
                 "database",
-                format!("sites.{site}.mysql is not a usable URL ({e}): expected mysql://user:password@host:port/database"),
+                format!(
+                    "sites.{site}.mysql is not a usable URL ({e}): expected \
+                     mysql://user:password@host:port/database[?ssl-mode=verify_identity&ssl-ca=/path/ca.pem]"
+                ),
             ));
             return out;
         }
     };
-    let target = describe(&opts);
-    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(opts)).await {
+    let target = dsn.async_plain().map(|o| describe(&o)).unwrap_or_default();
+    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, dsn::connect(&dsn)).await {
         Ok(Ok(conn)) => conn,
+        Ok(Err(e)) if is_tls_failure(&e) => {
+            out.push(Finding::fail("database tls", tls_failure(&dsn, &target, &e)));
+            return out;
+        }
         Ok(Err(e)) => {
             out.push(Finding::fail(
                 "database",
@@ -149,6 +168,10 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
         }
     };
     out.push(Finding::pass("database", format!("connected to {target}")));
+    out.push(match dsn::encryption(&mut conn).await {
+        Ok(enc) => judge_tls("database tls", "binlog and snapshot connection", &dsn, &enc),
+        Err(e) => Finding::fail("database tls", format!("cannot read Ssl_version: {e}")),
+    });
 
     match preflight::read_settings(&mut conn).await {
         Ok(s) => {
@@ -221,6 +244,10 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
     match control::connect(site, site_cfg.mysql.expose(), 1).await {
         Err(e) => out.push(Finding::fail("control tables", format!("cannot connect to {target}: {}", source_text(&e)))),
         Ok(pool) => {
+            out.push(match pool_encryption(&pool).await {
+                Ok(enc) => judge_tls("database tls (apply)", "apply and control connections", &dsn, &enc),
+                Err(e) => Finding::fail("database tls (apply)", format!("cannot read Ssl_version: {}", source_text(&e))),
+            });
             let ctl = Control::new(pool.clone(), control_db);
             out.push(match ctl.missing_tables().await {
                 Ok(missing) if missing.is_empty() => Finding::pass("control tables", format!("present in `{control_db}`")),
@@ -236,13 +263,84 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
     out
 }
 
+/// Whether a connection failed in the TLS handshake or because TLS was asked and not offered.
+fn is_tls_failure(e: &mysql_async::Error) -> bool {
+    let text = source_text(e).to_ascii_lowercase();
+    matches!(e, mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+        || ["certificate", "tls", "ssl", "handshake"].iter().any(|w| text.contains(w))
+}
+
+/// A TLS failure, with what to change.
+fn tls_failure(dsn: &Dsn, target: &str, e: &mysql_async::Error) -> String {
+    let mode = dsn.tls.mode.as_str();
+    if matches!(e, mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)) {
+        return format!(
+            "{target} offers no TLS but sites.<site>.mysql says ssl-mode={mode}: configure ssl_cert/ssl_key at the \
+             server, or lower ssl-mode"
+        );
+    }
+    let ca = dsn.tls.ca.as_ref().map(|p| format!("ssl-ca={}", p.display())).unwrap_or_else(|| "the system's roots".into());
+    format!(
+        "TLS to {target} failed with ssl-mode={mode}: {}: check that {ca} signed the server's certificate{}",
+        source_text(e),
+        if dsn.tls.mode == SslMode::VerifyIdentity {
+            format!(" and that it names the host `{}` (or use ssl-mode=verify_ca)", dsn.host())
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// What the server says about one connection's encryption, against what the URL asked for.
+fn judge_tls(name: &str, which: &str, dsn: &Dsn, enc: &Encryption) -> Finding {
+    let mode = dsn.tls.mode;
+    if enc.version.is_empty() {
+        return if mode.requires() {
+            Finding::fail(name, format!("{which}: not encrypted although ssl-mode={}", mode.as_str()))
+        } else if mode == SslMode::Disabled {
+            Finding::warn(name, format!("{which}: not encrypted (ssl-mode=disabled)"))
+        } else {
+            Finding::warn(
+                name,
+                format!(
+                    "{which}: not encrypted: the server offers no TLS (ssl-mode=preferred); across networks give the \
+                     server a certificate and set ssl-mode=verify_identity&ssl-ca=..."
+                ),
+            )
+        };
+    }
+    let how = format!("{which}: encrypted ({}, {})", enc.version, enc.cipher);
+    if mode.verifies() {
+        let what =
+            if mode == SslMode::VerifyIdentity { "certificate and host name verified" } else { "certificate verified (not the host name)" };
+        Finding::pass(name, format!("{how}, server {what} (ssl-mode={})", mode.as_str()))
+    } else {
+        Finding::warn(
+            name,
+            format!("{how}, server certificate NOT verified (ssl-mode={}): set ssl-mode=verify_identity and ssl-ca", mode.as_str()),
+        )
+    }
+}
+
+/// The encryption of a pooled (sqlx) connection.
+async fn pool_encryption(pool: &sqlx::MySqlPool) -> Result<Encryption, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')").fetch_all(pool).await?;
+    let get = |name: &str| rows.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    Ok(Encryption { version: get("Ssl_version"), cipher: get("Ssl_cipher") })
+}
+
 /// The error and its causes on one line.
 fn source_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // Drivers often repeat their cause in their own message: say each part once.
+        let part = s.to_string();
+        if !text.contains(part.trim_end_matches(':')) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
     text

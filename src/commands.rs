@@ -71,8 +71,8 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
         println!("topic {topic}: {state}");
     }
     if reset_position || ctl.load_checkpoint(site).await?.is_none() {
-        let opts = mysql_async::Opts::from_url(config.sites[site].mysql.expose()).context("bad mysql URL")?;
-        let mut conn = mysql_async::Conn::new(opts).await.context("connecting to the site's database")?;
+        let dsn = crate::mysql::dsn::Dsn::parse(config.sites[site].mysql.expose()).with_context(|| format!("sites.{site}.mysql"))?;
+        let mut conn = crate::mysql::dsn::connect(&dsn).await.context("connecting to the site's database")?;
         let s = preflight::read_settings(&mut conn).await?;
         ctl.save_checkpoint(site, &control::Checkpoint { gtid: s.gtid_position.clone(), file: String::new(), pos: 4, source_ts_ms: 0 })
             .await?;

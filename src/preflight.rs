@@ -37,16 +37,22 @@ pub struct Finding {
     pub ok: bool,
     /// What was found, and on failure how to fix it.
     pub detail: String,
+    /// Passed, but weaker than it should be in production (printed WARN; not a failure).
+    pub warn: bool,
 }
 
 impl Finding {
     /// A check that passed; `detail` says what was found.
     pub fn pass(name: &str, detail: impl Into<String>) -> Self {
-        Finding { name: name.into(), ok: true, detail: detail.into() }
+        Finding { name: name.into(), ok: true, detail: detail.into(), warn: false }
+    }
+    /// A check that passed but deserves attention; `detail` says why and what is better.
+    pub fn warn(name: &str, detail: impl Into<String>) -> Self {
+        Finding { name: name.into(), ok: true, detail: detail.into(), warn: true }
     }
     /// A check that failed; `detail` says what was found and how to fix it.
     pub fn fail(name: &str, detail: impl Into<String>) -> Self {
-        Finding { name: name.into(), ok: false, detail: detail.into() }
+        Finding { name: name.into(), ok: false, detail: detail.into(), warn: false }
     }
 }
 

@@ -348,10 +348,10 @@ impl ReadinessProbe {
             *conn = None;
         }
         // Never the URL in a message: it holds the password.
-        let opts = mysql_async::Opts::from_url(self.mysql.expose())
-            .map_err(|_| format!("database unreachable: sites.{}.mysql is not a usable URL", self.site))?;
+        let dsn = crate::mysql::dsn::Dsn::parse(self.mysql.expose())
+            .map_err(|e| format!("database unreachable: sites.{}.mysql is not usable: {e}", self.site))?;
         let attempt = async {
-            let mut c = mysql_async::Conn::new(opts).await?;
+            let mut c = crate::mysql::dsn::connect(&dsn).await?;
             c.query_drop("SELECT 1").await?;
             Ok::<_, mysql_async::Error>(c)
         };

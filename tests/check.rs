@@ -103,7 +103,12 @@ impl Checked {
     fn assert_passes(&self) {
         assert_eq!(self.code, 0, "check should pass:\n{}", self.out);
         assert!(self.failed().is_empty(), "{}", self.out);
-        assert!(self.out.lines().filter(|l| !l.ends_with("0 failed")).all(|l| l.starts_with("PASS ")), "{}", self.out);
+        // WARN passes: the stack's servers offer no TLS, which check points out.
+        assert!(
+            self.out.lines().filter(|l| !l.ends_with("0 failed")).all(|l| l.starts_with("PASS ") || l.starts_with("WARN database tls")),
+            "{}",
+            self.out
+        );
     }
 }
 

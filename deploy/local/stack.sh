@@ -130,6 +130,7 @@ ensure_packages() {
     if (( need_mariadb )); then
         apt_install mariadb-server mariadb-client
     fi
+    command -v openssl >/dev/null || apt_install openssl # certificates of the TLS listener and tests
     command -v java >/dev/null || apt_install openjdk-17-jre-headless
     command -v mvn >/dev/null || apt_install maven
     # the Debian package may run a system MariaDB (3306, /run/mysqld): not ours, left alone

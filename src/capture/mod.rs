@@ -270,7 +270,11 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         Duration::from_millis(ctx.config.capture.checkpoint_interval_ms),
     );
 
-    let opts = Opts::from_url(site_cfg.mysql.expose()).map_err(|e| CaptureError::Config(format!("sites.{}.mysql: {e}", ctx.site)))?;
+    let dsn = crate::mysql::dsn::Dsn::parse(site_cfg.mysql.expose())
+        .map_err(|e| CaptureError::Config(format!("sites.{}.mysql: {e}", ctx.site)))?;
+    // One decision for every connection capture opens (binlog, snapshots, reference lookups):
+    // with ssl-mode=preferred, whether this server offers TLS.
+    let opts = crate::mysql::dsn::resolve(&dsn).await.map_err(|source| CaptureError::Source { site: ctx.site.clone(), source })?;
     let mut reader = Reader {
         db: ctx.config.database_of(&ctx.site).to_string(),
         control_db: ctx.config.federation.control_database.clone(),

@@ -70,7 +70,7 @@ pub enum ControlError {
         site: String,
         /// Parse error (holds no password).
         #[source]
-        source: sqlx::Error,
+        source: crate::mysql::dsn::DsnError,
     },
     /// The site's server cannot be reached or refused the login.
     #[error("site `{site}`: cannot connect to the database: {source}")]

@@ -3,6 +3,7 @@
 //! describes them, session settings and statement sizes. Imports nothing of capture, apply or control.
 
 pub mod charset;
+pub mod dsn;
 pub mod ident;
 pub mod schema;
 pub mod session;

@@ -1,7 +1,6 @@
 //! Sessions sitesync writes with, and the sizes of its multi-row statements: how every pool to
 //! a site's server is set up (apply, control tables, verify, check).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
@@ -51,8 +50,8 @@ pub fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]
 /// [`statement_sizes`]): evicting one makes sqlx send COM_STMT_CLOSE right before the next
 /// statement, and that second small write waits for the server's delayed ACK under Nagle: 40 ms
 /// per statement (measured, sysbench mix at 10,000 rows/s).
-pub fn options(url: &str) -> Result<MySqlConnectOptions, sqlx::Error> {
-    Ok(MySqlConnectOptions::from_str(url)?.statement_cache_capacity(STATEMENT_CACHE))
+pub fn options(url: &str) -> Result<MySqlConnectOptions, super::dsn::DsnError> {
+    Ok(super::dsn::Dsn::parse(url)?.sqlx()?.statement_cache_capacity(STATEMENT_CACHE))
 }
 
 /// A pool of at most `max` connections, each with [`SESSION_SETUP`].
