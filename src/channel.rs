@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -157,13 +157,13 @@ pub enum ChannelError {
 }
 
 fn kafka_err(what: &str) -> impl Fn(rdkafka::error::KafkaError) -> ChannelError + '_ {
-    move |source| ChannelError::Transport(TransportError::Kafka { what: what.to_string(), source })
+    move |source| ChannelError::Transport(TransportError::of(what, source))
 }
 
 /// One site's end of the channel.
 pub struct Channel {
-    producer: FutureProducer,
-    consumer: StreamConsumer,
+    producer: kafka::Producer,
+    consumer: kafka::StreamingConsumer,
     topic: String,
     site: String,
 }
@@ -173,11 +173,10 @@ impl Channel {
     /// from now on).
     pub async fn open(config: &Config, site: &str) -> Result<Self, ChannelError> {
         let topic = config.control_topic();
-        let producer: FutureProducer =
-            kafka::control_producer_config(&config.kafka)?.create().map_err(kafka_err("creating the control producer"))?;
-        let group = format!("{}.control.{site}.{}", config.federation.topic_prefix, std::process::id());
-        let consumer: StreamConsumer =
-            kafka::control_consumer_config(&config.kafka, &group)?.create().map_err(kafka_err("creating the control consumer"))?;
+        let producer: kafka::Producer = kafka::create(&kafka::control_producer_config(&config.kafka)?, "creating the control producer")?;
+        let group = kafka::group_of(config, site, &format!("control.{}", std::process::id()));
+        let consumer: kafka::StreamingConsumer =
+            kafka::create(&kafka::control_consumer_config(&config.kafka, &group)?, "creating the control consumer")?;
         // The end as it is now, fetched, not `Offset::End` (resolved later, after a request's
         // answer may already be there).
         let (topic_c, consumer_c) = (topic.clone(), consumer);
@@ -214,7 +213,7 @@ impl Channel {
         self.producer
             .send(FutureRecord::to(&self.topic).key(id).payload(&payload), Duration::from_secs(30))
             .await
-            .map_err(|(source, _)| ChannelError::Transport(TransportError::Kafka { what: format!("sending to {}", self.topic), source }))?;
+            .map_err(|(source, _)| ChannelError::Transport(TransportError::of(format!("sending to {}", self.topic), source)))?;
         Ok(())
     }
 
@@ -222,9 +221,15 @@ impl Channel {
     pub async fn next(&self, timeout: Duration) -> Result<Option<ControlMessage>, ChannelError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let received = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_) => return Ok(None),
-                Ok(r) => r.map_err(kafka_err("reading the control topic"))?,
+            let received = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.consumer.recv()) => match r {
+                    Err(_) => return Ok(None),
+                    Ok(r) => r.map_err(kafka_err("reading the control topic"))?,
+                },
+                // A refused login never fails `recv`: it only never answers.
+                refusal = kafka::refused() => {
+                    return Err(ChannelError::Transport(TransportError::Refused { what: format!("reading {}", self.topic), refusal }))
+                }
             };
             let Some(payload) = received.payload() else { continue };
             match parse(payload) {

@@ -65,7 +65,7 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
     topics.extend(origins.iter().map(|o| config.heartbeat_topic_of(o)));
     topics.push(config.control_topic());
     let kafka_cfg = config.kafka.clone();
-    let kafka_task = tokio::task::spawn_blocking(move || kafka::topic_partitions(&kafka_cfg, &topics, KAFKA_TIMEOUT));
+    let kafka_task = tokio::task::spawn_blocking(move || kafka::topic_states(&kafka_cfg, &topics, KAFKA_TIMEOUT));
 
     match tokio::time::timeout(DATABASE_TIMEOUT, database_findings(config, site)).await {
         Ok(found) => out.extend(found),
@@ -78,8 +78,12 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
         )),
     }
 
+    out.push(kafka_transport(config));
     match kafka_task.await {
         Err(e) => out.push(Finding::fail("kafka", format!("the metadata request failed: {e}"))),
+        Ok(Err(kafka::TransportError::Refused { refusal, .. })) => {
+            out.push(Finding::fail("kafka", format!("{} at {}", refusal, config.kafka.bootstrap_servers)))
+        }
         Ok(Err(e)) => out.push(Finding::fail(
             "kafka",
             format!(
@@ -91,7 +95,9 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
         )),
         Ok(Ok(found)) => {
             out.push(Finding::pass("kafka", format!("reachable at {}", config.kafka.bootstrap_servers)));
-            for (topic, partitions) in found {
+            let acls = kafka::acls(config, site);
+            let principal = kafka::principal(&config.kafka);
+            for (topic, state) in found {
                 let whose = if topic == config.topic_of(site) {
                     "this site's changes"
                 } else if topic == config.heartbeat_topic_of(site) {
@@ -103,17 +109,49 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
                 } else {
                     "changes applied here"
                 };
-                match partitions {
-                    Some(n) => out.push(Finding::pass("topic", format!("{topic} ({n} partition(s), {whose})"))),
-                    None => out.push(Finding::fail(
+                match state {
+                    kafka::TopicState::Present(n) => out.push(Finding::pass("topic", format!("{topic} ({n} partition(s), {whose})"))),
+                    kafka::TopicState::Missing => out.push(Finding::fail(
                         "topic",
                         format!("{topic} ({whose}) does not exist: run `sitesync init` (it creates every site's topic)"),
                     )),
+                    kafka::TopicState::Refused(code) => {
+                        let grant = acls
+                            .iter()
+                            .find(|a| a.resource == "topic" && a.name == topic)
+                            .map(|a| a.command(&config.kafka.bootstrap_servers, &principal))
+                            .unwrap_or_default();
+                        out.push(Finding::fail(
+                            "topic",
+                            format!("{topic} ({whose}): Kafka's ACLs do not let {principal} see it ({code}); grant: {grant}"),
+                        ))
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// Whether the connection to Kafka is encrypted: a WARN for PLAINTEXT across the network.
+fn kafka_transport(config: &Config) -> Finding {
+    let protocol = config.kafka.properties.get("security.protocol").cloned().unwrap_or_else(|| "PLAINTEXT".into());
+    match kafka::plaintext_across_network(&config.kafka) {
+        (true, true) => Finding::warn(
+            "kafka security",
+            format!(
+                "security.protocol={protocol} to {}, not on this host: records (and any SASL/PLAIN password) cross the \
+                 network unencrypted; set kafka.properties security.protocol = \"SASL_SSL\" (runbook: Kafka with SASL_SSL and ACLs)",
+                config.kafka.bootstrap_servers
+            ),
+        ),
+        (true, false) => Finding::pass("kafka security", format!("security.protocol={protocol}, brokers on this host only")),
+        (false, _) => {
+            let user = config.kafka.properties.get("sasl.username").map(|u| format!(" as {u}")).unwrap_or_default();
+            let mechanism = config.kafka.properties.get("sasl.mechanism").map(|m| format!(", {m}")).unwrap_or_default();
+            Finding::pass("kafka security", format!("security.protocol={protocol}{mechanism}{user}"))
+        }
+    }
 }
 
 /// `host:port as user` of a connection URL, for messages (never the URL itself: it holds the password).

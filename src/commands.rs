@@ -58,17 +58,26 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
     let ctl = control_of(config, site).await?;
     ctl.init().await?;
     println!("control tables ready in `{}`", ctl.database());
+    // Every site's topics where this site's Kafka user may create them (a shared cluster's
+    // ACLs usually let a site create only its own: the others' inits make theirs).
+    let own = [config.topic_of(site), config.heartbeat_topic_of(site), config.control_topic()];
     let topics: Vec<String> = config.sites.keys().map(|s| config.topic_of(s)).collect();
-    for (topic, state) in kafka::create_topics(&config.kafka, &topics, -1).await? {
-        println!("topic {topic}: {state}");
-    }
     let heartbeats: Vec<String> = config.sites.keys().map(|s| config.heartbeat_topic_of(s)).collect();
-    for (topic, state) in kafka::create_topics(&config.kafka, &heartbeats, 3_600_000).await? {
-        println!("topic {topic}: {state}");
-    }
     // Requests and answers between sites: a day is plenty (a request is answered in minutes).
-    for (topic, state) in kafka::create_topics(&config.kafka, &[config.control_topic()], 86_400_000).await? {
-        println!("topic {topic}: {state}");
+    for (group, retention_ms) in [(topics, -1), (heartbeats, 3_600_000), (vec![config.control_topic()], 86_400_000)] {
+        let mut refused_own = Vec::new();
+        for (topic, state) in kafka::create_topics(&config.kafka, &group, retention_ms).await? {
+            if state != "refused" {
+                println!("topic {topic}: {state}");
+            } else if own.contains(&topic) {
+                refused_own.push(topic);
+            } else {
+                println!("topic {topic}: missing, and this site's Kafka user may not create it: its own site's `sitesync init` does");
+            }
+        }
+        if !refused_own.is_empty() {
+            return Err(kafka::creation_refused(&config.kafka, &refused_own, retention_ms).into());
+        }
     }
     if reset_position || ctl.load_checkpoint(site).await?.is_none() {
         let dsn = crate::mysql::dsn::Dsn::parse(config.sites[site].mysql.expose()).with_context(|| format!("sites.{site}.mysql"))?;
@@ -160,10 +169,30 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
             Ok(())
         });
     }
+    {
+        // Kafka refusing this site (a login, an ACL, TLS) is definite: stop and say so, instead
+        // of waiting for brokers that will never let it in.
+        let (metrics, shutdown, site) = (metrics.clone(), shutdown.clone(), site.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                refusal = crate::kafka::refused() => {
+                    metrics.error(&site, telemetry::ErrorKind::of_refusal(&refusal));
+                    Err(anyhow!("{refusal}"))
+                }
+                _ = shutdown.wait() => Ok(()),
+            }
+        });
+    }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.map_err(|e| anyhow!("task panicked: {e}")).and_then(|r| r);
-        if let Err(e) = result {
+        if let Err(mut e) = result {
+            if let Some(refusal) = crate::kafka::refusal() {
+                // A component's own error (a fatal producer, a timeout) after a refusal.
+                if !format!("{e:#}").contains(&refusal.to_string()) {
+                    e = e.context(refusal.to_string());
+                }
+            }
             if failure.is_none() && !shutdown.is_triggered() {
                 tracing::error!(site = %site, error = %format!("{e:#}"), "stopping the other components");
                 failure = Some(e);

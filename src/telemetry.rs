@@ -52,6 +52,12 @@ pub enum ErrorKind {
     Apply,
     /// Records that break the transaction framing.
     Protocol,
+    /// Kafka refused this site's login.
+    KafkaAuthentication,
+    /// Kafka's ACLs refused this site's user an operation.
+    KafkaAuthorization,
+    /// The TLS handshake with Kafka failed.
+    KafkaTls,
 }
 
 impl ErrorKind {
@@ -63,6 +69,18 @@ impl ErrorKind {
             ErrorKind::Decode => "decode",
             ErrorKind::Apply => "apply",
             ErrorKind::Protocol => "protocol",
+            ErrorKind::KafkaAuthentication => "kafka_authentication",
+            ErrorKind::KafkaAuthorization => "kafka_authorization",
+            ErrorKind::KafkaTls => "kafka_tls",
+        }
+    }
+
+    /// The kind of a Kafka refusal.
+    pub fn of_refusal(r: &crate::kafka::Refusal) -> Self {
+        match r {
+            crate::kafka::Refusal::Authentication(_) => ErrorKind::KafkaAuthentication,
+            crate::kafka::Refusal::Authorization(_) => ErrorKind::KafkaAuthorization,
+            crate::kafka::Refusal::Tls(_) => ErrorKind::KafkaTls,
         }
     }
 }
@@ -290,13 +308,14 @@ pub struct ReadinessProbe {
     mysql: crate::config::Secret,
     kafka: crate::config::KafkaConfig,
     topic: String,
+    group: String,
     state: tokio::sync::Mutex<ProbeState>,
 }
 
 #[derive(Default)]
 struct ProbeState {
     conn: Option<mysql_async::Conn>,
-    consumer: Option<Arc<rdkafka::consumer::BaseConsumer>>,
+    consumer: Option<Arc<rdkafka::consumer::BaseConsumer<crate::kafka::Reporting>>>,
     last: Option<(std::time::Instant, Result<(), String>)>,
 }
 
@@ -313,6 +332,7 @@ impl ReadinessProbe {
             mysql: config.sites[site].mysql.clone(),
             kafka: config.kafka.clone(),
             topic: config.topic_of(site),
+            group: crate::kafka::group_of(config, site, "readyz"),
             state: tokio::sync::Mutex::new(ProbeState::default()),
         }
     }
@@ -365,14 +385,16 @@ impl ReadinessProbe {
         }
     }
 
-    async fn kafka(&self, consumer: &mut Option<Arc<rdkafka::consumer::BaseConsumer>>) -> Result<(), String> {
+    async fn kafka(&self, consumer: &mut Option<Arc<rdkafka::consumer::BaseConsumer<crate::kafka::Reporting>>>) -> Result<(), String> {
+        if let Some(r) = crate::kafka::refusal() {
+            return Err(format!("kafka refused: {r}"));
+        }
         let client = match consumer {
             Some(c) => c.clone(),
             None => {
-                let c: rdkafka::consumer::BaseConsumer = crate::kafka::consumer_config(&self.kafka, "sitesync.readyz")
-                    .map_err(|e| format!("kafka unreachable: {e}"))?
-                    .create()
-                    .map_err(|e| format!("kafka unreachable: {e}"))?;
+                let config = crate::kafka::consumer_config(&self.kafka, &self.group).map_err(|e| format!("kafka unreachable: {e}"))?;
+                let c: rdkafka::consumer::BaseConsumer<crate::kafka::Reporting> =
+                    crate::kafka::create(&config, "creating the readiness probe").map_err(|e| format!("kafka unreachable: {e}"))?;
                 let c = Arc::new(c);
                 *consumer = Some(c.clone());
                 c

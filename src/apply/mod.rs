@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -204,11 +204,12 @@ pub async fn run(ctx: ApplyContext) -> Result<(), ApplyError> {
     }
     let plans = load_plans(&config, &ctx.site, &pool, &origins).await?;
 
-    let consumer: StreamConsumer =
-        crate::kafka::consumer_config(&config.kafka, &format!("sitesync.{}.{}", config.federation.name, ctx.site))
-            .map_err(|e| ApplyError::Config(e.to_string()))?
-            .create()
-            .map_err(ApplyError::Kafka)?;
+    let consumer: crate::kafka::StreamingConsumer = crate::kafka::create(
+        &crate::kafka::consumer_config(&config.kafka, &crate::kafka::group_of(&config, &ctx.site, "apply"))
+            .map_err(|e| ApplyError::Config(e.to_string()))?,
+        "creating the consumer",
+    )
+    .map_err(ApplyError::Transport)?;
     let stored: HashMap<(String, i32), i64> = control.load_offsets().await?.into_iter().map(|o| ((o.topic, o.partition), o.next)).collect();
     let topics: Vec<String> = origins.iter().map(|o| config.topic_of(o)).collect();
     // A topic created a moment ago (init, a broker still loading) may not be in the metadata
@@ -342,7 +343,7 @@ async fn load_plans(config: &Config, site: &str, pool: &sqlx::MySqlPool, origins
 }
 
 impl Applier {
-    async fn consume(&mut self, consumer: &StreamConsumer) -> Result<(), ApplyError> {
+    async fn consume(&mut self, consumer: &crate::kafka::StreamingConsumer) -> Result<(), ApplyError> {
         let max = self.ctx.config.apply.batch_records.max(1);
         let wait = Duration::from_millis(self.ctx.config.apply.batch_wait_ms);
         let mut ready: Vec<CompleteTxn> = Vec::new();
@@ -370,6 +371,10 @@ impl Applier {
             if let Some(m) = msg {
                 let m = match m {
                     Ok(m) => m,
+                    // Kafka refused this site (an ACL, a login): definite, say so and stop.
+                    Err(e) if crate::kafka::Refusal::of_error(&e).is_some() => {
+                        return Err(ApplyError::Transport(crate::kafka::TransportError::of("consuming the origins' topics", e)));
+                    }
                     // Brokers down, a fetch timed out: librdkafka reconnects by itself; the
                     // applier keeps its place and waits (its lag grows meanwhile).
                     Err(e) => {

@@ -33,7 +33,6 @@ use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
-use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, EntityConfig, Filter};
@@ -255,10 +254,11 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     check_tables(&ctx, &pool).await?;
     let ctl = Control::new(pool, &ctx.config.federation.control_database);
 
-    let producer: FutureProducer = crate::kafka::producer_config(&ctx.config.kafka)
-        .map_err(|e| CaptureError::Config(e.to_string()))?
-        .create()
-        .map_err(CaptureError::Kafka)?;
+    let producer: crate::kafka::Producer = crate::kafka::create(
+        &crate::kafka::producer_config(&ctx.config.kafka).map_err(|e| CaptureError::Config(e.to_string()))?,
+        "creating the producer",
+    )
+    .map_err(|e| CaptureError::Config(e.to_string()))?;
     let topic = ctx.config.topic_of(&ctx.site);
     let mut publisher = Publisher::start(
         producer,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,7 +34,7 @@ struct Acked {
 
 /// The Kafka side of capture.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     topic: String,
     tx: Option<mpsc::Sender<InFlight>>,
     tracker: Option<JoinHandle<Result<(), CaptureError>>>,
@@ -54,7 +54,7 @@ const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 impl Publisher {
     /// Starts the tracker and the checkpoint writer.
     pub fn start(
-        producer: FutureProducer,
+        producer: crate::kafka::Producer,
         topic: String,
         publish_duration: prometheus::Histogram,
         max_in_flight: usize,

@@ -68,6 +68,8 @@ pub struct Federation {
     pub kafka: String,
     /// Each site's URL names a password variable that only that site's commands get.
     own_password_only: bool,
+    /// Environment variables given to one site's commands only (its Kafka credentials, say).
+    site_env: HashMap<String, Vec<(String, String)>>,
 }
 
 /// Builder input: site ids in stack order, entity and route TOML, schema SQL run at each site.
@@ -155,6 +157,7 @@ impl Federation {
             ended: Vec::new(),
             kafka: spec.kafka.clone().unwrap_or_else(kafka),
             own_password_only: false,
+            site_env: HashMap::new(),
         };
         for site in &fed.sites {
             let out = fed.command(site, &["init"]).output().unwrap();
@@ -209,7 +212,17 @@ impl Federation {
             // The stack's root has no password: the site's own variable is set, empty.
             c.env(Self::password_var(site), "");
         }
+        for (k, v) in self.site_env.get(site).into_iter().flatten() {
+            c.env(k, v);
+        }
         c
+    }
+
+    /// Gives `key=value` to `site`'s commands from now on (replacing an earlier value).
+    pub fn set_site_env(&mut self, site: &str, key: &str, value: &str) {
+        let vars = self.site_env.entry(site.to_string()).or_default();
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.to_string(), value.to_string()));
     }
 
     /// Starts `sitesync <args>` at `site` in the background; logs go to the test's directory.
