@@ -112,7 +112,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Authorization(why) => write!(
                 f,
                 "Kafka's ACLs refused this site's user ({why}): grant the ACLs `sitesync check` lists for this site \
-                 (runbook, section \"Kafka with SASL_SSL and ACLs\")"
+                 (runbook section 4b, \"Kafka with SASL_SSL and ACLs\")"
             ),
             Refusal::Tls(why) => write!(
                 f,
