@@ -200,6 +200,14 @@ impl ClientContext for Reporting {
         // Consumers hand a failed login back as a bare code; librdkafka's log line says why.
         if message.contains("SASL authentication error") || message.contains("Authentication failed") {
             note_refusal(Refusal::Authentication(message.to_string()));
+        } else if message.contains("SSL handshake failed") && message.contains("certificate verify failed") {
+            // An untrusted or misnamed certificate; not a broker that merely went away mid-handshake.
+            note_refusal(Refusal::Tls(message.to_string()));
+        }
+        if fac == "CONFWARN" {
+            // "experimental property" notes about settings sitesync makes on purpose.
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+            return;
         }
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(facility = fac, "librdkafka: {message}"),

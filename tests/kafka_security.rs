@@ -80,6 +80,7 @@ async fn federation(test: &str) -> (Federation, String) {
         allow(&u, &["Read", "Describe"], "group", &format!("sitesync.{test}.{site}."), true);
         fed.set_site_env(site, "SITESYNC_TEST_KAFKA_USER", &u);
         fed.set_site_env(site, "SITESYNC_TEST_KAFKA_PASSWORD", &format!("pw-{site}"));
+        fed.set_site_env(site, "SITESYNC_TEST_KAFKA_CA", &stack_ca());
     }
     let text = std::fs::read_to_string(&fed.config_path).unwrap();
     let plain = format!("[kafka]\nbootstrap_servers = \"{}\"\n", common::kafka());
@@ -87,9 +88,8 @@ async fn federation(test: &str) -> (Federation, String) {
     let secured = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
          \"sasl.username\" = \"${{SITESYNC_TEST_KAFKA_USER}}\"\n\"sasl.password\" = \"${{SITESYNC_TEST_KAFKA_PASSWORD}}\"\n\
-         \"ssl.ca.location\" = \"{}\"\n",
+         \"ssl.ca.location\" = \"${{SITESYNC_TEST_KAFKA_CA}}\"\n",
         sasl_listener(),
-        stack_ca()
     );
     std::fs::write(&fed.config_path, text.replace(&plain, &secured)).unwrap();
     (fed, user("a"))
@@ -145,6 +145,37 @@ async fn wrong_credentials_and_another_sites_credentials_are_refused_by_name() {
     assert!(!ok && text.contains("Kafka refused this site's login"), "run with a wrong password:\n{text}");
     assert!(started.elapsed() < Duration::from_secs(60), "run should stop at the refusal: {:?}\n{text}", started.elapsed());
     assert!(!text.contains("not-the-password"), "{text}");
+
+    // A CA that did not sign the broker's certificate: TLS is named, not "unreachable".
+    fed.set_site_env("a", "SITESYNC_TEST_KAFKA_PASSWORD", "pw-a");
+    let wrong_ca = fed.dir.join("wrong-ca.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=not the stack's CA",
+        ])
+        .arg("-keyout")
+        .arg(fed.dir.join("wrong-ca.key"))
+        .arg("-out")
+        .arg(&wrong_ca)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", output_text(&out));
+    fed.set_site_env("a", "SITESYNC_TEST_KAFKA_CA", &wrong_ca.display().to_string());
+    let (ok, text) = run_text(&fed, "a", &["check"]);
+    assert!(!ok, "{text}");
+    let line = text.lines().find(|l| l.starts_with("FAIL kafka: ")).unwrap_or_else(|| panic!("no FAIL kafka line:\n{text}"));
+    println!("{line}");
+    assert!(line.contains("TLS to Kafka failed") && line.contains("ssl.ca.location"), "{line}");
 
     // A user without any ACL: check names every topic it may not see, with the grant.
     let nobody = format!("{}_nobody", fed.topic_prefix.replace('.', "_"));
