@@ -167,9 +167,10 @@ pub struct ChangeRecord {
 /// Why a Kafka message is not a usable change record.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// The value is not valid JSON of the envelope's shape.
+    /// The value is not valid JSON of the envelope's shape: where (the field's path, when the
+    /// JSON itself was readable that far) and what.
     #[error("record value is not a sitesync change record: {0}")]
-    Malformed(#[from] serde_json::Error),
+    Malformed(String),
     /// The message has no value.
     #[error("message has no value")]
     Empty,
@@ -181,11 +182,63 @@ pub enum RecordError {
     Inconsistent(String),
 }
 
+/// Parses `bytes` as a `T`; an error names the field where it went wrong (`` `sitesync.v`:
+/// invalid type ... ``). The path is found by parsing again, so the common case costs nothing more.
+pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|plain| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            // `?`: a place the parser could not name (inside text that is no JSON).
+            Err(e) if e.path().to_string().split('.').any(|s| !matches!(s, "" | "?")) => {
+                format!("`{}`: {}", shown(&e.path().to_string()), e.inner())
+            }
+            _ => plain.to_string(),
+        }
+    })
+}
+
+/// A name or text that came off the wire, as messages show it: control characters escaped
+/// (a NUL shows as `\u{0}`), and at most 64 characters of it with the length of the rest.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX {
+            out.push_str(&format!("... ({} characters in all)", text.chars().count()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Checks that every value of `row` is a column value: null, a number or a string
+/// (`schemas/`); `what` names the row in the error (`after`, `sitesync.key`).
+fn column_values(row: &Row, what: &str) -> Result<(), RecordError> {
+    for (column, value) in row {
+        let kind = match value {
+            Value::Null | Value::Number(_) | Value::String(_) => continue,
+            Value::Bool(_) => "a boolean",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        };
+        return Err(RecordError::Inconsistent(format!(
+            "`{what}.{}` is {kind}, which is no column value (null, a number or a string)",
+            shown(column)
+        )));
+    }
+    Ok(())
+}
+
 impl ChangeRecord {
     /// Parses and checks a message value.
     pub fn from_slice(bytes: Option<&[u8]>) -> Result<Self, RecordError> {
         let bytes = bytes.ok_or(RecordError::Empty)?;
-        let record: ChangeRecord = serde_json::from_slice(bytes)?;
+        let record: ChangeRecord = parse(bytes).map_err(RecordError::Malformed)?;
         if record.sitesync.v > RECORD_VERSION {
             return Err(RecordError::Version(record.sitesync.v));
         }
@@ -199,6 +252,18 @@ impl ChangeRecord {
         }
         if record.sitesync.key.is_empty() {
             return Err(RecordError::Inconsistent("empty key".into()));
+        }
+        for (row, what) in [(&record.before, "before"), (&record.after, "after")] {
+            if let Some(row) = row {
+                column_values(row, what)?;
+            }
+        }
+        column_values(&record.sitesync.key, "sitesync.key")?;
+        for (i, r) in record.sitesync.refs.iter().enumerate() {
+            column_values(&r.key, &format!("sitesync.refs[{i}].key"))?;
+            if !matches!(r.id, Value::Null | Value::Number(_) | Value::String(_)) {
+                return Err(RecordError::Inconsistent(format!("`sitesync.refs[{i}].id` is no column value (null, a number or a string)")));
+            }
         }
         Ok(record)
     }
@@ -248,7 +313,7 @@ impl RecordHead {
             entity: String,
             last_in_transaction: bool,
         }
-        let head: Head = serde_json::from_slice(bytes.ok_or(RecordError::Empty)?)?;
+        let head: Head = parse(bytes.ok_or(RecordError::Empty)?).map_err(RecordError::Malformed)?;
         if head.sitesync.v > RECORD_VERSION {
             return Err(RecordError::Version(head.sitesync.v));
         }
