@@ -80,21 +80,12 @@ impl Applier {
     ) -> Result<Vec<Outcome>, FastError> {
         let mut outcomes = Vec::with_capacity(records.len());
         for inc in records {
-            let r = &inc.record().map_err(super::unreadable_record)?;
+            let r = &self.read(inc)?;
             self.note_columns(origin, r, false);
             let entity = &r.sitesync.entity;
-            let plan = match self.plans.get(entity) {
-                Some(plan)
-                    if r.sitesync.origin != self.ctx.site
-                        && r.sitesync.is_for(&self.ctx.site)
-                        && self.ctx.config.routes_entity(origin, &self.ctx.site, entity) =>
-                {
-                    plan
-                }
-                _ => {
-                    outcomes.push(Outcome::Skipped);
-                    continue;
-                }
+            let Some(plan) = plan_for(&self.ctx.config, &self.ctx.site, &self.plans, origin, r) else {
+                outcomes.push(Outcome::Skipped);
+                continue;
             };
             let outcome = if plan.needs_nothing_looked_up(r, &self.plans) {
                 match plan.batch_write(origin, r, &self.plans) {

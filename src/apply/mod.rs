@@ -8,8 +8,11 @@
 //!   transaction as sitesync's so that local capture does not echo it), and consumption resumes
 //!   from them: nothing is applied twice and nothing is skipped after a crash;
 //! - a transaction that capture published twice is recognised by its GTID and skipped;
-//! - records from this site, of entities not routed here, or of unknown entities are skipped; a
-//!   record that cannot be applied becomes a dead letter with its reason, and the stream goes on.
+//! - records from this site, addressed to another site, or of entities not routed here are
+//!   skipped; a record that cannot be applied (unreadable, of an entity the configuration does
+//!   not name, a message key or natural key not its own, a column name no table can have, a
+//!   value the column cannot hold: `vet.rs`) becomes a dead letter with its reason, and the
+//!   stream goes on.
 
 mod assemble;
 mod fast;
@@ -18,6 +21,7 @@ mod lag;
 mod parking;
 mod replay;
 mod target;
+mod vet;
 mod writer;
 
 pub use replay::replay;
@@ -459,13 +463,7 @@ impl Applier {
         let topic = m.topic().to_string();
         let partition = m.partition();
         let origin = self.origins.get(&topic).cloned().unwrap_or_default();
-        let head = RecordHead::from_slice(m.payload()).map_err(|e| e.to_string()).and_then(|h| {
-            if h.origin != origin {
-                Err(format!("record says origin `{}` but arrived on the topic of site `{origin}`", h.origin))
-            } else {
-                Ok(h)
-            }
-        });
+        let head = head_of(&origin, m.payload());
         if let Ok(h) = &head {
             self.lag.received(&origin, h.ts_ms);
         }
@@ -706,7 +704,7 @@ impl Applier {
     ) -> Result<(), FastError> {
         if !self.parked_keys.is_empty() || !tally.newly_parked.is_empty() {
             for inc in &t.records {
-                let r = inc.record().map_err(unreadable_record)?;
+                let r = self.read(inc)?;
                 if self.waits_behind_parked(&t.origin, &r, &tally.newly_parked) {
                     return Err(FastError::NeedsCare);
                 }
@@ -735,7 +733,7 @@ impl Applier {
         t: &CompleteTxn,
         tally: &mut BatchTally,
     ) -> Result<(), ApplyError> {
-        let records = t.records.iter().map(Incoming::record).collect::<Result<Vec<_>, _>>().map_err(unreadable_record)?;
+        let records = t.records.iter().map(|inc| self.read(inc)).collect::<Result<Vec<_>, _>>()?;
         let all: Vec<usize> = (0..records.len()).collect();
         // A snapshot chunk does not wait behind parked changes of its rows: it is the state
         // of those rows at a later point, the parked changes still apply after it in their
@@ -858,14 +856,7 @@ impl Applier {
                     deferred.push(i);
                     continue;
                 }
-                if r.sitesync.origin == self.ctx.site
-                    || !r.sitesync.is_for(&self.ctx.site)
-                    || !self.ctx.config.routes_entity(origin, &self.ctx.site, &r.sitesync.entity)
-                {
-                    progressed = true;
-                    continue;
-                }
-                let Some(plan) = self.plans.get(&r.sitesync.entity) else {
+                let Some(plan) = plan_for(&self.ctx.config, &self.ctx.site, &self.plans, origin, r) else {
                     progressed = true;
                     continue;
                 };
@@ -1014,6 +1005,32 @@ impl Applier {
             .await
             .map_err(ApplyError::Database)
     }
+}
+
+impl Applier {
+    /// The whole record of `inc`, vetted ([`vet::read`]).
+    fn read(&self, inc: &Incoming) -> Result<ChangeRecord, ApplyError> {
+        vet::read(&self.ctx.config, &self.plans, inc)
+    }
+}
+
+/// The head of a message on the topic of site `origin` (see [`RecordHead`]), or why it has none:
+/// unreadable, or claiming another origin.
+fn head_of(origin: &str, payload: Option<&[u8]>) -> Result<RecordHead, String> {
+    let h = RecordHead::from_slice(payload).map_err(|e| e.to_string())?;
+    if h.origin != origin {
+        return Err(format!("record says origin `{}` but arrived on the topic of site `{origin}`", record::shown(&h.origin)));
+    }
+    Ok(h)
+}
+
+/// The plan that applies `r` (from `origin`'s topic) at `site`; None when the record is not
+/// this site's to apply: made here, addressed to another site, of an entity not routed here.
+fn plan_for<'p>(config: &Config, site: &str, plans: &'p Plans, origin: &str, r: &ChangeRecord) -> Option<&'p Arc<EntityPlan>> {
+    if r.sitesync.origin == site || !r.sitesync.is_for(site) || !config.routes_entity(origin, site, &r.sitesync.entity) {
+        return None;
+    }
+    plans.get(&r.sitesync.entity)
 }
 
 /// A record whose head was readable but not the whole of it: its transaction becomes dead
