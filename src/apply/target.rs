@@ -83,11 +83,24 @@ impl TargetTable {
         }
     }
 
-    /// The column `name`, or a definite error naming it.
+    /// The column `name`; else a column this site lacks (a schema change to wait for) or, for a
+    /// name no MySQL column can have (empty, longer than 64 characters, a NUL, a character
+    /// beyond the Basic Multilingual Plane, a trailing space), a definite error: no schema
+    /// change will bring it.
     pub fn column(&self, name: &str) -> Result<&TargetColumn, ApplyError> {
-        self.columns.get(name).ok_or_else(|| ApplyError::MissingColumn {
+        if let Some(column) = self.columns.get(name) {
+            return Ok(column);
+        }
+        let shown = crate::record::shown(name);
+        if !crate::mysql::ident::is_identifier(name) {
+            return Err(ApplyError::Definite(format!(
+                "column `{shown}` of the record cannot be a MySQL column name ({} characters; 1 to 64, no NUL, no trailing space)",
+                name.chars().count()
+            )));
+        }
+        Err(ApplyError::MissingColumn {
             column: Some(name.to_string()),
-            message: format!("column `{name}` does not exist in {}.{} at this site", self.db, self.table),
+            message: format!("column `{shown}` does not exist in {}.{} at this site", self.db, self.table),
         })
     }
 
