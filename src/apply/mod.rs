@@ -485,7 +485,7 @@ impl Applier {
                 key = %String::from_utf8_lossy(dropped.key.as_deref().unwrap_or_default()),
                 "dropping a record whose transaction's first record never arrived: its change is not applied here (a capture bug: please report it)"
             );
-            self.ctx.metrics.records(&self.ctx.site, &origin, &h.entity, Outcome::Dropped, 1);
+            self.ctx.metrics.records(&self.ctx.site, &origin, vet::entity_label(&self.ctx.config, &h.entity), Outcome::Dropped, 1);
             self.ctx.metrics.error(&self.ctx.site, ErrorKind::Protocol);
         }
         pushed.complete
@@ -805,7 +805,7 @@ impl Applier {
 
     fn count(&self, counts: HashMap<(String, String, Outcome), u64>) {
         for ((origin, entity, outcome), n) in counts {
-            self.ctx.metrics.records(&self.ctx.site, &origin, &entity, outcome, n);
+            self.ctx.metrics.records(&self.ctx.site, &origin, vet::entity_label(&self.ctx.config, &entity), outcome, n);
         }
     }
 
@@ -915,9 +915,11 @@ impl Applier {
             offset,
             row_keys: &keys.join("\n"),
             records: &json,
-            reason,
+            reason: &vet::fit_reason(reason),
         };
-        self.control.insert_parked(tx, &parked).await.map_err(ApplyError::Database)?;
+        // A row the control table refuses (a hostile key too long) makes the transaction a
+        // dead letter, not a retry without end.
+        self.control.insert_parked(tx, &parked).await.map_err(ApplyError::classify)?;
         tracing::info!(site = %self.ctx.site, origin = %t.origin, offset, records = which.len(), reason = %reason, "transaction waits for the rows it references");
         Ok(keys.iter().map(|k| scoped(&t.origin, k)).collect())
     }
@@ -996,8 +998,8 @@ impl Applier {
                     topic: &t.topic,
                     partition: t.partition,
                     offset: inc.offset,
-                    entity,
-                    reason,
+                    entity: entity.map(vet::fit_entity),
+                    reason: &vet::fit_reason(reason),
                     key: inc.key.as_deref(),
                     value: inc.value.as_deref(),
                 },

@@ -122,15 +122,21 @@ impl Applier {
                                     topic: &p.topic,
                                     partition: p.partition,
                                     offset: p.offset,
-                                    entity: Some(entity).filter(|e| !e.is_empty()).map(String::as_str),
-                                    reason: &reason,
+                                    entity: Some(entity).filter(|e| !e.is_empty()).map(|e| vet::fit_entity(e)),
+                                    reason: &vet::fit_reason(&reason),
                                     key: None,
                                     value: Some(value),
                                 },
                             )
                             .await
                             .map_err(ApplyError::Database)?;
-                        self.ctx.metrics.records(&self.ctx.site, &p.origin, entity, Outcome::DeadLetter, 1);
+                        self.ctx.metrics.records(
+                            &self.ctx.site,
+                            &p.origin,
+                            vet::entity_label(&self.ctx.config, entity),
+                            Outcome::DeadLetter,
+                            1,
+                        );
                     }
                     self.control.delete_parked(&mut tx, p.id).await.map_err(ApplyError::Database)?;
                     tx.commit().await.map_err(ApplyError::Database)?;

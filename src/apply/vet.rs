@@ -3,6 +3,12 @@
 //! key is the key columns of its row. A record that is not is a dead letter with the reason;
 //! the stream goes on. Column names are checked against the local table where they are used
 //! ([`super::TargetTable::column`]); values are bound, never written into SQL.
+//!
+//! Also what of a bad record is kept: the control tables' columns are bounded (an entity name
+//! of 64 characters, a reason of 64 KiB), and a hostile record must not make storing its dead
+//! letter fail, which would stop the stream.
+
+use std::borrow::Cow;
 
 use super::assemble::Incoming;
 use super::writer::{EntityPlan, Plans};
@@ -83,5 +89,41 @@ impl EntityPlan {
             }
         }
         Ok(())
+    }
+}
+
+/// The longest reason stored with a dead letter or a parked transaction (the columns are TEXT,
+/// 65,535 bytes).
+const MAX_REASON_BYTES: usize = 16 * 1024;
+
+/// `reason` as the control tables can hold it: cut at [`MAX_REASON_BYTES`] on a character
+/// boundary, saying so.
+pub(super) fn fit_reason(reason: &str) -> Cow<'_, str> {
+    if reason.len() <= MAX_REASON_BYTES {
+        return Cow::Borrowed(reason);
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}... ({} bytes in all)", &reason[..end], reason.len()))
+}
+
+/// The entity stored with a dead letter (VARCHAR(64)): a configured one as it is, another
+/// cut to 64 characters (the record itself is kept whole).
+pub(super) fn fit_entity(entity: &str) -> &str {
+    match entity.char_indices().nth(64) {
+        Some((end, _)) => &entity[..end],
+        None => entity,
+    }
+}
+
+/// The `entity` label of a metric: a configured entity, or `(unknown)`, so that a producer
+/// inventing names cannot make the metrics grow without bound.
+pub(super) fn entity_label<'a>(config: &Config, entity: &'a str) -> &'a str {
+    if config.entities.contains_key(entity) || entity == "(unreadable)" {
+        entity
+    } else {
+        "(unknown)"
     }
 }
