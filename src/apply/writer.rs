@@ -229,10 +229,11 @@ impl EntityPlan {
                 }
                 (None, Ok(rk)) => return Err(not_arrived(col, plan, rk)),
                 (None, Err(id)) => {
+                    let id = crate::record::shown(&id.to_string());
                     return Err(ApplyError::Wait(format!(
                         "`{col}` = {id} refers to a {} whose natural key the origin did not send (the row no longer existed there when captured)",
                         plan.name
-                    )))
+                    )));
                 }
             }
         }
@@ -560,6 +561,9 @@ impl EntityPlan {
         rows: &[Vec<SqlValue>],
         upsert: bool,
     ) -> Result<(), ApplyError> {
+        if columns.is_empty() {
+            return Err(ApplyError::Definite(format!("the record has no column that {} replicates", self.target.qualified())));
+        }
         let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
         let updates: Vec<String> = columns
             .iter()
@@ -585,7 +589,14 @@ impl EntityPlan {
             });
             let values = vec![row.as_str(); chunk.len()].join(", ");
             let sql = format!("INSERT INTO {} ({}) VALUES {values}{on_duplicate}", self.target.qualified(), cols.join(", "));
-            self.execute_write(tx, &sql, lenient, |mut q| {
+            // Outside strict mode, only the ENUM error values of the rows that have them may
+            // be changed by the server (see `execute_write`).
+            let tolerated = |row: usize, column: &str| {
+                let at = columns.iter().position(|c| c == column);
+                let value = at.and_then(|i| chunk.get(row.wrapping_sub(1)).and_then(|values| values.get(i)));
+                value.is_some_and(|v| self.target.columns.get(column).is_some_and(|col| needs_lenient_mode(col, v)))
+            };
+            self.execute_write(tx, &sql, lenient, &tolerated, |mut q| {
                 for values in chunk {
                     for v in values {
                         q = bind(q, v.clone());
@@ -603,11 +614,17 @@ impl EntityPlan {
     /// origin's session stored the row without strict mode, and row-based replication stores
     /// what the origin stored (the target computes its own generated values). A refused value
     /// of a column that is written stays an error: the target cannot hold it.
+    ///
+    /// Outside strict mode the server stores a value it cannot hold as the nearest it can (300
+    /// as 127 in a TINYINT, a string cut short, a bad date as zero) with a warning: each
+    /// warning must be about a generated column or about a column `tolerated` at its row (an
+    /// ENUM's error value written on purpose), or the write is refused, naming the value.
     async fn execute_write<'q>(
         &self,
         tx: &mut Transaction<'_, MySql>,
         sql: &'q str,
         lenient: bool,
+        tolerated: &(dyn Fn(usize, &str) -> bool + Sync),
         binds: impl Fn(Query<'q, MySql, MySqlArguments>) -> Query<'q, MySql, MySqlArguments>,
     ) -> Result<u64, ApplyError> {
         if !lenient {
@@ -621,7 +638,36 @@ impl EntityPlan {
         }
         let relaxed = format!("{LENIENT}{sql}");
         let q = binds(sqlx::query(AssertSqlSafe(relaxed.as_str())));
-        Ok(q.execute(&mut **tx).await.map_err(ApplyError::classify)?.rows_affected())
+        let done = q.execute(&mut **tx).await.map_err(ApplyError::classify)?;
+        // Rare (ENUM error values, generated columns the origin computed outside strict mode):
+        // one more round trip.
+        use sqlx::Row as _;
+        let warnings = sqlx::query("SHOW WARNINGS").fetch_all(&mut **tx).await.map_err(ApplyError::classify)?;
+        for w in &warnings {
+            let message: String = w.try_get(2).unwrap_or_default();
+            if !self.warning_tolerated(&message, tolerated) {
+                return Err(ApplyError::Definite(format!(
+                    "{}: the server would change a value outside strict mode (written so for an ENUM's error value or a generated column): {message}",
+                    self.target.qualified()
+                )));
+            }
+        }
+        Ok(done.rows_affected())
+    }
+
+    /// Whether a warning of a write outside strict mode is one it is run for: about a generated
+    /// column, or about a column `tolerated` at the warning's row. Warnings that name no column
+    /// (a deprecation) change no value.
+    fn warning_tolerated(&self, message: &str, tolerated: &(dyn Fn(usize, &str) -> bool + Sync)) -> bool {
+        if !message.contains("column") {
+            return true;
+        }
+        let row = message.rsplit_once(" at row ").and_then(|(_, n)| n.trim().parse::<usize>().ok()).unwrap_or(1);
+        let names = |c: &str| [format!("'{c}' at row"), format!("`{c}` at row"), format!("'{c}'"), format!("`{c}`")];
+        self.target
+            .columns
+            .values()
+            .any(|col| (col.generated || tolerated(row, &col.name)) && names(&col.name).iter().any(|n| message.contains(n.as_str())))
     }
 
     /// Whether `e` is strict mode refusing a value of one of the table's generated columns.
@@ -740,8 +786,11 @@ impl EntityPlan {
         let assignments: Vec<String> = sets.iter().map(|(c, _)| format!("{} = ?", quote(c))).collect();
         let sql = format!("UPDATE {} SET {} WHERE {}", self.target.qualified(), assignments.join(", "), where_clause(&key));
         let lenient = sets.iter().any(|(c, v)| self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)));
+        let tolerated = |_: usize, column: &str| {
+            sets.iter().any(|(c, v)| c == column && self.target.columns.get(c).is_some_and(|col| needs_lenient_mode(col, v)))
+        };
         // The connection reports rows matched (CLIENT_FOUND_ROWS), not rows changed.
-        self.execute_write(tx, &sql, lenient, |mut q| {
+        self.execute_write(tx, &sql, lenient, &tolerated, |mut q| {
             for (_, v) in sets {
                 q = bind(q, v.clone());
             }
@@ -790,7 +839,8 @@ pub(super) use crate::stamp::row_key_of_texts;
 
 /// The wait for a referenced row that is not here yet.
 pub(super) fn not_arrived(col: &str, target: &EntityPlan, rk: &RefKey) -> ApplyError {
-    ApplyError::Wait(format!("`{col}` refers to {} {} which has not arrived here yet", target.name, Value::Object(rk.key.clone())))
+    let key = crate::record::shown(&Value::Object(rk.key.clone()).to_string());
+    ApplyError::Wait(format!("`{col}` refers to {} {key} which has not arrived here yet", target.name))
 }
 
 pub(super) fn where_clause(key: &[(String, SqlValue)]) -> String {
