@@ -679,7 +679,7 @@ impl Applier {
             let (entity, reason) = match (&inc.head, dead_reason) {
                 (Err(reason), _) => (None, reason.as_str()),
                 (Ok(h), Some(reason)) => (Some(h.entity.as_str()), reason),
-                (Ok(h), None) => (Some(h.entity.as_str()), "part of a transaction with an unreadable record"),
+                (Ok(h), None) => (Some(h.entity.as_str()), PART_OF_UNREADABLE),
             };
             if duplicate && inc.head.is_ok() {
                 tally.count(&t.origin, inc.entity(), Outcome::Skipped);
@@ -1034,6 +1034,10 @@ fn plan_for<'p>(config: &Config, site: &str, plans: &'p Plans, origin: &str, r: 
     }
     plans.get(&r.sitesync.entity)
 }
+
+/// The reason of the dead letters of a transaction's readable records when another of its
+/// records is unreadable.
+const PART_OF_UNREADABLE: &str = "part of a transaction with an unreadable record";
 
 /// A record whose head was readable but not the whole of it: its transaction becomes dead
 /// letters (via the one-at-a-time retry).

@@ -1,6 +1,7 @@
 //! `sitesync dlq replay`: dead letters applied again once their cause is fixed.
 
 use super::*;
+use crate::record::shown;
 
 /// What `sitesync dlq replay` did with one dead letter.
 #[derive(Debug)]
@@ -29,11 +30,34 @@ pub async fn replay(config: &Config, site: &str, only: Option<u64>) -> Result<Ve
     type Letter = (u64, Result<ChangeRecord, String>, String);
     let mut groups: Vec<(String, Vec<Letter>)> = Vec::new();
     for d in letters {
-        let parsed = ChangeRecord::from_slice(d.value.as_deref()).map_err(|e| e.to_string());
-        let origin = d.origin.clone().or_else(|| parsed.as_ref().ok().map(|r| r.sitesync.origin.clone())).unwrap_or_default();
-        let group = match &parsed {
-            Ok(r) => format!("{origin}|{}", r.transaction.id),
-            Err(_) => format!("letter {}", d.id),
+        let origin = d.origin.clone();
+        // Vetted as when it arrived: a bad record stays a dead letter. A transaction that held
+        // an unreadable record can never be applied whole, so none of its records is.
+        let parsed = ChangeRecord::from_slice(d.value.as_deref()).map_err(|e| e.to_string()).and_then(|r| {
+            if let Some(o) = origin.as_deref().filter(|o| *o != r.sitesync.origin) {
+                return Err(format!("record says origin `{}` but arrived on the topic of site `{o}`", shown(&r.sitesync.origin)));
+            }
+            // A letter keeps its message key (those of parked transactions have none): one
+            // that arrived without a key is still without.
+            if d.key.is_some() || d.reason.starts_with("message key") {
+                vet::message_key(d.key.as_deref(), &r).map_err(|e| e.to_string())?;
+            }
+            vet::record(config, &plans, &r).map_err(|e| e.to_string())?;
+            if d.reason == PART_OF_UNREADABLE {
+                return Err(format!("{PART_OF_UNREADABLE}, which cannot be applied: drop them together"));
+            }
+            Ok(r)
+        });
+        let origin = origin.or_else(|| parsed.as_ref().ok().map(|r| r.sitesync.origin.clone())).unwrap_or_default();
+        // Grouped by source transaction, even where the record itself is unreadable but its
+        // head is not: its transaction's other letters then fail with it.
+        let txn = match &parsed {
+            Ok(r) => Some(r.transaction.id.clone()),
+            Err(_) => RecordHead::from_slice(d.value.as_deref()).ok().map(|h| h.transaction_id),
+        };
+        let group = match txn {
+            Some(txn) => format!("{origin}|{txn}"),
+            None => format!("letter {}", d.id),
         };
         match groups.iter_mut().find(|(g, _)| *g == group) {
             Some((_, members)) => members.push((d.id, parsed, origin)),
