@@ -16,6 +16,8 @@
 
 mod assemble;
 mod fast;
+#[cfg(test)]
+mod fuzz;
 mod keyed;
 mod lag;
 mod parking;
