@@ -644,8 +644,10 @@ impl EntityPlan {
         use sqlx::Row as _;
         let warnings = sqlx::query("SHOW WARNINGS").fetch_all(&mut **tx).await.map_err(ApplyError::classify)?;
         for w in &warnings {
+            // A note (a fraction rounded) is no value strict mode would refuse either.
+            let level: String = w.try_get(0).unwrap_or_default();
             let message: String = w.try_get(2).unwrap_or_default();
-            if !self.warning_tolerated(&message, tolerated) {
+            if !level.eq_ignore_ascii_case("note") && !self.warning_tolerated(&message, tolerated) {
                 return Err(ApplyError::Definite(format!(
                     "{}: the server would change a value outside strict mode (written so for an ENUM's error value or a generated column): {message}",
                     self.target.qualified()
