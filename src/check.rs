@@ -64,6 +64,7 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
     topics.push(config.heartbeat_topic_of(site));
     topics.extend(origins.iter().map(|o| config.heartbeat_topic_of(o)));
     topics.push(config.control_topic());
+    topics.extend(config.export_topics_of(site));
     let kafka_cfg = config.kafka.clone();
     let kafka_task = tokio::task::spawn_blocking(move || kafka::topic_states(&kafka_cfg, &topics, KAFKA_TIMEOUT));
 
@@ -106,6 +107,8 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
                     "heartbeats of an origin"
                 } else if topic == config.control_topic() {
                     "verify requests and answers between sites"
+                } else if topic.starts_with(&format!("{}.export.", config.federation.topic_prefix)) {
+                    "this site's export stream for Kafka Connect"
                 } else {
                     "changes applied here"
                 };

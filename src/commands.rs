@@ -60,11 +60,17 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
     println!("control tables ready in `{}`", ctl.database());
     // Every site's topics where this site's Kafka user may create them (a shared cluster's
     // ACLs usually let a site create only its own: the others' inits make theirs).
-    let own = [config.topic_of(site), config.heartbeat_topic_of(site), config.control_topic()];
+    let mut own = vec![config.topic_of(site), config.heartbeat_topic_of(site), config.control_topic()];
+    let exports = config.export_topics_of(site);
+    own.extend(exports.iter().cloned());
     let topics: Vec<String> = config.sites.keys().map(|s| config.topic_of(s)).collect();
     let heartbeats: Vec<String> = config.sites.keys().map(|s| config.heartbeat_topic_of(s)).collect();
     // Requests and answers between sites: a day is plenty (a request is answered in minutes).
-    for (group, retention_ms) in [(topics, -1), (heartbeats, 3_600_000), (vec![config.control_topic()], 86_400_000)] {
+    // Export topics (`[export]`) are this site's only, kept like its replication topic.
+    for (group, retention_ms) in [(topics, -1), (heartbeats, 3_600_000), (vec![config.control_topic()], 86_400_000), (exports, -1)] {
+        if group.is_empty() {
+            continue;
+        }
         let mut refused_own = Vec::new();
         for (topic, state) in kafka::create_topics(&config.kafka, &group, retention_ms).await? {
             if state != "refused" {

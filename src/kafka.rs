@@ -426,6 +426,9 @@ pub fn acls(config: &Config, site: &str) -> Vec<Acl> {
         topic(config.heartbeat_topic_of(site), vec!["Write", "Describe", "Create"], "capture's heartbeats"),
         topic(config.control_topic(), vec!["Read", "Write", "Describe", "Create"], "verify and join requests and answers"),
     ];
+    for export in config.export_topics_of(site) {
+        out.push(topic(export, vec!["Write", "Describe", "Create"], "the export stream for Kafka Connect sinks ([export])"));
+    }
     for origin in config.origins_of(site) {
         out.push(topic(config.topic_of(&origin), vec!["Read", "Describe"], "apply reads an origin's changes"));
         out.push(topic(config.heartbeat_topic_of(&origin), vec!["Read", "Describe"], "apply's lag of an idle origin"));

@@ -11,6 +11,7 @@ mod decode;
 mod entity;
 mod envelope;
 mod events;
+mod export;
 mod isolation;
 mod publisher;
 mod refs;
@@ -195,6 +196,8 @@ struct Reader {
     stamps: stamps::Stamps,
     /// Entities stopped alone, and the catch-up of resumed ones.
     isolation: isolation::Isolation,
+    /// The export topics' records (`[export]`), when this site exports anything.
+    exporter: export::Exporter,
 }
 
 /// Snapshots: one runs at a time.
@@ -291,6 +294,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         spare: Encoded::default(),
         stamps: stamps::Stamps::new(ctl.clone(), ctx.site.clone()),
         isolation: isolation::Isolation::new(&ctl, &ctx.site, ctx.metrics.clone(), ctx.health.clone()),
+        exporter: export::Exporter::new(format!("{}.export.{}", ctx.config.federation.topic_prefix, ctx.site)),
         ctx: ctx.clone(),
     };
     let mut first = true;

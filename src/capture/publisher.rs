@@ -162,6 +162,24 @@ impl Publisher {
         }
     }
 
+    /// Sends a record to another topic (the export stream), tracked like the site's records:
+    /// the checkpoint passes it only once Kafka has it. `payload` None is a tombstone.
+    pub async fn send_to(&mut self, topic: &str, key: &[u8], payload: Option<&[u8]>) -> Result<(), CaptureError> {
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+            if let Some(p) = payload {
+                record = record.payload(p);
+            }
+            match self.producer.send_result(record) {
+                Ok(fut) => return self.push(InFlight::Record(fut, Instant::now())).await,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(CaptureError::Kafka(e)),
+            }
+        }
+    }
+
     /// Tells appliers that capture has read everything the server has (the binlog is idle):
     /// best effort, outside the checkpointed stream.
     pub fn heartbeat(&self, topic: &str, payload: &[u8]) {

@@ -152,7 +152,7 @@ impl Reader {
             return Ok(());
         }
         if self.txn.as_ref().is_some_and(|t| t.echo) {
-            return self.on_echo_rows(entity, data, at.pos);
+            return self.on_echo_rows(entity, data, at, publisher).await;
         }
         self.check_placeable(entity, data, at.pos)?;
         // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
@@ -165,26 +165,68 @@ impl Reader {
                 return self.isolation.stop(&entity.name, &entity.info.table, &self.at.gtid, &place, &reason).await;
             }
         };
-        let op = match data {
-            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
-            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
-            _ => Op::Delete,
-        };
+        let op = op_of(data);
+        if self.ctx.config.export.exports(&self.ctx.site, &entity.name) {
+            self.export(entity, op, &images, at, publisher).await?;
+        }
         self.publish_changes(entity, op, images, at, publisher).await
     }
 
     /// Rows the applier wrote: not published, but a snapshot chunk must still drop its older
-    /// copy of them.
-    fn on_echo_rows(&mut self, entity: &EntityTable, data: &RowsEventData<'_>, pos: u64) -> Result<(), CaptureError> {
-        if !self.snapshots.running.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
+    /// copy of them, and the export stream has them (it follows the table, whoever wrote).
+    async fn on_echo_rows(
+        &mut self,
+        entity: &EntityTable,
+        data: &RowsEventData<'_>,
+        at: &EventPlace,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        let exported = self.ctx.config.export.exports(&self.ctx.site, &entity.name);
+        if !exported && !self.snapshots.running.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
             return Ok(());
         }
+        let mut images = Vec::new();
         for row in decode::rows(data, &entity.info) {
-            let (before, after) = row.map_err(|e| self.binlog_err(pos, e.to_string()))?;
-            let before = before.map(|r| self.image(entity, &r, pos)).transpose()?;
-            let after = after.map(|r| self.image(entity, &r, pos)).transpose()?;
+            let (before, after) = row.map_err(|e| self.binlog_err(at.pos, e.to_string()))?;
+            let before = before.map(|r| self.image(entity, &r, at.pos)).transpose()?;
+            let after = after.map(|r| self.image(entity, &r, at.pos)).transpose()?;
             if let Some(snapshot) = self.snapshots.running.as_mut() {
                 snapshot.superseded(entity, before.as_ref(), after.as_ref());
+            }
+            if exported {
+                images.push((before, after));
+            }
+        }
+        if exported {
+            self.export(entity, op_of(data), &images, at, publisher).await?;
+        }
+        Ok(())
+    }
+
+    /// One rows event's changes on `entity`'s export topic, filtered as everywhere.
+    async fn export(
+        &mut self,
+        entity: &EntityTable,
+        op: Op,
+        images: &[RowImages],
+        at: &EventPlace,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        let topic = self.ctx.config.export_topic_of(&self.ctx.site, &entity.info.db, &entity.info.table);
+        let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
+        let gtid = self.txn.as_ref().and_then(|t| t.gtid_text.clone());
+        for (row, (before, after)) in images.iter().enumerate() {
+            let Some((op, before, after)) = apply_filter(entity, op, before.clone(), after.clone()) else { continue };
+            let source = export::SourceInfo {
+                server_id: if server_id != 0 { server_id } else { at.server_id },
+                gtid: gtid.as_deref(),
+                file: &self.at.file,
+                pos: at.pos,
+                row: row as u32,
+                ts_ms: at.ts_ms,
+            };
+            for r in self.exporter.records(entity, &topic, op, before.as_ref(), after.as_ref(), &source) {
+                publisher.send_to(&r.topic, &r.key, r.value.as_deref()).await?;
             }
         }
         Ok(())
@@ -356,5 +398,14 @@ impl Reader {
             out.push(value);
         }
         Ok(Image(out))
+    }
+}
+
+/// The change kind of a rows event.
+fn op_of(data: &RowsEventData<'_>) -> Op {
+    match data {
+        RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
+        RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
+        _ => Op::Delete,
     }
 }

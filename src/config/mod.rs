@@ -105,6 +105,9 @@ pub struct Config {
     /// Verification between sites.
     #[serde(default)]
     pub verify: VerifyConfig,
+    /// Opt-in export topics in Debezium's own shape, for Kafka Connect sinks.
+    #[serde(default)]
+    pub export: ExportConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -398,6 +401,28 @@ impl Default for VerifyConfig {
     }
 }
 
+/// `[export]`: besides its replication topic, each exporting site's capture publishes every
+/// change of the exported entities' tables (its own and those applied from other sites, as a
+/// Debezium connector on that database would see them) to one topic per table, in Debezium's
+/// naming and JSON shape with an embedded Connect schema (schemas/export.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Entities exported (none by default).
+    pub entities: Vec<String>,
+    /// Sites that export (every site when empty).
+    pub sites: Vec<String>,
+    /// The record shape: "debezium-json" (the JsonConverter with `schemas.enable=true`).
+    pub format: Option<String>,
+}
+
+impl ExportConfig {
+    /// Whether `site` exports `entity`.
+    pub fn exports(&self, site: &str, entity: &str) -> bool {
+        self.entities.iter().any(|e| e == entity) && (self.sites.is_empty() || self.sites.iter().any(|s| s == site))
+    }
+}
+
 impl VerifyConfig {
     /// The continuous interval, if on (validated at load).
     pub fn interval(&self) -> Option<std::time::Duration> {
@@ -487,6 +512,23 @@ impl Config {
     /// The topic of requests and answers between sites (verify, repair): one partition.
     pub fn control_topic(&self) -> String {
         format!("{}.control", self.federation.topic_prefix)
+    }
+
+    /// The export topic of `site`'s table `db`.`table`: Debezium's `<topic.prefix>.<db>.<table>`
+    /// with `<topic_prefix>.export.<site>` as its prefix; characters Kafka does not allow in a
+    /// topic name become `_`, as Debezium does.
+    pub fn export_topic_of(&self, site: &str, db: &str, table: &str) -> String {
+        let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect::<String>();
+        format!("{}.export.{site}.{}.{}", self.federation.topic_prefix, safe(db), safe(table))
+    }
+
+    /// The export topics of `site` (one per exported entity).
+    pub fn export_topics_of(&self, site: &str) -> Vec<String> {
+        self.entities
+            .iter()
+            .filter(|(name, _)| self.export.exports(site, name))
+            .map(|(_, e)| self.export_topic_of(site, self.database_of(site), &e.table))
+            .collect()
     }
 
     /// The topic where `site`'s capture says, while idle, that it has read everything.

@@ -19,6 +19,19 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
     let mut problem = |key: String, message: String| problems.push(ConfigProblem { key, message });
 
+    for (i, name) in config.export.entities.iter().enumerate() {
+        if !config.entities.contains_key(name) {
+            problem(format!("export.entities[{i}]"), format!("`{name}` is not an entity of this file"));
+        }
+    }
+    for (i, site) in config.export.sites.iter().enumerate() {
+        if !config.sites.contains_key(site) {
+            problem(format!("export.sites[{i}]"), format!("`{site}` is not a site of this file"));
+        }
+    }
+    if let Some(format) = config.export.format.as_deref().filter(|f| *f != "debezium-json") {
+        problem("export.format".into(), format!("`{format}` is not a known format (\"debezium-json\")"));
+    }
     if let Some(interval) = &config.verify.interval {
         if let Err(e) = super::parse_duration(interval) {
             problem("verify.interval".into(), e);

@@ -342,9 +342,14 @@ impl Federation {
 
     /// Kafka high watermark of `site`'s topic (the number of records it ever held).
     pub fn topic_records(&self, site: &str) -> i64 {
+        self.topic_records_of(&format!("{}.{site}", self.topic_prefix))
+    }
+
+    /// Records in partition 0 of `topic`.
+    pub fn topic_records_of(&self, topic: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &self.kafka).create().unwrap();
-        let (low, high) = consumer.fetch_watermarks(&format!("{}.{site}", self.topic_prefix), 0, Duration::from_secs(10)).unwrap();
+        let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
         high - low
     }
 
