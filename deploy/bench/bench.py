@@ -47,6 +47,7 @@ STEADY_ROWS = env_int("BENCH_STEADY_ROWS", 300_000)  # rows written while captur
 SNAPSHOT_ROWS = env_int("BENCH_SNAPSHOT_ROWS", 200_000)
 VERIFY_ROWS = env_int("BENCH_VERIFY_ROWS", 1_000_000)    # rows of the table verify compares
 VERIFY_LAG_RATE = env_int("BENCH_VERIFY_LAG_RATE", 2000)  # offered rows/s while verify runs
+EXPORT_ROWS = env_int("BENCH_EXPORT_ROWS", 300_000)     # backlog rows capture reads with and without [export]
 LAG_RATES = [int(x) for x in env_list("BENCH_LAG_RATES", "500,2000,10000")]
 LAG_TXN = [int(x) for x in env_list("BENCH_LAG_TXN", "1,10")]
 LAG_LOADS = env_list("BENCH_LAG_LOADS", "sysbench,lims")
@@ -56,7 +57,7 @@ DRAIN_SECONDS = env_int("BENCH_DRAIN_SECONDS", 120)
 STALL_SECONDS = env_int("BENCH_STALL_SECONDS", 20)
 STALL_RATE = env_int("BENCH_STALL_RATE", 5000)
 STALL_TXN = env_int("BENCH_STALL_TXN", 10)
-PHASES = env_list("BENCH_PHASES", "bulk,lag,snapshot,stall,verify")
+PHASES = env_list("BENCH_PHASES", "bulk,lag,snapshot,stall,verify,export")
 KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
 PERF = os.environ.get("BENCH_PERF", "0") == "1"
 PERF_FREQ = env_int("BENCH_PERF_FREQ", 199)
@@ -1035,6 +1036,43 @@ def verify_loop(fed, stop, passes):
         passes.append((p.returncode, time.time()))
 
 
+def phase_export():
+    """Capture catch-up of the same backlog with and without `[export]` of its table: what the
+    Debezium-shaped export stream costs capture (the site topic and the export topic both full)."""
+    res = RESULTS.setdefault("export", {})
+    for variant in ("off", "on", "off2", "on2"):
+        extra = '[export]\nentities = ["row"]\n' if variant.startswith("on") else ""
+        fed = Fed(f"export{variant}", {"a": PORT_A},
+                  '[entities.row]\ntable = "bench_rows"\n\n[[routes]]\nfrom = ["a"]\nto = ["*"]\nentities = ["row"]\n', extra)
+        FEDS.append(fed)
+        sql(PORT_A, ROWS_DDL.format(t="bench_rows"), fed.db)
+        fed.init()
+        script = os.path.join(OUT, f"export-{variant}.sql")
+        write_rows_script(script, "bench_rows", 1, EXPORT_ROWS, TXN_ROWS)
+        log(f"export {variant}: writing {EXPORT_ROWS} rows at A")
+        sql_script(PORT_A, script, fed.db)
+        os.remove(script)
+        topics = [fed.topic("a")] + ([f"{fed.prefix}.export.a.{fed.db}.bench_rows"] if extra else [])
+        cap = fed.start("a", "capture")
+        t0 = cap.started
+        wait_until(f"capture ({variant}) to publish the backlog", lambda: all(high_watermark(t) >= EXPORT_ROWS for t in topics),
+                   3600, [cap], 0.05)
+        t1 = time.time()
+        cpu, _, hwm = cap.stat()
+        cap.stop()
+        res[variant] = {"rows": EXPORT_ROWS, "seconds": round(t1 - t0, 2), "rows_per_s": rate(EXPORT_ROWS, t1 - t0),
+                        "cpu_s_per_100k_rows": round(cpu / (EXPORT_ROWS / 1e5), 3), "peak_rss_mb": round(hwm, 1),
+}
+        log(f"export {variant}: {res[variant]}")
+    off = (res["off"]["rows_per_s"] + res["off2"]["rows_per_s"]) / 2
+    on = (res["on"]["rows_per_s"] + res["on2"]["rows_per_s"]) / 2
+    res["throughput_ratio_on_off"] = round(on / off, 3)
+    cpu_off = (res["off"]["cpu_s_per_100k_rows"] + res["off2"]["cpu_s_per_100k_rows"]) / 2
+    cpu_on = (res["on"]["cpu_s_per_100k_rows"] + res["on2"]["cpu_s_per_100k_rows"]) / 2
+    res["cpu_ratio_on_off"] = round(cpu_on / cpu_off, 3)
+    log(f"export: throughput with/without {res['throughput_ratio_on_off']}, CPU per row with/without {res['cpu_ratio_on_off']}")
+
+
 def phase_verify():
     """verify of a VERIFY_ROWS-row table with no differences, beside SELECT and CHECKSUM TABLE;
     the lag of another table at VERIFY_LAG_RATE rows/s without verify, with an unpaced verify
@@ -1232,6 +1270,8 @@ def main():
             phase_snapshot()
         if "verify" in PHASES:
             phase_verify()
+        if "export" in PHASES:
+            phase_export()
     except Exception as e:  # noqa: BLE001 - report what was measured, then fail
         failed = e
         RESULTS["error"] = str(e)
