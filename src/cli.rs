@@ -66,6 +66,10 @@ pub enum Command {
         /// Do not wait for the snapshot to finish.
         #[arg(long)]
         no_wait: bool,
+        /// Publish the tables' current rows, received ones included, to their export topics
+        /// (`[export]`) instead of the site topic: the export stream's history.
+        #[arg(long)]
+        export: bool,
     },
     /// Go on with entities whose capture stopped alone (see `status`), from where each stopped,
     /// once the cause is fixed.

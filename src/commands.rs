@@ -33,7 +33,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Apply => run(config, site, false, true).await,
         Command::Status { json } => status(&config, &site, json).await,
         Command::Dlq { action } => dlq(&config, &site, action).await,
-        Command::Snapshot { entities, no_wait } => snapshot(&config, &site, &entities, no_wait).await,
+        Command::Snapshot { entities, no_wait, export } => snapshot(&config, &site, &entities, no_wait, export).await,
         Command::Resume { entities } => resume(&config, &site, &entities).await,
         Command::Join { entities, from } => join(&config, &site, &entities, &from).await,
         Command::Forget { departed } => forget(&config, &site, &departed).await,
@@ -330,7 +330,7 @@ async fn resume(config: &Config, site: &str, entities: &[String]) -> Result<Exit
 }
 
 /// `sitesync snapshot`: asks the running capture for a snapshot and follows its progress.
-async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: bool) -> Result<ExitCode> {
+async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: bool, export: bool) -> Result<ExitCode> {
     for e in entities {
         if !config.entities.contains_key(e) {
             return Err(anyhow!(
@@ -340,9 +340,23 @@ async fn snapshot(config: &Config, site: &str, entities: &[String], no_wait: boo
             ));
         }
     }
+    let mut entities = entities.to_vec();
+    if export {
+        // The export stream's history: only tables this site exports.
+        if let Some(e) = entities.iter().find(|e| !config.export.exports(site, e)) {
+            return Err(anyhow!("--export --entity {e}: site {site} does not export it ([export] in {})", config.path.display()));
+        }
+        if entities.is_empty() {
+            entities = config.entities.keys().filter(|e| config.export.exports(site, e)).cloned().collect();
+            if entities.is_empty() {
+                return Err(anyhow!("--export: site {site} exports nothing ([export] in {})", config.path.display()));
+            }
+        }
+    }
+    let entities = &entities[..];
     let ctl = control_of(config, site).await?;
     let requests = ctl.snapshots();
-    let id = requests.request(&entities.join(",")).await?;
+    let id = if export { requests.request_export(&entities.join(",")).await? } else { requests.request(&entities.join(",")).await? };
     println!(
         "snapshot {id} requested at site {site} ({})",
         if entities.is_empty() { "all entities".to_string() } else { entities.join(", ") }

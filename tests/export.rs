@@ -141,7 +141,15 @@ impl Drop for Connect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debeziums_jdbc_sink_keeps_a_warehouse_equal_to_the_exporting_site() {
-    let mut fed = Federation::new("export", Spec { schema: SCHEMA, entities_and_routes: CONFIG, ..Spec::default() }).await;
+    // History at a from before sitesync: only `snapshot --export` brings it to the export stream.
+    let history = |i: usize, _: &str| {
+        if i == 0 {
+            "INSERT INTO item (code, note, price, is_temp) VALUES ('old-1', 'history', 2.5, 0), ('old-2', 'history', NULL, 0), ('old-temp', 'history', NULL, 1)".to_string()
+        } else {
+            String::new()
+        }
+    };
+    let mut fed = Federation::new("export", Spec { schema: SCHEMA, entities_and_routes: CONFIG, seed: history, ..Spec::default() }).await;
     let topic = format!("{}.export.a.{}.item", fed.topic_prefix, fed.app_db);
     // The warehouse: a database of the third server.
     let wh_db = format!("wh_{}", fed.app_db);
@@ -173,6 +181,10 @@ async fn debeziums_jdbc_sink_keeps_a_warehouse_equal_to_the_exporting_site() {
     fed.exec("a", "DELETE FROM item WHERE code = 'gone'").await;
     fed.exec("b", "UPDATE item SET note = 'updated at b' WHERE code = 'from-b'").await;
     fed.wait_rows("a", "SELECT note FROM item WHERE code = 'from-b'", &[&["updated at b"]]).await;
+    // The export stream's history, received rows included; the filtered one stays home.
+    let out = fed.command("a", &["snapshot", "--export"]).output().unwrap();
+    assert!(out.status.success(), "snapshot --export: {}", output_text(&out));
+    assert!(output_text(&out).contains("6 rows published"), "{}", output_text(&out));
 
     let dir = fed.dir.join("connect");
     std::fs::create_dir_all(&dir).unwrap();
@@ -195,7 +207,7 @@ async fn debeziums_jdbc_sink_keeps_a_warehouse_equal_to_the_exporting_site() {
     loop {
         let want = fed.rows("a", &expected_sql).await;
         let got = common::rows(&wh, ROWS).await;
-        if want == got && want.len() == 4 {
+        if want == got && want.len() == 6 {
             break;
         }
         fed.assert_running();
@@ -225,8 +237,9 @@ async fn debeziums_jdbc_sink_keeps_a_warehouse_equal_to_the_exporting_site() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(lines.len() as i64, records, "file sink lines:\n{}\nstatus: {}", lines.join("\n"), connect.status("file"));
-    // 3 + 1 (b's row) + 1 + (d, tombstone, c) + 1 + (d, tombstone) + 1 = 12 records.
-    assert_eq!(records, 12, "{}", lines.join("\n"));
+    // 3 + 1 (b's row) + 1 + (d, tombstone, c) + 1 + (d, tombstone) + 1 = 12 records, and the
+    // snapshot's 6 (`op` r: the 4 rows of now and the 2 of history that pass the filter).
+    assert_eq!(records, 18, "{}", lines.join("\n"));
     assert_eq!(lines.iter().filter(|l| l.as_str() == "null").count(), 2, "two tombstones:\n{}", lines.join("\n"));
     assert!(lines.iter().all(|l| l == "null" || l.starts_with("Struct{")), "{}", lines.join("\n"));
     assert!(!lines.iter().any(|l| l.contains("temporary") || l.contains("avatar")), "{}", lines.join("\n"));

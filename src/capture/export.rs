@@ -25,6 +25,8 @@ pub(super) struct SourceInfo<'a> {
     pub(super) pos: u64,
     pub(super) row: u32,
     pub(super) ts_ms: i64,
+    /// Read by a snapshot (`sitesync snapshot --export`), not from the binlog.
+    pub(super) snapshot: bool,
 }
 
 /// One record for an export topic; `value` None is a tombstone.
@@ -140,10 +142,11 @@ impl Exporter {
             row(&mut b, after);
             let _ = write!(
                 Bytes(&mut b),
-                ",\"source\":{{\"version\":\"{}\",\"connector\":\"sitesync\",\"name\":{},\"ts_ms\":{},\"snapshot\":\"false\",{},\"server_id\":{},\"gtid\":{},\"file\":{},\"pos\":{},\"row\":{}}},\"op\":\"{op}\",\"ts_ms\":{}}}}}",
+                ",\"source\":{{\"version\":\"{}\",\"connector\":\"sitesync\",\"name\":{},\"ts_ms\":{},\"snapshot\":\"{}\",{},\"server_id\":{},\"gtid\":{},\"file\":{},\"pos\":{},\"row\":{}}},\"op\":\"{op}\",\"ts_ms\":{}}}}}",
                 env!("CARGO_PKG_VERSION"),
                 Value::from(name.as_str()),
                 source.ts_ms,
+                source.snapshot,
                 p.db_table_json,
                 source.server_id,
                 source.gtid.map(Value::from).unwrap_or(Value::Null),

@@ -203,6 +203,35 @@ impl Reader {
         Ok(())
     }
 
+    /// A snapshot chunk on `entity`'s export topic (`op` `r`); how many rows it published.
+    pub(super) async fn export_snapshot_rows(
+        &mut self,
+        entity: &EntityTable,
+        rows: Vec<Image>,
+        publisher: &mut Publisher,
+    ) -> Result<u64, CaptureError> {
+        let topic = self.ctx.config.export_topic_of(&self.ctx.site, &entity.info.db, &entity.info.table);
+        let now = record::now_ms();
+        let mut n = 0;
+        for (row, image) in rows.into_iter().enumerate() {
+            let Some((op, _, after)) = apply_filter(entity, Op::Read, None, Some(image)) else { continue };
+            let source = export::SourceInfo {
+                server_id: 0,
+                gtid: None,
+                file: &self.at.file,
+                pos: self.at.pos,
+                row: row as u32,
+                ts_ms: now,
+                snapshot: true,
+            };
+            for r in self.exporter.records(entity, &topic, op, None, after.as_ref(), &source) {
+                publisher.send_to(&r.topic, &r.key, r.value.as_deref()).await?;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// One rows event's changes on `entity`'s export topic, filtered as everywhere.
     async fn export(
         &mut self,
@@ -224,6 +253,7 @@ impl Reader {
                 pos: at.pos,
                 row: row as u32,
                 ts_ms: at.ts_ms,
+                snapshot: false,
             };
             for r in self.exporter.records(entity, &topic, op, before.as_ref(), after.as_ref(), &source) {
                 publisher.send_to(&r.topic, &r.key, r.value.as_deref()).await?;

@@ -56,6 +56,9 @@ pub(super) struct Snapshot {
     limited: bool,
     /// Only this site applies the records (a joining site's history).
     for_site: Option<String>,
+    /// The export stream's history (`sitesync snapshot --export`): every row of the table, to
+    /// its export topic, not the site topic.
+    export: bool,
 }
 
 impl Snapshot {
@@ -136,6 +139,8 @@ impl Reader {
             return Ok(());
         }
         let for_site = request.and_then(|r| r.for_site);
+        let export = for_site.as_deref() == Some(crate::control::EXPORT_SNAPSHOT);
+        let for_site = for_site.filter(|_| !export);
         let mut names: Vec<String> = entities.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         if names.is_empty() {
             names = self.ctx.config.entities.keys().cloned().collect();
@@ -179,6 +184,7 @@ impl Reader {
             rows_done: 0,
             limited,
             for_site,
+            export,
         });
         self.next_chunk().await
     }
@@ -251,9 +257,12 @@ impl Reader {
         // Rows this site's applier created from another site's change are that site's to
         // publish: a snapshot publishes what this site owns (its application's rows and its
         // history), so no row is re-attributed and the traffic does not grow with the sites.
+        // (The export stream follows the whole table: received rows too.)
         if let [only] = pk.as_slice() {
             let local_key = format!("CAST(t.{only} AS CHAR)");
-            conditions.push(self.snapshots.requests.not_received_sql(&entity.name, &local_key));
+            if !snap.export {
+                conditions.push(self.snapshots.requests.not_received_sql(&entity.name, &local_key));
+            }
             if snap.limited {
                 conditions.push(self.snapshots.requests.limited_sql(snap.request_id, &local_key));
             }
@@ -347,7 +356,19 @@ impl Reader {
         let rows = std::mem::take(&mut snap.rows);
         let (request_id, run, exhausted, limited) = (snap.request_id, snap.run, snap.exhausted, snap.limited);
         let for_site = snap.for_site.clone();
+        let export = snap.export;
         let last_of_all = exhausted && snap.remaining.is_empty();
+        if export {
+            let n = self.export_snapshot_rows(&entity, rows.into_iter().map(|(_, image)| image).collect(), publisher).await?;
+            let snap = self.snapshots.running.as_mut().expect("snapshot running");
+            snap.rows_done += n;
+            let done = snap.rows_done;
+            if exhausted {
+                snap.entity = None;
+            }
+            self.snapshots.requests.progress(request_id, done as i64).await?;
+            return self.next_chunk().await;
+        }
         self.stamps.preload(&entity, rows.iter().map(|(_, image)| image)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for (_, image) in rows {
@@ -412,7 +433,7 @@ async fn table_info(
         .map(|c| ColumnInfo {
             name: c.name.clone(),
             ctype: crate::mysql::types::binlog_type(&c.data_type),
-            meta: vec![c.datetime_precision as u8],
+            meta: binlog_meta(&c.data_type, &c.column_type, c.datetime_precision),
             unsigned: c.unsigned(),
             charset: match &c.collation {
                 Some(collation) => charsets.get(collation).copied().unwrap_or(0),
@@ -423,6 +444,25 @@ async fn table_info(
         .collect();
     let primary_key = schema.primary_key.iter().filter_map(|p| columns.iter().position(|c| &c.name == p)).collect();
     Ok(Some(TableInfo { db: db.to_string(), table: table.to_string(), columns, primary_key }))
+}
+
+/// The type metadata a table map event would carry for a column described by
+/// `information_schema`: DECIMAL's precision and scale, BIT's length, otherwise the fractional
+/// seconds (what decoding and the export's schema read).
+fn binlog_meta(data_type: &str, column_type: &str, datetime_precision: u32) -> Vec<u8> {
+    let args: Vec<u32> = column_type
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    match data_type.to_ascii_lowercase().as_str() {
+        "decimal" | "numeric" => vec![args.first().copied().unwrap_or(10) as u8, args.get(1).copied().unwrap_or(0) as u8],
+        "bit" => {
+            let bits = args.first().copied().unwrap_or(1);
+            vec![(bits % 8) as u8, (bits / 8) as u8]
+        }
+        _ => vec![datetime_precision as u8],
+    }
 }
 
 /// A value read by SELECT, encoded as the binlog's value of the same column would be.

@@ -32,6 +32,9 @@ pub use verified::{Verified, VerifyState};
 
 /// Control tables whose changes capture reads in the binlog.
 pub const SNAPSHOT_REQUESTS_TABLE: &str = "snapshot_requests";
+/// `snapshot_requests.for_site` of a snapshot for the export stream (`snapshot --export`):
+/// never a site id (those hold only letters, digits, `_` and `-`).
+pub const EXPORT_SNAPSHOT: &str = "*export*";
 /// See [`SNAPSHOT_REQUESTS_TABLE`].
 pub const SNAPSHOT_WATERMARKS_TABLE: &str = "snapshot_watermarks";
 /// See [`SNAPSHOT_REQUESTS_TABLE`].

@@ -85,6 +85,11 @@ impl SnapshotRequests {
         self.exec("asking for a snapshot (did `sitesync init` run?)", sqlx::query(sqlx::AssertSqlSafe(sql)).bind(entities).bind(site)).await
     }
 
+    /// Asks for a snapshot of `entities` for their export topics (`[export]`); its id.
+    pub async fn request_export(&self, entities: &str) -> Result<u64, ControlError> {
+        self.request_for(entities, super::EXPORT_SNAPSHOT).await
+    }
+
     /// Asks for a snapshot of `entities` (comma-separated; empty: all); its id.
     pub async fn request(&self, entities: &str) -> Result<u64, ControlError> {
         let sql = format!("INSERT INTO `{}`.`snapshot_requests` (entities) VALUES (?)", self.ctl.database());
