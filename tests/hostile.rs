@@ -234,8 +234,8 @@ fn cases(rng: &mut Rng, random: usize) -> Gen {
         g.push_raw(format!("value {text}"), Some(b"{}".to_vec()), Some(text.as_bytes().to_vec()), dead(&["not a sitesync change record"]));
     }
     g.push_raw("no value (a tombstone)", Some(b"{}".to_vec()), None, dead(&["no value"]));
-    // Each of these is a transaction of its own (a GTID handled once, dead letter or not, is
-    // not handled again: a copy of it is skipped as published twice).
+    // Each of these is a transaction of its own (a GTID applied once is not applied again: a
+    // copy of it is skipped as published twice; a dead letter's GTID does not count).
     let r = g.person(true);
     let mut not_utf8 = serde_json::to_vec(&r).unwrap();
     let at = not_utf8.windows(6).position(|w| w == b"\"name\"").unwrap() + 9;
@@ -314,6 +314,16 @@ fn cases(rng: &mut Rng, random: usize) -> Gen {
         r.sitesync.entity = entity.to_string();
         g.push(format!("entity {:?}", record::shown(entity)), &r, dead(&["is not in the configuration"]));
     }
+
+    // A dead letter whose GTID is far ahead of its stream: the valid transactions after it (with
+    // the stream's real, lower numbers) are still applied, not skipped as already seen.
+    let resume = g.seq;
+    g.seq += 1_000_000;
+    let mut r = g.person(true);
+    r.sitesync.entity = "forged".into();
+    g.push("a dead letter with a forged GTID far ahead", &r, dead(&["is not in the configuration"]));
+    g.seq = resume;
+    g.valid_person("after", "b"); // after the forged GTID
 
     // Message keys and natural keys that are not the record's.
     let other: record::Row = [("id".to_string(), json!(1))].into_iter().collect();

@@ -607,10 +607,24 @@ impl Applier {
         }
         let prefetched = started.elapsed();
         for (index, t) in batch.iter().enumerate() {
+            let progress_before = t.txn.as_ref().map(|(id, _)| {
+                let slot = (t.origin.clone(), id.stream.clone());
+                let before = tally.progress.get(&slot).cloned();
+                (slot, before)
+            });
             let duplicate = self.note_progress(t, &mut tally);
             if dead_reason.is_some() || t.records.iter().any(|r| r.head.is_err()) {
                 // Unreadable messages and whole dead transactions become dead letters.
                 self.store_dead(&mut tx, t, duplicate, dead_reason, &mut tally).await?;
+                // ...and do not move their stream on: a broken or forged record's sequence
+                // number must not make the origin's real later transactions look applied
+                // (skipped as duplicates, silently). A copy of it is a dead letter again.
+                if let (false, Some((slot, before))) = (duplicate, progress_before) {
+                    match before {
+                        Some(p) => tally.progress.insert(slot, p),
+                        None => tally.progress.remove(&slot),
+                    };
+                }
             } else if duplicate {
                 for inc in &t.records {
                     tally.count(&t.origin, inc.entity(), Outcome::Skipped);
