@@ -10,18 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{output_text, Federation, Spec};
 
-const SCHEMA: &str =
-    "CREATE TABLE person (id INT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(40) NOT NULL UNIQUE, name VARCHAR(80) NOT NULL)";
-const CONFIG: &str = r#"
-[entities.person]
-table = "person"
-key = ["token"]
-
-[[routes]]
-from = ["*"]
-to = ["*"]
-entities = ["person"]
-"#;
+use common::{PEOPLE_BOTH_WAYS as CONFIG, PEOPLE_SCHEMA as SCHEMA};
 
 fn sasl_listener() -> String {
     std::env::var("SITESYNC_KAFKA_SASL").expect("SITESYNC_KAFKA_SASL (deploy/local/stack.sh env): the stack's SASL_SSL listener")

@@ -12,18 +12,7 @@ use std::time::Duration;
 use common::scratch::Scratch;
 use common::{output_text, Federation, Spec};
 
-const SCHEMA: &str =
-    "CREATE TABLE person (id INT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(40) NOT NULL UNIQUE, name VARCHAR(80) NOT NULL)";
-const CONFIG: &str = r#"
-[entities.person]
-table = "person"
-key = ["token"]
-
-[[routes]]
-from = ["*"]
-to = ["*"]
-entities = ["person"]
-"#;
+use common::{PEOPLE_BOTH_WAYS as CONFIG, PEOPLE_SCHEMA as SCHEMA};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (Debian package openssl)");

@@ -72,6 +72,21 @@ pub struct Federation {
     site_env: HashMap<String, Vec<(String, String)>>,
 }
 
+/// A table of people keyed by a token (local ids differ per site).
+pub const PEOPLE_SCHEMA: &str =
+    "CREATE TABLE person (id INT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(40) NOT NULL UNIQUE, name VARCHAR(80) NOT NULL)";
+/// [`PEOPLE_SCHEMA`]'s entity, between every pair of sites.
+pub const PEOPLE_BOTH_WAYS: &str = r#"
+[entities.person]
+table = "person"
+key = ["token"]
+
+[[routes]]
+from = ["*"]
+to = ["*"]
+entities = ["person"]
+"#;
+
 /// Builder input: site ids in stack order, entity and route TOML, schema SQL run at each site.
 pub struct Spec<'a> {
     pub sites: &'a [&'a str],
