@@ -22,6 +22,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::{Federation, Spec};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Map, Value};
@@ -39,27 +40,6 @@ const ENTITIES: &str = "[entities.person]\ntable = \"person\"\n\n\
                         [entities.other]\ntable = \"sentinel\"\n\n\
                         [[routes]]\nfrom = [\"a\"]\nto = [\"b\"]\nentities = [\"person\", \"tag\"]\n\n\
                         [[routes]]\nfrom = [\"b\"]\nto = [\"a\"]\nentities = [\"other\"]\n";
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// Names that would do harm if spliced into SQL, or that no MySQL name can be.
 const NASTY: &[&str] = &[
@@ -448,8 +428,8 @@ fn cases(rng: &mut Rng, random: usize) -> Gen {
     // Random cases of the kinds above.
     for i in 0..random {
         if i % 5 == 0 {
-            let name: String = (0..rng.below(8)).map(|_| *rng.pick(&["a", "'", "`", "\"", ";", "é", " "])).collect();
-            let e = *rng.pick(&["a", "b", ""]);
+            let name: String = (0..rng.below(8)).map(|_| *rng.choose(&["a", "'", "`", "\"", ";", "é", " "])).collect();
+            let e = *rng.choose(&["a", "b", ""]);
             g.valid_person(&name.chars().take(10).collect::<String>(), e);
         }
         let mut r = g.person(true);
@@ -476,22 +456,22 @@ fn cases(rng: &mut Rng, random: usize) -> Gen {
                 );
             }
             2 => {
-                let entity: String = (0..1 + rng.below(4)).map(|_| *rng.pick(NASTY)).collect();
+                let entity: String = (0..1 + rng.below(4)).map(|_| *rng.choose(NASTY)).collect();
                 r.sitesync.entity = entity.clone();
                 g.push(format!("random: entity {:?}", record::shown(&entity)), &r, dead(&["is not in the configuration"]));
             }
             3 => {
-                let name = format!("{}\0{}", rng.pick(NASTY), rng.below(1000));
+                let name = format!("{}\0{}", rng.choose(NASTY), rng.below(1000));
                 r.after.as_mut().unwrap().insert(name.clone(), json!(rng.below(10)));
                 g.push(format!("random: column {:?}", record::shown(&name)), &r, dead(&["cannot be a MySQL column name"]));
             }
             4 => {
-                let (column, value) = rng.pick(values).clone();
+                let (column, value) = rng.choose(values).clone();
                 r.after.as_mut().unwrap().insert(column.to_string(), value.clone());
                 g.push(format!("random: {column} = {value}"), &r, column_named(column));
             }
             _ => {
-                let (path, value, culprit) = rng.pick(wrong).clone();
+                let (path, value, culprit) = rng.choose(wrong).clone();
                 let mut v = serde_json::to_value(&r).unwrap();
                 set(&mut v, path, value.clone());
                 g.push_value(format!("random: {path} = {value}"), &r, v, dead(&[culprit]));

@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::rng::Rng;
 use common::{Federation, Spec};
 use serde_json::Value;
 use sqlx::mysql::{MySql, MySqlPool, MySqlPoolOptions, MySqlRow};
@@ -160,43 +161,6 @@ fn schema(null_refs: bool) -> String {
 }
 
 // ───────────────────────────── a small PRNG ─────────────────────────────
-
-/// splitmix64: tiny, fast, and plenty for choosing a workload.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {
-        (!items.is_empty()).then(|| items[self.below(items.len())].clone())
-    }
-    fn name(&mut self) -> String {
-        const NAMES: [&str; 12] = ["Wang", "Li", "Zhang", "Liu", "Chen", "Yang", "Zhao", "Huang", "Zhou", "Wu", "Xu", "Sun"];
-        format!("{} {}", NAMES[self.below(NAMES.len())], self.below(10_000))
-    }
-    fn blob(&mut self) -> Vec<u8> {
-        let n = 4 + self.below(20);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 // ───────────────────────────── entities ─────────────────────────────
 

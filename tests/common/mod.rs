@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod kafka_node;
+pub mod rng;
 pub mod scratch;
 
 use std::collections::HashMap;
