@@ -31,6 +31,9 @@ pub(super) struct EntityTable {
     pub(super) key_columns: Vec<usize>,
     /// `sitesync_capture_events_total` of this entity per op, created at its first record.
     events: [OnceLock<IntCounter>; 4],
+    /// The export stream's schema of this table shape, rendered at its first exported change
+    /// (a new table map is a new `EntityTable`, so it is never stale).
+    pub(super) export: OnceLock<super::export::Prepared>,
 }
 
 impl EntityTable {
@@ -211,6 +214,7 @@ impl Reader {
             pk_column,
             translated_refs,
             events: Default::default(),
+            export: OnceLock::new(),
         })
     }
 }

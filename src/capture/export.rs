@@ -6,7 +6,6 @@
 //! create. Types are mapped as Debezium maps them (schemas/export.md). The replication topics
 //! keep their own compact form: nothing here is read by sitesync itself.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
@@ -29,9 +28,8 @@ pub(super) struct SourceInfo<'a> {
     pub(super) snapshot: bool,
 }
 
-/// One record for an export topic; `value` None is a tombstone.
+/// One record for the export topic; `value` None is a tombstone.
 pub(super) struct ExportRecord {
-    pub(super) topic: String,
     pub(super) key: Vec<u8>,
     pub(super) value: Option<Vec<u8>>,
 }
@@ -65,10 +63,8 @@ struct Field {
     schema: Value,
 }
 
-/// One table's export, rendered once per table shape.
-struct Prepared {
-    shape: String,
-    topic: String,
+/// One table's export, rendered once per table shape ([`EntityTable::export`]).
+pub(super) struct Prepared {
     /// `{"schema":<key schema>,"payload":{`
     key_prefix: Vec<u8>,
     /// `{"schema":<value schema>,"payload":{"before":`
@@ -82,13 +78,12 @@ struct Prepared {
 /// Builds export records; remembers each table's schema.
 pub(super) struct Exporter {
     name: String,
-    prepared: HashMap<String, Prepared>,
 }
 
 impl Exporter {
     /// For the export topics whose Debezium `topic.prefix` (the envelope's `source.name`) is `name`.
     pub(super) fn new(name: String) -> Self {
-        Self { name, prepared: HashMap::new() }
+        Self { name }
     }
 
     /// The records of one change of `entity` (already filtered: rows that do not match never
@@ -102,12 +97,7 @@ impl Exporter {
         after: Option<&Image>,
         source: &SourceInfo<'_>,
     ) -> Vec<ExportRecord> {
-        let shape = shape_of(entity);
-        let stale = self.prepared.get(&entity.name).is_none_or(|p| p.shape != shape || p.topic != topic);
-        if stale {
-            self.prepared.insert(entity.name.clone(), prepare(entity, topic, shape));
-        }
-        let p = &self.prepared[&entity.name];
+        let p = entity.export.get_or_init(|| prepare(entity, topic));
         let mut out = Vec::with_capacity(3);
         // Written straight into the record's bytes from pieces rendered once per table: the
         // schema is most of every record, and building JSON trees per row cost capture 4x.
@@ -157,7 +147,7 @@ impl Exporter {
             );
             b
         };
-        let record = |image: &Image, value: Option<Vec<u8>>| ExportRecord { topic: p.topic.clone(), key: key_of(image), value };
+        let record = |image: &Image, value: Option<Vec<u8>>| ExportRecord { key: key_of(image), value };
         match (op, before, after) {
             (Op::Create | Op::Read, _, Some(a)) => {
                 out.push(record(a, Some(envelope(if op == Op::Read { "r" } else { "c" }, None, Some(a)))))
@@ -169,12 +159,12 @@ impl Exporter {
             (Op::Update, Some(b), Some(a)) => {
                 let (old, new) = (key_of(b), key_of(a));
                 if old == new {
-                    out.push(ExportRecord { topic: p.topic.clone(), key: new, value: Some(envelope("u", Some(b), Some(a))) });
+                    out.push(ExportRecord { key: new, value: Some(envelope("u", Some(b), Some(a))) });
                 } else {
                     // As Debezium: the old key is deleted (and tombstoned), the new one created.
-                    out.push(ExportRecord { topic: p.topic.clone(), key: old.clone(), value: Some(envelope("d", Some(b), None)) });
-                    out.push(ExportRecord { topic: p.topic.clone(), key: old, value: None });
-                    out.push(ExportRecord { topic: p.topic.clone(), key: new, value: Some(envelope("c", None, Some(a))) });
+                    out.push(ExportRecord { key: old.clone(), value: Some(envelope("d", Some(b), None)) });
+                    out.push(ExportRecord { key: old, value: None });
+                    out.push(ExportRecord { key: new, value: Some(envelope("c", None, Some(a))) });
                 }
             }
             _ => {}
@@ -208,17 +198,7 @@ fn value_at(image: &Image, index: usize) -> &Value {
     image.0.get(index).and_then(Option::as_ref).unwrap_or(&Value::Null)
 }
 
-/// What the schema depends on: the table's columns as the binlog describes them.
-fn shape_of(entity: &EntityTable) -> String {
-    let info = &entity.info;
-    let mut s = format!("{}.{}|{:?}|", info.db, info.table, info.primary_key);
-    for (c, enc) in info.columns.iter().zip(&entity.encodings) {
-        let _ = write!(s, "{}:{:?}:{:?}:{}:{}:{};", c.name, c.ctype, c.meta, c.unsigned, c.charset, enc.is_some());
-    }
-    s
-}
-
-fn prepare(entity: &EntityTable, topic: &str, shape: String) -> Prepared {
+fn prepare(entity: &EntityTable, topic: &str) -> Prepared {
     let info = &entity.info;
     let mut fields = Vec::new();
     for (index, (col, enc)) in info.columns.iter().zip(&entity.encodings).enumerate() {
@@ -273,8 +253,6 @@ fn prepare(entity: &EntityTable, topic: &str, shape: String) -> Prepared {
         "fields": [row_schema("before"), row_schema("after"), source, s("op", "string", false), s("ts_ms", "int64", true)],
     });
     Prepared {
-        shape,
-        topic: topic.to_string(),
         key_prefix: format!("{{\"schema\":{key_schema},\"payload\":{{").into_bytes(),
         value_prefix: format!("{{\"schema\":{value_schema},\"payload\":{{\"before\":").into_bytes(),
         db_table_json: format!("\"db\":{},\"table\":{}", Value::from(info.db.as_str()), Value::from(info.table.as_str())),

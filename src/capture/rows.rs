@@ -225,7 +225,7 @@ impl Reader {
                 snapshot: true,
             };
             for r in self.exporter.records(entity, &topic, op, None, after.as_ref(), &source) {
-                publisher.send_to(&r.topic, &r.key, r.value.as_deref()).await?;
+                publisher.send_to(&topic, &r.key, r.value.as_deref()).await?;
             }
             n += 1;
         }
@@ -256,7 +256,7 @@ impl Reader {
                 snapshot: false,
             };
             for r in self.exporter.records(entity, &topic, op, before.as_ref(), after.as_ref(), &source) {
-                publisher.send_to(&r.topic, &r.key, r.value.as_deref()).await?;
+                publisher.send_to(&topic, &r.key, r.value.as_deref()).await?;
             }
         }
         Ok(())
