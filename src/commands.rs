@@ -120,9 +120,14 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
     });
 
     if let Some(listen) = config.sites[&site].listen {
-        let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
+        let console = Arc::new(crate::console::Console::new(config.clone(), &site, metrics.clone(), health.clone()));
+        let history = console.history();
+        let (m, s, origins, sampled_site) = (metrics.clone(), shutdown.clone(), config.origins_of(&site), site.clone());
+        tokio::spawn(async move { history.run(m, sampled_site, origins, s).await });
+        let routes = Arc::new(crate::http::Routes { metrics: metrics.clone(), health: health.clone(), console });
+        let s = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = telemetry::serve(listen, m, h, s).await {
+            if let Err(e) = crate::http::serve(listen, routes, s).await {
                 tracing::error!(%listen, error = %e, "cannot serve HTTP");
             }
         });

@@ -1,15 +1,10 @@
 //! Observability: metric names (the contract of DESIGN.md), their registry, the health flags,
-//! and the HTTP endpoints `/metrics`, `/healthz` and `/readyz`.
+//! behind `/metrics`, `/healthz` and `/readyz` (served by `crate::http`).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-use crate::shutdown::Shutdown;
 
 /// `outcome` of `sitesync_apply_records_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -235,6 +230,62 @@ impl Metrics {
     }
 }
 
+/// One series of a metric: its labels and value.
+pub struct Series {
+    /// Label name -> value.
+    pub labels: std::collections::HashMap<String, String>,
+    /// The counter's or gauge's value.
+    pub value: f64,
+}
+
+impl Metrics {
+    /// Every series of `collector` (read without creating any: `with_label_values` would
+    /// export a zero for a series nobody reports).
+    pub fn series(collector: &dyn prometheus::core::Collector) -> Vec<Series> {
+        let mut out = Vec::new();
+        for family in collector.collect() {
+            for m in family.get_metric() {
+                let labels = m.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+                let value = if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                    m.get_counter().get_value()
+                } else {
+                    m.get_gauge().get_value()
+                };
+                out.push(Series { labels, value });
+            }
+        }
+        out
+    }
+
+    /// Records applied at `site`, by origin, since the process started.
+    pub fn applied_by_origin(&self, site: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in Self::series(&self.apply_records) {
+            if s.labels.get("site").map(String::as_str) == Some(site) && s.labels.get("outcome").map(String::as_str) == Some("applied") {
+                *out.entry(s.labels.get("origin").cloned().unwrap_or_default()).or_insert(0) += s.value as u64;
+            }
+        }
+        out
+    }
+
+    /// `sitesync_apply_lag_seconds` of `site`, by origin (only origins that reported one).
+    pub fn lag_by_origin(&self, site: &str) -> std::collections::BTreeMap<String, f64> {
+        Self::series(&self.apply_lag)
+            .into_iter()
+            .filter(|s| s.labels.get("site").map(String::as_str) == Some(site))
+            .map(|s| (s.labels.get("origin").cloned().unwrap_or_default(), s.value))
+            .collect()
+    }
+
+    /// `sitesync_capture_source_timestamp_seconds` of `site`, if capture reported one.
+    pub fn source_timestamp(&self, site: &str) -> Option<f64> {
+        Self::series(&self.capture_source_timestamp)
+            .into_iter()
+            .find(|s| s.labels.get("site").map(String::as_str) == Some(site))
+            .map(|s| s.value)
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -418,48 +469,5 @@ impl ReadinessProbe {
             Ok(Err(e)) => Err(format!("kafka unreachable: {e}")),
             Err(e) => Err(format!("kafka probe failed: {e}")),
         }
-    }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, health: Arc<Health>, shutdown: Shutdown) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
-            accepted = listener.accept() => accepted?,
-        };
-        let metrics = metrics.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" => match health.check_ready().await {
-                    Ok(()) => ("200 OK", "text/plain", {
-                        let stopped = health.stopped_entities.lock().map(|s| s.clone()).unwrap_or_default();
-                        let mut body = "ready\n".to_string();
-                        for line in stopped {
-                            body.push_str(&format!("stopped: {line}\n"));
-                        }
-                        body
-                    }),
-                    Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
-                },
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
     }
 }

@@ -18,6 +18,7 @@ mod assemble;
 mod fast;
 #[cfg(test)]
 mod fuzz;
+pub mod inspect;
 mod keyed;
 mod lag;
 mod parking;

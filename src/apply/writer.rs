@@ -203,7 +203,7 @@ impl EntityPlan {
     /// (see [`Self::references`] for `key_only`): found by the natural key the origin sent,
     /// else by the identity map, which knows the row by the origin's id even when its natural
     /// key has changed since (a snapshot brought the row under its later key).
-    async fn translate(
+    pub(super) async fn translate(
         &self,
         tx: &mut Transaction<'_, MySql>,
         origin: &str,

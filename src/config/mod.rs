@@ -108,6 +108,9 @@ pub struct Config {
     /// Opt-in export topics in Debezium's own shape, for Kafka Connect sinks.
     #[serde(default)]
     pub export: ExportConfig,
+    /// The operator console `run` serves on `listen` (schemas/console-api.md).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -414,6 +417,15 @@ pub struct ExportConfig {
     pub sites: Vec<String>,
     /// The record shape: "debezium-json" (the JsonConverter with `schemas.enable=true`).
     pub format: Option<String>,
+}
+
+/// `[console]`: the operator console's actions (replay, drop, re-request) need this token;
+/// without it the console is read-only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// The operator token (from the environment: `"${SITESYNC_CONSOLE_TOKEN}"`).
+    pub operator_token: Option<Secret>,
 }
 
 impl ExportConfig {

@@ -32,6 +32,12 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     if let Some(format) = config.export.format.as_deref().filter(|f| *f != "debezium-json") {
         problem("export.format".into(), format!("`{format}` is not a known format (\"debezium-json\")"));
     }
+    if let Some(token) = &config.console.operator_token {
+        // A guessable token would let anyone who reaches `listen` replay or drop dead letters.
+        if token.expose().chars().count() < 16 {
+            problem("console.operator_token".into(), "is shorter than 16 characters; make one with `openssl rand -hex 24`".into());
+        }
+    }
     if let Some(interval) = &config.verify.interval {
         if let Err(e) = super::parse_duration(interval) {
             problem("verify.interval".into(), e);

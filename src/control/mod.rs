@@ -652,10 +652,24 @@ impl Control {
 
     /// Every dead letter, oldest first.
     pub async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, ControlError> {
+        self.dead_letters_where("", u64::MAX).await
+    }
+
+    /// The oldest `limit` dead letters.
+    pub async fn first_dead_letters(&self, limit: u64) -> Result<Vec<DeadLetter>, ControlError> {
+        self.dead_letters_where("", limit).await
+    }
+
+    /// Dead letter `id`, if there is one.
+    pub async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, ControlError> {
+        Ok(self.dead_letters_where(&format!("WHERE id = {id}"), 1).await?.pop())
+    }
+
+    async fn dead_letters_where(&self, condition: &str, limit: u64) -> Result<Vec<DeadLetter>, ControlError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, origin, topic, kafka_partition, kafka_offset, entity, reason, record_key, record_value,
                     DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ')
-             FROM `{}`.`dead_letters` ORDER BY id",
+             FROM `{}`.`dead_letters` {condition} ORDER BY id LIMIT {limit}",
             self.db
         )))
         .fetch_all(&self.pool)

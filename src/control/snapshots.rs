@@ -159,6 +159,26 @@ impl SnapshotRequests {
         }))
     }
 
+    /// The `limit` most recent requests, newest first: (id, entities, state, when asked as
+    /// `YYYY-MM-DDTHH:MM:SSZ`).
+    pub async fn recent(&self, limit: u64) -> Result<Vec<(u64, String, SnapshotRequest, String)>, ControlError> {
+        let sql = format!(
+            "SELECT id, entities, status, rows_done, rows_total, message, for_site, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ')
+             FROM `{}`.`snapshot_requests` ORDER BY id DESC LIMIT {limit}",
+            self.ctl.database()
+        );
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.ctl.pool()).await.map_err(self.ctl.err("reading snapshot requests"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let state =
+                    SnapshotRequest { status: r.get(2), rows_done: r.get(3), rows_total: r.get(4), message: r.get(5), for_site: r.get(6) };
+                (r.get(0), r.get(1), state, r.get(7))
+            })
+            .collect())
+    }
+
     /// Requests asked for or running (a restarted capture starts them again): (id, entities).
     pub async fn open(&self) -> Result<Vec<(u64, String)>, ControlError> {
         let sql = format!(
