@@ -48,6 +48,9 @@ function checkExecutable(p, what, pkg) {
   }
 }
 
+// A failure that polling must not wait out (the server refused, the page shows an error).
+class Fatal extends Error {}
+
 class Driver {
   constructor(base) { this.base = base; }
   async req(method, p, body) {
@@ -120,7 +123,10 @@ class Session {
     const end = Date.now() + timeout;
     let last = null;
     for (;;) {
-      try { const v = await fn(); if (v) return v; last = null; } catch (e) { last = e; }
+      try { const v = await fn(); if (v) return v; last = null; } catch (e) {
+        if (e instanceof Fatal) throw new Error(`step "${step}": ${e.message}\n${await this.page()}`);
+        last = e;
+      }
       if (Date.now() > end) {
         throw new Error(`step "${step}": timed out after ${timeout / 1000} s waiting for ${what}${last ? ` (last error: ${last.message})` : ''}\n${await this.page()}`);
       }
@@ -141,9 +147,11 @@ async function main() {
   const sessions = [];
   const stopAll = async () => {
     for (const s of sessions.splice(0)) await s.close().catch(() => {});
-    if (driverProc && driverProc.exitCode === null) {
+    if (driverProc && driverProc.exitCode === null && driverProc.signalCode === null) {
+      // chromedriver and the browsers it started form one process group (detached).
+      const exited = new Promise((r) => driverProc.once('exit', r));
       try { process.kill(-driverProc.pid, 'SIGTERM'); } catch (e) { /* gone */ }
-      await sleep(300);
+      await Promise.race([exited, sleep(3000)]);
       try { process.kill(-driverProc.pid, 'SIGKILL'); } catch (e) { /* gone */ }
     }
     for (const d of cleanup) fs.rmSync(d, { recursive: true, force: true });
@@ -151,6 +159,14 @@ async function main() {
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { stopAll().finally(() => process.exit(1)); });
 
   try {
+    let res;
+    try { res = await fetch(o.url, { signal: AbortSignal.timeout(10000) }); } catch (e) {
+      throw new Error(`step "reach the console": ${o.url} cannot be reached: ${e.cause ? e.cause.message : e.message}`);
+    }
+    if (res.status !== 200) throw new Error(`step "reach the console": GET ${o.url} answered HTTP ${res.status}`);
+    const csp = res.headers.get('content-security-policy');
+    log(`${o.url} answers 200${csp ? ` with Content-Security-Policy "${csp}"` : ' (no Content-Security-Policy)'}`);
+
     const port = await freePort();
     const driverLog = path.join(o.out, 'chromedriver.log');
     driverProc = spawn(o.chromedriver, [`--port=${port}`, '--allowed-ips=127.0.0.1', `--log-path=${driverLog}`],
@@ -214,7 +230,7 @@ async function main() {
     await en.click(q('signin-submit'));
     await en.until(step, '"signed in as browser-test" in the top bar', async () => {
       const err = await en.text(q('signin-error'));
-      if (err) throw new Error(`the server refused: ${err}`);
+      if (err) throw new Fatal(`signing in failed, the server answered: ${err}`);
       const who = await en.text(q('signed-in-as'));
       return who && who.includes('browser-test');
     });
@@ -231,7 +247,7 @@ async function main() {
     await en.click(q('replay'));
     const msg = await en.until(step, 'a success message', async () => {
       const kind = await en.exec(`const e = document.querySelector('[data-test="status-message"]'); return e && e.dataset.kind`);
-      if (kind === 'err') throw new Error(`the server answered: ${await en.text(q('status-message'))}`);
+      if (kind === 'err') throw new Fatal(`Replay failed, the server answered: ${await en.text(q('status-message'))}`);
       return kind === 'ok' && en.text(q('status-message'));
     }, 60000);
     await en.until(step, `the dead-letter list without letter ${o.letter}`, async () =>
