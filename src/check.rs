@@ -80,6 +80,7 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
     }
 
     out.push(kafka_transport(config));
+    out.extend(console_exposure(config, site));
     match kafka_task.await {
         Err(e) => out.push(Finding::fail("kafka", format!("the metadata request failed: {e}"))),
         Ok(Err(kafka::TransportError::Refused { refusal, .. })) => {
@@ -134,6 +135,26 @@ pub async fn findings(config: &Config, site: &str) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Who reaches the console on `listen`: its pages show dead letters' rows (people's names) to
+/// anyone who reaches the address, and its actions need the operator token.
+fn console_exposure(config: &Config, site: &str) -> Option<Finding> {
+    let listen = config.sites[site].listen?;
+    let actions =
+        if config.console.operator_token.is_some() { "actions need the operator token" } else { "read-only (no [console] operator_token)" };
+    Some(if listen.ip().is_loopback() {
+        Finding::pass("console", format!("http://{listen}/console/ on this host only, {actions}"))
+    } else {
+        Finding::warn(
+            "console",
+            format!(
+                "http://{listen}/console/ is reachable beyond this host without TLS: its pages show dead letters' rows to \
+                 anyone who reaches it and its sign-in crosses the network in clear; {actions}. Listen on 127.0.0.1 and \
+                 reach it through an SSH tunnel or a TLS reverse proxy (runbook: operator console)"
+            ),
+        )
+    })
 }
 
 /// Whether the connection to Kafka is encrypted: a WARN for PLAINTEXT across the network.
@@ -710,6 +731,25 @@ mod tests {
 
     fn failed(f: &[Finding]) -> Vec<&str> {
         f.iter().filter(|f| !f.ok).map(|f| f.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_console_beyond_this_host_is_a_warning_and_a_short_token_an_error() {
+        let file = |listen: &str, console: &str| {
+            format!(
+                "[federation]\nname = \"f\"\ntopic_prefix = \"p\"\ndatabase = \"d\"\ncontrol_database = \"c\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n\
+                 [sites.a]\nmysql = \"mysql://u@h/d\"\nserver_id = 1\nlisten = \"{listen}\"\n{console}"
+            )
+        };
+        let load = |text: String| Config::from_toml(&text, std::path::Path::new("f.toml"), &|_| Some("0123456789abcdef0123".into()));
+        let local = load(file("127.0.0.1:9464", "")).unwrap();
+        let f = console_exposure(&local, "a").unwrap();
+        assert!(f.ok && !f.warn && f.detail.contains("read-only"), "{f:?}");
+        let open = load(file("0.0.0.0:9464", "[console]\noperator_token = \"${T}\"\n")).unwrap();
+        let f = console_exposure(&open, "a").unwrap();
+        assert!(f.warn && f.detail.contains("beyond this host") && f.detail.contains("operator token"), "{f:?}");
+        let short = load(file("127.0.0.1:9464", "[console]\noperator_token = \"short\"\n")).unwrap_err().to_string();
+        assert!(short.contains("console.operator_token") && !short.contains("short\""), "{short}");
     }
 
     #[test]
