@@ -174,6 +174,9 @@
     const d = new Date(ms);
     return `${d.getFullYear()}-${p2(d.getMonth() + 1)}-${p2(d.getDate())} ${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}`;
   }
+  // A server time stamp: with a zone (RFC 3339) shown in local time, else as it comes.
+  const stamp = (v) => (typeof v === 'string' && /^\d{4}-\d\d-\d\d[T ][\d:.]+(Z|[+-]\d\d:?\d\d)$/i.test(v)
+    && !Number.isNaN(Date.parse(v)) ? fmtTime(Date.parse(v)) : v ?? '—');
   const clock = (d) => `${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}`;
   const int = (n) => (n == null ? t('unknown') : Number(n).toLocaleString(locale()));
   const dec = (n, f = 1) => (n == null ? t('unknown') : Number(n).toLocaleString(locale(), { maximumFractionDigits: f }));
@@ -380,7 +383,7 @@
     const stopped = ov.stopped_entities || [];
     const stTable = stopped.length ? table([t('col_entity'), t('col_state'), t('col_since'), t('col_reason')],
       stopped.map((s) => el('tr', { test: 'stopped-row' }, el('td', null, el('strong', null, s.entity)),
-        el('td', null, pill(s.state === 'stopped' ? 'fail' : 'warn', s.state)), el('td', null, s.since), el('td', { class: 'wrap' }, s.reason))))
+        el('td', null, pill(s.state === 'stopped' ? 'fail' : 'warn', s.state)), el('td', null, stamp(s.since)), el('td', { class: 'wrap' }, s.reason))))
       : el('p', { class: 'muted' }, pill('ok', '✓'), ' ', t('none'));
 
     const ver = ov.verify || [];
@@ -393,7 +396,7 @@
     const snaps = ov.snapshots || [];
     const sTable = snaps.length ? table([t('col_id'), t('col_entities'), t('col_for_site'), t('col_status'), t('col_progress'), t('col_requested'), t('col_message')],
       snaps.map((s) => el('tr', { test: 'snapshot-row' }, el('td', null, s.id), el('td', null, s.entities), el('td', null, s.for_site ?? '—'),
-        el('td', null, pill(statusCls(s.status), s.status)), el('td', { class: 'nw' }, progress(s)), el('td', null, s.requested_at), el('td', { class: 'wrap' }, s.message ?? ''))))
+        el('td', null, pill(statusCls(s.status), s.status)), el('td', { class: 'nw' }, progress(s)), el('td', null, stamp(s.requested_at)), el('td', { class: 'wrap' }, s.message ?? ''))))
       : el('p', { class: 'muted' }, t('no_snapshots'));
 
     const acts = (ov.actions || []).slice().sort((x, y) => y.at_ms - x.at_ms);
@@ -472,7 +475,7 @@
           return el('tr', { class: 'clickable', test: 'letter-row', 'data-id': l.id,
             onclick: (ev) => { if (!ev.target.closest('a') && !String(getSelection())) location.hash = href; } },
           el('td', { class: 'nw' }, el('a', { href, test: 'letter-link' }, l.id)), el('td', null, l.origin ?? '—'), el('td', null, l.entity ?? '—'),
-          el('td', { class: 'wrap' }, el('code', null, fmtKey(l.key))), el('td', { class: 'wrap', test: 'letter-reason' }, l.reason), el('td', { class: 'nw' }, l.first_seen));
+          el('td', { class: 'wrap' }, el('code', null, fmtKey(l.key))), el('td', { class: 'wrap', test: 'letter-reason' }, l.reason), el('td', { class: 'nw' }, stamp(l.first_seen)));
         }), 'letter-list'));
   }
 
@@ -495,7 +498,7 @@
     const fields = el('section', { class: 'panel' }, kv([
       [t('col_origin'), l.origin ?? t('unknown')], [t('col_entity'), l.entity ?? t('unknown')],
       [t('col_key'), el('code', null, fmtKey(l.key))], [t('col_op'), opName(l.op ?? (rec && rec.op))],
-      [t('col_reason'), el('strong', { class: 't-fail', test: 'detail-reason' }, l.reason)], [t('col_first_seen'), l.first_seen],
+      [t('col_reason'), el('strong', { class: 't-fail', test: 'detail-reason' }, l.reason)], [t('col_first_seen'), stamp(l.first_seen)],
       [t('col_position'), el('code', null, `${l.topic} / ${l.partition} / ${l.offset}`)],
       rec && rec.transaction != null ? [t('col_tx'), el('code', null, valText(rec.transaction))] : null,
       rec && rec.source_ts_ms != null ? [t('col_source_ts'), whenAgo(rec.source_ts_ms)] : null]));
