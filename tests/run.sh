@@ -15,11 +15,12 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     "${as_root[@]}" systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 # tests/console.rs drives the operator console in headless Chromium through chromedriver
-# (tests/browser/console.mjs; Debian packages `chromium` and `chromium-driver`).
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+# (tests/browser/console.mjs; Debian packages `chromium` and `chromium-driver`; a CJK font so
+# that the Chinese screenshots show characters, not boxes).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 || [ ! -d /usr/share/fonts/truetype/wqy ]; then
     as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver ||
-        { "${as_root[@]}" apt-get update -q && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver fonts-wqy-microhei ||
+        { "${as_root[@]}" apt-get update -q && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver fonts-wqy-microhei; }
 fi
 # Building rdkafka with TLS links Debian's OpenSSL.
 if ! pkg-config --exists openssl 2>/dev/null; then

@@ -103,5 +103,10 @@ echo
 echo "demo: metrics of jinan (http://127.0.0.1:9464/metrics):"
 curl -s http://127.0.0.1:9464/metrics | grep -E '^sitesync_(capture_events|apply_records|apply_lag)' | head -12 | sed 's/^/    /'
 echo
+echo "demo: each campus's operator console (read-only here: the demo sets no [console] operator_token):"
+for site in "${SITES[@]}"; do
+    echo "    $site  http://$(grep -A4 "^\[sites.$site\]" config/shandong.toml | sed -n 's/^listen = "\(.*\)".*/\1/p')/console/"
+done
+echo
 echo "demo: sitesync keeps running. Try: mariadb -h127.0.0.1 -P3307 -uroot lims -e \"UPDATE user SET name='X' WHERE token='demo-3'\""
 echo "      then look at 3308/3309; \`$BIN --site qingdao status\`; stop with deploy/local/demo.sh stop"

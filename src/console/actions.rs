@@ -34,6 +34,8 @@ pub struct AuditEntry {
     pub target: String,
     /// What came of it.
     pub outcome: String,
+    /// Whether it was allowed and succeeded.
+    pub ok: bool,
 }
 
 /// The last actions, newest first; each also logged (target `sitesync::audit`).
@@ -43,7 +45,7 @@ pub struct Audit {
 }
 
 impl Audit {
-    fn record(&self, request: &Request, operator: &str, action: &str, target: &str, outcome: &str) {
+    fn record(&self, request: &Request, operator: &str, action: &str, target: &str, outcome: &str, ok: bool) {
         let entry = AuditEntry {
             at_ms: crate::record::now_ms(),
             operator: operator.to_string(),
@@ -51,8 +53,9 @@ impl Audit {
             action: action.to_string(),
             target: target.to_string(),
             outcome: outcome.to_string(),
+            ok,
         };
-        tracing::info!(target: "sitesync::audit", operator, address = %entry.address, action, target, outcome, "console action");
+        tracing::info!(target: "sitesync::audit", operator, address = %entry.address, action, target, outcome, ok, "console action");
         let mut entries = self.entries.lock().expect("lock");
         if entries.len() == AUDIT_KEPT {
             entries.pop_back();
@@ -95,7 +98,7 @@ impl Console {
             .map_err(|e| Response::error(400, format!("expected {{\"token\": ..., \"operator\": ...}}: {e}")))?;
         match self.auth.sign_in(&body.token, &body.operator) {
             Ok((id, session)) => {
-                self.audit.record(request, &session.operator, "sign-in", "console", "signed in");
+                self.audit.record(request, &session.operator, "sign-in", "console", "signed in", true);
                 Ok(Response::json(
                     200,
                     &json!({"signed_in": true, "operator": session.operator, "csrf": session.csrf, "actions_enabled": true}),
@@ -103,7 +106,7 @@ impl Console {
                 .with_header("Set-Cookie", auth::set_cookie(Some(&id))))
             }
             Err(r) => {
-                self.audit.record(request, "-", "sign-in", "console", &r.to_string());
+                self.audit.record(request, "-", "sign-in", "console", &format!("refused: {r}"), false);
                 Err(refuse(r))
             }
         }
@@ -123,7 +126,7 @@ impl Console {
         let operator = match self.auth.authorize(request) {
             Ok(operator) => operator,
             Err(r) => {
-                self.audit.record(request, "-", action, &target, &format!("refused: {r}"));
+                self.audit.record(request, "-", action, &target, &format!("refused: {r}"), false);
                 return Err(Response::error(r.status(), r.to_string()));
             }
         };
@@ -136,7 +139,7 @@ impl Console {
             Ok(message) => message.clone(),
             Err((_, why)) => format!("failed: {why}"),
         };
-        self.audit.record(request, &operator, action, &target, &outcome);
+        self.audit.record(request, &operator, action, &target, &outcome, result.is_ok());
         match result {
             Ok(message) => Ok(Response::json(200, &json!({"ok": true, "message": message}))),
             Err((status, why)) => Err(Response::error(status, why)),

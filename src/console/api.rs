@@ -8,13 +8,13 @@ use rdkafka::consumer::BaseConsumer;
 use serde_json::{json, Map, Value};
 
 use super::Console;
-use crate::control::DeadLetter;
+use crate::control::{DeadLetter, DeadLetterSummary};
 use crate::http::Response;
 use crate::kafka::Reporting;
 use crate::record::{self, ChangeRecord, RecordKey};
 
-/// Letters listed at most (the oldest; the count says how many there are).
-const LISTED: u64 = 1000;
+/// Letters listed at most (the oldest; `total` says how many there are).
+const LISTED: u64 = 500;
 /// Raw bytes of an unreadable record shown at most.
 const UNREADABLE_SHOWN: usize = 4096;
 
@@ -87,7 +87,7 @@ impl Console {
                 "stopped_entities": stopped.iter().map(|s| json!({
                     "entity": s.entity,
                     "state": if s.resume { "catching up" } else { "stopped" },
-                    "since": s.stopped_at,
+                    "since": format!("{}Z", s.stopped_at.replacen(' ', "T", 1)),
                     "reason": s.reason,
                 })).collect::<Vec<_>>(),
                 "verify": verified,
@@ -115,7 +115,7 @@ impl Console {
         let ctl = self.control().await?;
         let letters = ctl.first_dead_letters(LISTED).await.map_err(failed("listing dead letters"))?;
         let total = ctl.count_dead_letters().await.map_err(failed("counting dead letters"))?;
-        Ok(Response::json(200, &json!({ "dead_letters": letters.iter().map(letter_json).collect::<Vec<_>>(), "total": total })))
+        Ok(Response::json(200, &json!({ "dead_letters": letters.iter().map(summary_json).collect::<Vec<_>>(), "total": total })))
     }
 
     pub(super) async fn dead_letter(&self, id: u64) -> Answer {
@@ -199,7 +199,24 @@ impl Console {
 }
 
 /// A dead letter as the list shows it.
-pub(super) fn letter_json(d: &DeadLetter) -> Value {
+fn summary_json(d: &DeadLetterSummary) -> Value {
+    // The record's own key first: the message key of a letter is vetted to match it, and a
+    // letter from a parked transaction has none.
+    let key = d
+        .record_key
+        .as_deref()
+        .and_then(|k| serde_json::from_str::<Value>(k).ok())
+        .filter(Value::is_object)
+        .or_else(|| d.message_key.as_deref().and_then(|k| record::parse::<RecordKey>(k.as_bytes()).ok()).map(|k| Value::Object(k.key)));
+    json!({
+        "id": d.id, "origin": d.origin, "entity": d.entity, "key": key, "reason": d.reason,
+        "first_seen": d.created_at, "topic": d.topic, "partition": d.partition, "offset": d.offset,
+        "op": d.op.as_deref().filter(|op| ["c", "u", "d", "r"].contains(op)),
+    })
+}
+
+/// A dead letter as its detail shows it (the same fields as the list, from the record).
+fn letter_json(d: &DeadLetter) -> Value {
     let parsed = ChangeRecord::from_slice(d.value.as_deref()).ok();
     let key = parsed
         .as_ref()

@@ -196,6 +196,33 @@ pub struct Parked {
     pub age_seconds: i64,
 }
 
+/// A dead letter as listed: what it is about, not its record.
+#[derive(Debug, Clone)]
+pub struct DeadLetterSummary {
+    /// Id.
+    pub id: u64,
+    /// Origin site, when known.
+    pub origin: Option<String>,
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Entity, when the record said.
+    pub entity: Option<String>,
+    /// Why it could not be applied.
+    pub reason: String,
+    /// The Kafka message key (JSON text), when it had one.
+    pub message_key: Option<String>,
+    /// The record's `sitesync.key` (JSON text), when the record is JSON.
+    pub record_key: Option<String>,
+    /// The record's `op`, when the record is JSON.
+    pub op: Option<String>,
+    /// When it was stored.
+    pub created_at: String,
+}
+
 /// A source transaction about to be parked.
 pub struct NewParked<'a> {
     /// Origin site.
@@ -655,9 +682,40 @@ impl Control {
         self.dead_letters_where("", u64::MAX).await
     }
 
-    /// The oldest `limit` dead letters.
-    pub async fn first_dead_letters(&self, limit: u64) -> Result<Vec<DeadLetter>, ControlError> {
-        self.dead_letters_where("", limit).await
+    /// The oldest `limit` dead letters, without their records (a letter may hold a 20 MB
+    /// value): the natural key from the message key, else from the record; the record's op.
+    pub async fn first_dead_letters(&self, limit: u64) -> Result<Vec<DeadLetterSummary>, ControlError> {
+        // JSON_VALID first: MySQL's JSON functions raise an error (MariaDB's only warn) on a
+        // value that is not JSON, and a dead letter may be exactly that.
+        let json = "CONVERT(record_value USING utf8mb4)";
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, origin, topic, kafka_partition, kafka_offset, entity, reason,
+                    CAST(CONVERT(record_key USING utf8mb4) AS CHAR),
+                    IF(JSON_VALID({json}), CAST(JSON_EXTRACT({json}, '$.sitesync.key') AS CHAR), NULL),
+                    IF(JSON_VALID({json}), JSON_UNQUOTE(JSON_EXTRACT({json}, '$.op')), NULL),
+                    DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ')
+             FROM `{}`.`dead_letters` ORDER BY id LIMIT {limit}",
+            self.db
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err("listing dead letters"))?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetterSummary {
+                id: r.get(0),
+                origin: r.get(1),
+                topic: r.get(2),
+                partition: r.get(3),
+                offset: r.get(4),
+                entity: r.get(5),
+                reason: r.get(6),
+                message_key: r.get(7),
+                record_key: r.get(8),
+                op: r.get(9),
+                created_at: r.get(10),
+            })
+            .collect())
     }
 
     /// Dead letter `id`, if there is one.

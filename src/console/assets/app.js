@@ -403,7 +403,7 @@
     const shown = acts.slice(0, 20);
     const aTable = acts.length ? [table([t('col_when'), t('col_operator'), t('col_address'), t('col_action'), t('col_target'), t('col_outcome')],
       shown.map((x) => el('tr', { test: 'action-row' }, el('td', null, whenAgo(x.at_ms)), el('td', null, x.operator ?? '—'), el('td', null, el('code', null, x.address)),
-        el('td', null, x.action), el('td', { class: 'wrap' }, x.target), el('td', { class: 'wrap' }, pill(statusCls(x.outcome), x.outcome))))),
+        el('td', null, x.action), el('td', { class: 'wrap' }, x.target), el('td', { class: 'wrap' }, pill(typeof x.ok === 'boolean' ? (x.ok ? 'ok' : 'fail') : statusCls(x.outcome), x.outcome))))),
     acts.length > shown.length ? el('p', { class: 'note' }, t('n_of', shown.length, acts.length)) : null]
       : el('p', { class: 'muted' }, t('no_actions'));
 
