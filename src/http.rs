@@ -93,13 +93,13 @@ pub struct Routes {
 impl Routes {
     async fn route(&self, request: Request) -> Response {
         match (request.method.as_str(), request.path.as_str()) {
-            ("GET", "/metrics") => {
+            ("GET" | "HEAD", "/metrics") => {
                 let mut r = Response::text(200, self.metrics.render());
                 r.content_type = "text/plain; version=0.0.4";
                 r
             }
-            ("GET", "/healthz") => Response::text(200, "ok\n"),
-            ("GET", "/readyz") => match self.health.check_ready().await {
+            ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+            ("GET" | "HEAD", "/readyz") => match self.health.check_ready().await {
                 Ok(()) => {
                     let stopped = self.health.stopped_entities.lock().map(|s| s.clone()).unwrap_or_default();
                     let mut body = "ready\n".to_string();
@@ -111,17 +111,30 @@ impl Routes {
                 Err(why) => Response::text(503, format!("not ready: {why}\n")),
             },
             ("GET", "/") => Response::text(302, "the console is at /console/\n").with_header("Location", "/console/".into()),
-            _ if request.path.starts_with("/console") || request.path.starts_with("/api/") => self.console.handle(request).await,
+            _ if request.path.starts_with("/console") || request.path.trim_start_matches('/').starts_with("api/") => {
+                self.console.handle(request).await
+            }
+            (_, "/metrics" | "/healthz" | "/readyz") => Response::text(405, "GET only\n").with_header("Allow", "GET, HEAD".into()),
             _ => Response::text(404, "not found\n"),
         }
     }
 }
 
+/// Connections served at once; more wait to be accepted (the kernel's backlog holds them).
+const MAX_CONNECTIONS: usize = 64;
+/// A request body must arrive within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `routes` on `addr` until shutdown.
 pub async fn serve(addr: SocketAddr, routes: Arc<Routes>, shutdown: Shutdown) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the console at /console/");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             accepted = listener.accept() => match accepted {
@@ -149,19 +162,21 @@ pub async fn serve(addr: SocketAddr, routes: Arc<Routes>, shutdown: Shutdown) ->
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
+            drop(slot);
         });
     }
 }
 
 async fn answer(routes: &Routes, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let response = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(body) => {
+    let response = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => Response::error(408, format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())),
+        Ok(Ok(body)) => {
             let request =
                 Request { method: parts.method, path: parts.uri.path().to_string(), headers: parts.headers, body: body.to_bytes(), peer };
             routes.route(request).await
         }
-        Err(_) => Response::error(413, format!("the request body is larger than {MAX_BODY} bytes, or could not be read")),
+        Ok(Err(_)) => Response::error(413, format!("the request body is larger than {MAX_BODY} bytes, or could not be read")),
     };
     into_hyper(response)
 }

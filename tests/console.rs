@@ -198,9 +198,32 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     assert!(fed.logs_contain("console action"));
     assert!(!fed.logs_contain(TOKEN), "the operator token was logged");
 
+    // HTTP edges: HEAD, a trailing slash, a signed id, a name the console does not answer to
+    // (a DNS-rebinding page), the older endpoints' methods.
+    assert_eq!(http(console, "HEAD", "/healthz", &[], "").status, 200);
+    assert_eq!(http(console, "HEAD", "/console/", &[], "").status, 200);
+    assert_eq!(http(console, "GET", "/api/v1/dead-letters/1/", &[], "").status, 404);
+    assert_eq!(http(console, "GET", "/api/v1/dead-letters/+1", &[], "").status, 404);
+    let not_allowed = http(console, "DELETE", "/api/v1/overview", &[], "");
+    assert_eq!((not_allowed.status, not_allowed.header("allow")), (405, Some("GET, HEAD")));
+    let rebound = http(console, "GET", "/api/v1/overview", &[("Host", "evil.example:80")], "");
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    assert_eq!(http(console, "GET", "/api/v1/overview", &[("Host", &format!("localhost:{}", console.port()))], "").status, 200);
+    assert_eq!(http(console, "POST", "/metrics", &[], "").status, 405);
+
     // Signed out, the cookie no longer acts.
     assert_eq!(http(console, "POST", "/api/v1/session/logout", &[("Cookie", &cookie)], "").status, 200);
     assert_eq!(http(console, "POST", &replay1, &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)], "").status, 401);
+
+    // Guessing the token: after 10 wrong ones in a minute this address waits, even with the
+    // right one (a guesser cannot tell which guess was right).
+    let guesses: Vec<u16> =
+        (0..11).map(|i| http(console, "POST", &replay1, &[("Authorization", &format!("Bearer guess-{i}"))], "").status).collect();
+    // (Two wrong tokens above may count in the same minute.)
+    let first_wait = guesses.iter().position(|s| *s == 429).unwrap_or_else(|| panic!("never throttled: {guesses:?}"));
+    assert!((8..=10).contains(&first_wait) && guesses[..first_wait].iter().all(|s| *s == 401), "{guesses:?}");
+    assert!(guesses[first_wait..].iter().all(|s| *s == 429), "{guesses:?}");
+    assert_eq!(http(console, "POST", &replay1, &[("Authorization", &bearer())], "").status, 429);
     fed.assert_running();
 }
 

@@ -72,10 +72,15 @@ async fn find(
         .await
         .map_err(ApplyError::classify)?;
     tx.rollback().await.map_err(ApplyError::classify)?;
-    Ok(row.map(|row| {
-        use sqlx::Row as _;
-        names.iter().enumerate().map(|(i, c)| ((*c).clone(), row.get::<Option<String>, _>(i))).collect()
-    }))
+    let Some(row) = row else { return Ok(None) };
+    use sqlx::Row as _;
+    let mut out = BTreeMap::new();
+    for (i, c) in names.iter().enumerate() {
+        let value =
+            row.try_get::<Option<String>, _>(i).map_err(|e| ApplyError::Definite(format!("column `{c}` cannot be shown as text: {e}")))?;
+        out.insert((*c).clone(), value);
+    }
+    Ok(Some(out))
 }
 
 /// The origin's primary key of the row `record` is about, as text (what
@@ -103,9 +108,25 @@ fn image_of(record: &ChangeRecord) -> Result<&serde_json::Map<String, Value>, Ap
     record.after.as_ref().or(record.before.as_ref()).ok_or_else(|| ApplyError::Definite("the record has no row image".into()))
 }
 
+/// Columns whose text is bytes, not characters: shown as hex.
 fn is_binary(data_type: &str) -> bool {
     matches!(
         data_type,
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "bit" | "geometry" | "point" | "linestring" | "polygon"
+        "binary"
+            | "varbinary"
+            | "tinyblob"
+            | "blob"
+            | "mediumblob"
+            | "longblob"
+            | "bit"
+            | "geometry"
+            | "point"
+            | "linestring"
+            | "polygon"
+            | "multipoint"
+            | "multilinestring"
+            | "multipolygon"
+            | "geometrycollection"
+            | "geomcollection"
     )
 }

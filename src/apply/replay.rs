@@ -21,7 +21,11 @@ pub async fn replay(config: &Config, site: &str, only: Option<u64>) -> Result<Ve
     let control = Control::new(pool.clone(), &config.federation.control_database);
     let origins = config.origins_of(site);
     let plans = load_plans(config, site, &pool, &origins).await?;
-    let letters: Vec<_> = control.list_dead_letters().await?.into_iter().filter(|d| only.is_none_or(|id| d.id == id)).collect();
+    // One letter is read alone: the others may hold large values.
+    let letters: Vec<_> = match only {
+        Some(id) => control.dead_letter(id).await?.into_iter().collect(),
+        None => control.list_dead_letters().await?,
+    };
     if let (Some(id), true) = (only, letters.is_empty()) {
         return Err(ApplyError::Config(format!("no dead letter {id} at site {site}")));
     }

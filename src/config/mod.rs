@@ -426,6 +426,9 @@ pub struct ExportConfig {
 pub struct ConsoleConfig {
     /// The operator token (from the environment: `"${SITESYNC_CONSOLE_TOKEN}"`).
     pub operator_token: Option<Secret>,
+    /// Host names the console answers to besides IP addresses and `localhost` (a reverse
+    /// proxy's name): any other `Host` is refused, so a DNS-rebinding page cannot read it.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ExportConfig {

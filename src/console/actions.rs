@@ -38,11 +38,19 @@ pub struct AuditEntry {
     pub ok: bool,
 }
 
-/// The last actions, newest first; each also logged (target `sitesync::audit`).
+/// The last actions, newest first; each also logged (target `sitesync::audit`). Refusals are
+/// kept apart, fewer, and logged at most [`REFUSALS_LOGGED_PER_MINUTE`] a minute: anyone who
+/// reaches `listen` can cause them, and they must not push the operators' actions out.
 #[derive(Default)]
 pub struct Audit {
-    entries: Mutex<VecDeque<AuditEntry>>,
+    done: Mutex<VecDeque<AuditEntry>>,
+    refused: Mutex<(VecDeque<AuditEntry>, Option<std::time::Instant>, u32)>,
 }
+
+/// Refusals kept for the overview.
+const REFUSALS_KEPT: usize = 20;
+/// Refusals written to the log per minute (the rest are counted in the next one logged).
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 30;
 
 impl Audit {
     fn record(&self, request: &Request, operator: &str, action: &str, target: &str, outcome: &str, ok: bool) {
@@ -55,17 +63,42 @@ impl Audit {
             outcome: outcome.to_string(),
             ok,
         };
-        tracing::info!(target: "sitesync::audit", operator, address = %entry.address, action, target, outcome, ok, "console action");
-        let mut entries = self.entries.lock().expect("lock");
-        if entries.len() == AUDIT_KEPT {
-            entries.pop_back();
+        let address = entry.address.clone();
+        if !outcome.starts_with("refused") {
+            tracing::info!(target: "sitesync::audit", operator, address, action, target, outcome, ok, "console action");
+            let mut done = self.done.lock().expect("lock");
+            if done.len() == AUDIT_KEPT {
+                done.pop_back();
+            }
+            done.push_front(entry);
+            return;
         }
-        entries.push_front(entry);
+        let mut refused = self.refused.lock().expect("lock");
+        let (kept, minute, logged) = &mut *refused;
+        if minute.is_none_or(|m| m.elapsed() >= Duration::from_secs(60)) {
+            if *logged > REFUSALS_LOGGED_PER_MINUTE {
+                let unlogged = *logged - REFUSALS_LOGGED_PER_MINUTE;
+                tracing::warn!(target: "sitesync::audit", unlogged, "console refusals not logged in the last minute (too many)");
+            }
+            *minute = Some(std::time::Instant::now());
+            *logged = 0;
+        }
+        *logged += 1;
+        if *logged <= REFUSALS_LOGGED_PER_MINUTE {
+            tracing::info!(target: "sitesync::audit", operator, address, action, target, outcome, ok, "console action");
+        }
+        if kept.len() == REFUSALS_KEPT {
+            kept.pop_back();
+        }
+        kept.push_front(entry);
     }
 
-    /// Newest first.
+    /// Newest first: the actions done and the latest refusals.
     pub fn recent(&self) -> Vec<AuditEntry> {
-        self.entries.lock().expect("lock").iter().cloned().collect()
+        let mut all: Vec<AuditEntry> = self.done.lock().expect("lock").iter().cloned().collect();
+        all.extend(self.refused.lock().expect("lock").0.iter().cloned());
+        all.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+        all
     }
 }
 
@@ -92,11 +125,16 @@ impl Console {
             #[serde(default)]
             operator: String,
         }
-        let refuse = |r: Refused| Response::error(r.status(), r.to_string());
+        let refuse = |r: Refused| {
+            self.audit.record(request, "-", "sign-in", "console", &format!("refused: {r}"), false);
+            Response::error(r.status(), r.to_string())
+        };
         auth::same_origin(request).map_err(refuse)?;
-        let body: SignIn = serde_json::from_slice(&request.body)
-            .map_err(|e| Response::error(400, format!("expected {{\"token\": ..., \"operator\": ...}}: {e}")))?;
-        match self.auth.sign_in(&body.token, &body.operator) {
+        let body: SignIn = serde_json::from_slice(&request.body).map_err(|e| {
+            self.audit.record(request, "-", "sign-in", "console", "refused: unreadable sign-in body", false);
+            Response::error(400, format!("expected {{\"token\": ..., \"operator\": ...}}: {e}"))
+        })?;
+        match self.auth.sign_in(&body.token, &body.operator, request.peer.ip()) {
             Ok((id, session)) => {
                 self.audit.record(request, &session.operator, "sign-in", "console", "signed in", true);
                 Ok(Response::json(
@@ -105,14 +143,14 @@ impl Console {
                 )
                 .with_header("Set-Cookie", auth::set_cookie(Some(&id))))
             }
-            Err(r) => {
-                self.audit.record(request, "-", "sign-in", "console", &format!("refused: {r}"), false);
-                Err(refuse(r))
-            }
+            Err(r) => Err(refuse(r)),
         }
     }
 
     pub(super) fn sign_out(&self, request: &Request) -> Response {
+        if let Err(r) = auth::same_origin(request) {
+            return Response::error(r.status(), r.to_string());
+        }
         self.auth.sign_out(request);
         Response::json(200, &json!({"signed_in": false})).with_header("Set-Cookie", auth::set_cookie(None))
     }
@@ -157,7 +195,14 @@ impl Console {
 
     async fn replay(&self, id: u64) -> Result<String, (u16, String)> {
         self.letter(id).await?;
-        let results = crate::apply::replay(&self.config, &self.site, Some(id)).await.map_err(|e| (503, e.to_string()))?;
+        let results = match crate::apply::replay(&self.config, &self.site, Some(id)).await {
+            Ok(results) => results,
+            // Another operator's replay or drop took it meanwhile.
+            Err(_) if matches!(self.letter(id).await, Err((404, _))) => {
+                return Err((404, format!("no dead letter {id} at site {}", self.site)))
+            }
+            Err(e) => return Err((503, e.to_string())),
+        };
         match results.iter().find(|r| r.id == id).and_then(|r| r.failure.clone()) {
             None => Ok(format!("dead letter {id} replayed: applied at {}", self.site)),
             Some(why) => Err((409, format!("dead letter {id} still fails (it stays): {why}"))),
@@ -177,6 +222,11 @@ impl Console {
     /// has, the letter is dropped: the republished row is newer than the letter's record and
     /// replaces it (it becomes a dead letter of its own if it fails too).
     async fn rerequest(&self, id: u64) -> Result<String, (u16, String)> {
+        // One at a time per letter, and a few at once in all: each waits up to a minute on the
+        // origin with a Kafka producer and consumer of its own.
+        let _slot =
+            self.rerequests.try_acquire().map_err(|_| (429, "other re-requests are under way: try again in a minute".to_string()))?;
+        let _letter = InProgress::claim(&self.rerequesting, id).ok_or((409, format!("a re-request of dead letter {id} is under way")))?;
         let (ctl, letter) = self.letter(id).await?;
         let record = ChangeRecord::from_slice(letter.value.as_deref()).map_err(|e| (409, format!("the record cannot be read: {e}")))?;
         let pk = self.origin_key(ctl, &letter, &record).await.map_err(|why| (409, why))?;
@@ -217,5 +267,23 @@ impl Console {
         let db = self.config.database_of(&self.site).to_string();
         let table = crate::apply::TargetTable::load(ctl.pool(), &db, &entity.table).await.map_err(|e| e.to_string())?;
         crate::apply::inspect::origin_primary_key(&self.config, record, &table.primary_key)
+    }
+}
+
+/// A letter being re-requested, released when dropped.
+struct InProgress<'a> {
+    set: &'a Mutex<std::collections::HashSet<u64>>,
+    id: u64,
+}
+
+impl<'a> InProgress<'a> {
+    fn claim(set: &'a Mutex<std::collections::HashSet<u64>>, id: u64) -> Option<Self> {
+        set.lock().expect("lock").insert(id).then_some(Self { set, id })
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("lock").remove(&self.id);
     }
 }

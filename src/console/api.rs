@@ -15,6 +15,8 @@ use crate::record::{self, ChangeRecord, RecordKey};
 
 /// Letters listed at most (the oldest; `total` says how many there are).
 const LISTED: u64 = 500;
+/// How long topic ends read from Kafka are reused.
+const ENDS_FRESH: Duration = Duration::from_secs(3);
 /// Raw bytes of an unreadable record shown at most.
 const UNREADABLE_SHOWN: usize = 4096;
 
@@ -32,7 +34,7 @@ impl Console {
         let offsets = ctl.load_offsets().await.map_err(failed("reading apply offsets"))?;
         let progress = ctl.load_progress().await.map_err(failed("reading apply progress"))?;
         let dead = ctl.count_dead_letters().await.map_err(failed("counting dead letters"))?;
-        let parked = ctl.list_parked().await.map_err(failed("reading parked transactions"))?.len();
+        let parked = ctl.count_parked().await.map_err(failed("counting parked transactions"))?;
         let stopped = ctl.stopped().list().await.map_err(failed("reading stopped entities"))?;
         let verified = ctl.verified().list().await.map_err(failed("reading verify state"))?;
         let snapshots = ctl.snapshots().recent(20).await.map_err(failed("reading snapshot requests"))?;
@@ -123,8 +125,10 @@ impl Console {
         let letter = ctl.dead_letter(id).await.map_err(failed("reading the dead letter"))?;
         let letter = letter.ok_or_else(|| Response::error(404, format!("no dead letter {id} at site {}", self.site)))?;
         let parsed = ChangeRecord::from_slice(letter.value.as_deref());
-        let excluded: Vec<String> =
-            letter.entity.as_deref().and_then(|e| self.config.entities.get(e)).map(|e| e.exclude.to_vec()).unwrap_or_default();
+        // The record's own entity decides what is never shown (the letter's column is only
+        // what apply could read of it).
+        let entity = parsed.as_ref().ok().map(|r| r.sitesync.entity.as_str()).or(letter.entity.as_deref());
+        let excluded: Vec<String> = entity.and_then(|e| self.config.entities.get(e)).map(|e| e.exclude.to_vec()).unwrap_or_default();
         let (record, unreadable, local_row, rerequest) = match &parsed {
             Ok(r) => {
                 let shown = |image: &Option<Map<String, Value>>| image.as_ref().map(|i| without(i, &excluded));
@@ -132,10 +136,17 @@ impl Console {
                     "op": r.op.code(), "before": shown(&r.before), "after": shown(&r.after),
                     "transaction": r.transaction.id, "source_ts_ms": r.source.ts_ms,
                 });
-                let local = match crate::apply::inspect::local_row(&self.config, &self.site, ctl.pool(), r).await {
+                let local = match letter.origin.as_deref().filter(|o| *o != r.sitesync.origin) {
+                    Some(topic_origin) => Err(format!(
+                        "the record says origin `{}` but came from the topic of {topic_origin}",
+                        record::shown(&r.sitesync.origin)
+                    )),
+                    None => crate::apply::inspect::local_row(&self.config, &self.site, ctl.pool(), r).await.map_err(|e| e.to_string()),
+                };
+                let local = match local {
                     Ok(Some(row)) => json!({"found": true, "row": row}),
                     Ok(None) => json!({"found": false}),
-                    Err(e) => json!({"error": e.to_string()}),
+                    Err(e) => json!({"error": e}),
                 };
                 let rerequest = match self.origin_key(ctl, &letter, r).await {
                     Ok(_) => json!({"possible": true, "why": null}),
@@ -160,7 +171,8 @@ impl Console {
 
     pub(super) async fn parked(&self) -> Answer {
         let ctl = self.control().await?;
-        let parked = ctl.list_parked().await.map_err(failed("reading parked transactions"))?;
+        let total = ctl.count_parked().await.map_err(failed("counting parked transactions"))?;
+        let parked = ctl.first_parked(LISTED).await.map_err(failed("reading parked transactions"))?;
         let parked: Vec<Value> = parked
             .iter()
             .map(|p| {
@@ -170,11 +182,22 @@ impl Console {
                 })
             })
             .collect();
-        Ok(Response::json(200, &json!({ "parked": parked })))
+        Ok(Response::json(200, &json!({ "parked": parked, "total": total })))
     }
 
-    /// The end offset of partition 0 of each topic Kafka answered for within 2 s.
+    /// The end offset of partition 0 of each topic Kafka answered for within 2 s, read at most
+    /// every [`ENDS_FRESH`] (every open page polls the overview; one read serves them all).
     async fn topic_ends(&self, topics: &[String]) -> std::collections::HashMap<String, i64> {
+        let mut cached = self.ends.lock().await;
+        if let Some((_, ends)) = cached.as_ref().filter(|(at, _)| at.elapsed() < ENDS_FRESH) {
+            return ends.clone();
+        }
+        let ends = self.read_topic_ends(topics).await;
+        *cached = Some((std::time::Instant::now(), ends.clone()));
+        ends
+    }
+
+    async fn read_topic_ends(&self, topics: &[String]) -> std::collections::HashMap<String, i64> {
         let consumer = self
             .watermarks
             .get_or_try_init(|| async {

@@ -16,8 +16,11 @@ use crate::http::Request;
 pub const COOKIE: &str = "sitesync_session";
 /// How long a sign-in lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
-/// Wrong tokens tolerated per minute before sign-in pauses for the rest of it.
+/// Wrong tokens tolerated per client address and minute before that address pauses for the
+/// rest of it (per address: one guesser cannot lock every operator out).
 const WRONG_TOKENS_PER_MINUTE: u32 = 10;
+/// Addresses remembered for throttling (the oldest minute's are forgotten first).
+const ADDRESSES_KEPT: usize = 4096;
 
 /// Why a request may not act.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,17 +76,14 @@ pub struct Auth {
     /// SHA-256 of the operator token: compared in constant time, the token itself not kept.
     token_digest: Option<[u8; 32]>,
     sessions: Mutex<HashMap<String, StoredSession>>,
-    wrong: Mutex<(Instant, u32)>,
+    /// Per client address: when its current minute began, wrong tokens in it.
+    wrong: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
 }
 
 impl Auth {
     /// With the configured token (`None`: read-only).
     pub fn new(token: Option<&Secret>) -> Self {
-        Self {
-            token_digest: token.map(|t| digest(t.expose())),
-            sessions: Mutex::new(HashMap::new()),
-            wrong: Mutex::new((Instant::now(), 0)),
-        }
+        Self { token_digest: token.map(|t| digest(t.expose())), sessions: Mutex::new(HashMap::new()), wrong: Mutex::new(HashMap::new()) }
     }
 
     /// Whether actions can be allowed at all.
@@ -91,28 +91,31 @@ impl Auth {
         self.token_digest.is_some()
     }
 
-    fn token_matches(&self, offered: &str) -> Result<(), Refused> {
+    fn token_matches(&self, offered: &str, from: std::net::IpAddr) -> Result<(), Refused> {
         let expected = self.token_digest.ok_or(Refused::ActionsDisabled)?;
-        {
-            let wrong = self.wrong.lock().expect("lock");
-            if wrong.0.elapsed() < Duration::from_secs(60) && wrong.1 >= WRONG_TOKENS_PER_MINUTE {
-                return Err(Refused::Throttled);
-            }
+        // One lock around check, compare and count: parallel guesses cannot slip past.
+        let mut wrong = self.wrong.lock().expect("lock");
+        let minute = Duration::from_secs(60);
+        let entry = wrong.get(&from).copied().filter(|(since, _)| since.elapsed() < minute);
+        if entry.is_some_and(|(_, n)| n >= WRONG_TOKENS_PER_MINUTE) {
+            return Err(Refused::Throttled);
         }
         if openssl::memcmp::eq(&expected, &digest(offered)) {
             return Ok(());
         }
-        let mut wrong = self.wrong.lock().expect("lock");
-        if wrong.0.elapsed() >= Duration::from_secs(60) {
-            *wrong = (Instant::now(), 0);
+        if wrong.len() >= ADDRESSES_KEPT {
+            wrong.retain(|_, (since, _)| since.elapsed() < minute);
         }
-        wrong.1 += 1;
+        if wrong.len() < ADDRESSES_KEPT {
+            let (since, n) = entry.unwrap_or((Instant::now(), 0));
+            wrong.insert(from, (since, n + 1));
+        }
         Err(Refused::WrongToken)
     }
 
     /// Signs in: a new session for `operator`; (session id for the cookie, its session).
-    pub fn sign_in(&self, token: &str, operator: &str) -> Result<(String, Session), Refused> {
-        self.token_matches(token)?;
+    pub fn sign_in(&self, token: &str, operator: &str, from: std::net::IpAddr) -> Result<(String, Session), Refused> {
+        self.token_matches(token, from)?;
         let id = random_hex();
         let session =
             StoredSession { operator: operator_name(Some(operator)), csrf: random_hex(), expires: Instant::now() + SESSION_LIFETIME };
@@ -145,7 +148,7 @@ impl Auth {
             return Err(Refused::ActionsDisabled);
         }
         if let Some(bearer) = request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")) {
-            self.token_matches(bearer.trim())?;
+            self.token_matches(bearer.trim(), request.peer.ip())?;
             return Ok(operator_name(request.header("x-sitesync-operator")));
         }
         let session = self.session(request).ok_or(Refused::NotSignedIn)?;
@@ -232,6 +235,10 @@ mod tests {
         }
     }
 
+    fn here() -> std::net::IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
     #[test]
     fn bearer_token_and_session_with_csrf_are_the_only_ways_in() {
         let auth = Auth::new(Some(&Secret::new("0123456789abcdef-token")));
@@ -240,7 +247,7 @@ mod tests {
         let who = auth.authorize(&request(&[("authorization", "Bearer 0123456789abcdef-token"), ("x-sitesync-operator", "li\t")]));
         assert_eq!(who.unwrap(), "li");
 
-        let (id, session) = auth.sign_in("0123456789abcdef-token", "wang").unwrap();
+        let (id, session) = auth.sign_in("0123456789abcdef-token", "wang", here()).unwrap();
         let cookie = format!("{COOKIE}={id}");
         assert_eq!(auth.authorize(&request(&[("cookie", &cookie)])).unwrap_err(), Refused::BadCsrf);
         assert_eq!(auth.authorize(&request(&[("cookie", &cookie), ("x-csrf-token", "x")])).unwrap_err(), Refused::BadCsrf);
@@ -256,12 +263,15 @@ mod tests {
     fn without_a_token_nothing_may_act_and_guessing_is_throttled() {
         let read_only = Auth::new(None);
         assert_eq!(read_only.authorize(&request(&[("authorization", "Bearer x")])).unwrap_err(), Refused::ActionsDisabled);
-        assert_eq!(read_only.sign_in("", "x").unwrap_err(), Refused::ActionsDisabled);
+        assert_eq!(read_only.sign_in("", "x", here()).unwrap_err(), Refused::ActionsDisabled);
         let auth = Auth::new(Some(&Secret::new("0123456789abcdef-token")));
         for _ in 0..WRONG_TOKENS_PER_MINUTE {
-            assert_eq!(auth.sign_in("guess", "x").unwrap_err(), Refused::WrongToken);
+            assert_eq!(auth.sign_in("guess", "x", here()).unwrap_err(), Refused::WrongToken);
         }
         // Even the right token waits: a guesser cannot tell which guess was right.
-        assert_eq!(auth.sign_in("0123456789abcdef-token", "x").unwrap_err(), Refused::Throttled);
+        assert_eq!(auth.sign_in("0123456789abcdef-token", "x", here()).unwrap_err(), Refused::Throttled);
+        // Another address is not locked out by this one's guesses.
+        let elsewhere: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert!(auth.sign_in("0123456789abcdef-token", "x", elsewhere).is_ok());
     }
 }

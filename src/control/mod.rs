@@ -771,10 +771,27 @@ impl Control {
 
     /// Every parked transaction, oldest first.
     pub async fn list_parked(&self) -> Result<Vec<Parked>, ControlError> {
+        self.parked_rows("records", u64::MAX).await
+    }
+
+    /// The oldest `limit` parked transactions without their records (`records` empty).
+    pub async fn first_parked(&self, limit: u64) -> Result<Vec<Parked>, ControlError> {
+        self.parked_rows("CAST('' AS BINARY)", limit).await
+    }
+
+    /// How many transactions are parked.
+    pub async fn count_parked(&self) -> Result<i64, ControlError> {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM `{}`.`parked`", self.db)))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err("counting parked transactions"))
+    }
+
+    async fn parked_rows(&self, records: &str, limit: u64) -> Result<Vec<Parked>, ControlError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, origin, topic, kafka_partition, kafka_offset, row_keys, records, reason,
+            "SELECT id, origin, topic, kafka_partition, kafka_offset, row_keys, {records}, reason,
                     TIMESTAMPDIFF(SECOND, first_seen, CURRENT_TIMESTAMP(6))
-             FROM `{}`.`parked` ORDER BY id",
+             FROM `{}`.`parked` ORDER BY id LIMIT {limit}",
             self.db
         )))
         .fetch_all(&self.pool)

@@ -38,7 +38,7 @@
       ago_s: '{0} s ago', ago_m: '{0} min ago', ago_h: '{0} h ago', ago_d: '{0} d ago', just_now: 'just now',
       dur_s: '{0} s', dur_m: '{0} min', dur_h: '{0} h', dur_d: '{0} d',
       dl_intro: 'Records this site could not apply. Each stays here until it is replayed, dropped or re-requested.',
-      dl_empty: 'No dead letters: every record received has been applied.', col_key: 'Natural key',
+      dl_empty: 'No dead letters: every record received has been applied.', list_cut: 'The oldest {0} of {1} are shown.', col_key: 'Natural key',
       col_first_seen: 'First seen', unreadable_cell: '(unreadable)',
       letter: 'Dead letter {0}', back: '← all dead letters', col_op: 'Operation',
       op_c: 'insert', op_u: 'update', op_d: 'delete', op_r: 'snapshot row',
@@ -93,7 +93,7 @@
       ago_s: '{0} 秒前', ago_m: '{0} 分钟前', ago_h: '{0} 小时前', ago_d: '{0} 天前', just_now: '刚刚',
       dur_s: '{0} 秒', dur_m: '{0} 分钟', dur_h: '{0} 小时', dur_d: '{0} 天',
       dl_intro: '本站点未能应用的记录。每条死信会一直保留，直到被重放、丢弃或重新请求。',
-      dl_empty: '没有死信：收到的记录都已应用。', col_key: '自然键',
+      dl_empty: '没有死信：收到的记录都已应用。', list_cut: '只显示最早的 {0} 条（共 {1} 条）。', col_key: '自然键',
       col_first_seen: '首次出现', unreadable_cell: '（无法解析）',
       letter: '死信 {0}', back: '← 返回死信列表', col_op: '操作类型',
       op_c: '插入', op_u: '更新', op_d: '删除', op_r: '快照行',
@@ -258,8 +258,8 @@
     const r = route();
     const jobs = [api('session').then((v) => { S.session = v; }), api('overview').then((v) => { S.ov = v; })];
     if (r.v === 'overview') jobs.push(api('history').then((v) => { S.hist = v; }));
-    if (r.v === 'letters') jobs.push(api('dead-letters').then((v) => { S.letters = v.dead_letters || []; }));
-    if (r.v === 'parked') jobs.push(api('parked').then((v) => { S.parked = v.parked || []; }));
+    if (r.v === 'letters') jobs.push(api('dead-letters').then((v) => { S.letters = v.dead_letters || []; S.lettersTotal = v.total; }));
+    if (r.v === 'parked') jobs.push(api('parked').then((v) => { S.parked = v.parked || []; S.parkedTotal = v.total; }));
     if (r.v === 'letter') {
       jobs.push(api('dead-letters/' + r.id).then((v) => { S.detail = v; S.detailId = r.id; S.detailGone = null; },
         (e) => { if (e.status !== 404) throw e; S.detail = null; S.detailId = r.id; S.detailGone = e.message; }));
@@ -465,10 +465,15 @@
     return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * e;
   }
 
+  // The server lists the oldest 500: say so when there are more.
+  function shownOf(shown, total) {
+    return typeof total === 'number' && total > shown ? el('p', { class: 'hint', test: 'list-cut' }, t('list_cut', shown, total)) : null;
+  }
+
   function viewLetters() {
     if (!S.letters) return loading();
     if (!S.letters.length) return el('div', { test: 'letters' }, el('p', { class: 'empty', test: 'letters-empty' }, t('dl_empty')));
-    return el('div', { test: 'letters' }, el('p', { class: 'muted' }, t('dl_intro')),
+    return el('div', { test: 'letters' }, el('p', { class: 'muted' }, t('dl_intro')), shownOf(S.letters.length, S.lettersTotal),
       table([t('col_id'), t('col_origin'), t('col_entity'), t('col_key'), t('col_reason'), t('col_first_seen')],
         S.letters.map((l) => {
           const href = '#/dead-letters/' + l.id;
@@ -555,7 +560,7 @@
   function viewParked() {
     if (!S.parked) return loading();
     if (!S.parked.length) return el('div', { test: 'parked' }, el('p', { class: 'empty', test: 'parked-empty' }, t('parked_empty')));
-    return el('div', { test: 'parked' }, el('p', { class: 'muted' }, t('parked_intro')),
+    return el('div', { test: 'parked' }, el('p', { class: 'muted' }, t('parked_intro')), shownOf(S.parked.length, S.parkedTotal),
       table([t('col_id'), t('col_origin'), t('col_pos'), t('col_row_keys'), t('col_waits'), [t('col_age'), 'num']],
         S.parked.map((p) => el('tr', { test: 'parked-row', 'data-id': p.id }, el('td', null, p.id), el('td', null, p.origin),
           el('td', { class: 'wrap' }, el('code', null, `${p.topic} / ${p.partition} / ${p.offset}`)), el('td', { class: 'wrap' }, el('code', null, p.row_keys)),
