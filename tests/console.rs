@@ -42,11 +42,12 @@ fn letter_of<'a>(letters: &'a [Value], token: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
-    let mut fed = Federation::new(
-        "console",
-        Spec { sites: &["a", "b"], schema: PEOPLE_SCHEMA, entities_and_routes: PEOPLE_BOTH_WAYS, ..Default::default() },
-    )
-    .await;
+    // People, and labs whose PI is a person (NOT NULL DEFAULT 0: LIMS2's "no reference").
+    let schema = format!("{PEOPLE_SCHEMA};\nCREATE TABLE lab (id INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(20) NOT NULL UNIQUE, pi_id INT NOT NULL DEFAULT 0)");
+    let entities = format!("{PEOPLE_BOTH_WAYS}\n[entities.lab]\ntable = \"lab\"\nkey = [\"code\"]\nrefs = {{ pi_id = \"person\" }}\n\n[[routes]]\nfrom = [\"*\"]\nto = [\"*\"]\nentities = [\"lab\"]\n");
+    let mut fed =
+        Federation::new("console", Spec { sites: &["a", "b"], schema: &schema, entities_and_routes: &entities, ..Default::default() })
+            .await;
     let mut text = std::fs::read_to_string(&fed.config_path).unwrap();
     text.push_str(&format!("\n[console]\noperator_token = \"${{{TOKEN_VAR}}}\"\n"));
     std::fs::write(&fed.config_path, text).unwrap();
@@ -63,8 +64,11 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     fed.exec("a", "INSERT INTO person (token, name) VALUES ('t3', 'Carol Longname')").await;
     fed.exec("a", "INSERT INTO person (token, name) VALUES ('t4', 'Dave Longname')").await;
     fed.exec("a", "INSERT INTO person (token, name) VALUES ('t5', 'Erin Longname')").await;
+    // A lab whose PI is a dead letter at b: it waits there, parked.
+    fed.exec("a", "INSERT INTO person (token, name) VALUES ('t6', 'Frank Longname')").await;
+    fed.exec("a", "INSERT INTO lab (code, pi_id) SELECT 'L-1', id FROM person WHERE token = 't6'").await;
     fed.wait_rows("b", "SELECT token, name FROM person ORDER BY token", &[&["ok", "Bob"]]).await;
-    let listed = letters(&mut fed, console, 4).await;
+    let listed = letters(&mut fed, console, 5).await;
     fed.assert_running();
 
     // Pages: embedded, with a content security policy; / leads to them.
@@ -106,14 +110,19 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     .await;
     let overview = get(console, "/api/v1/overview");
     assert_eq!(overview["site"], "b");
-    assert_eq!(overview["dead_letters"], 4);
+    assert_eq!(overview["dead_letters"], 5);
     assert_eq!(overview["capture"]["running"], true);
     let origin = &overview["origins"][0];
     assert_eq!(origin["origin"], "a");
     assert!(origin["lag_records"].is_i64() && origin["end_offset"].is_i64(), "{overview}");
     assert!(origin["last_applied"]["gtid"].is_string(), "{overview}");
     assert_eq!(get(console, "/api/v1/history")["origins"][0], "a");
-    assert!(get(console, "/api/v1/parked")["parked"].as_array().unwrap().is_empty());
+    fed.wait_for(Duration::from_secs(30), "the lab to be parked", || async move { get(console, "/api/v1/overview")["parked"] == 1 }).await;
+    let parked = get(console, "/api/v1/parked");
+    assert_eq!(parked["total"], 1, "{parked}");
+    let lab = &parked["parked"][0];
+    assert_eq!(lab["origin"], "a", "{parked}");
+    assert!(lab["reason"].as_str().unwrap().contains("person") && lab["row_keys"].as_str().unwrap().contains("lab"), "{parked}");
 
     // Refused: no credentials, a wrong token, a session without its CSRF token, another origin.
     let replay1 = format!("/api/v1/dead-letters/{id1}/replay");
@@ -144,16 +153,16 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     let still = http(console, "POST", &replay1, &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)], "");
     assert_eq!(still.status, 409, "{}", still.body);
     assert!(still.json()["error"].as_str().unwrap().contains("still fails"), "{}", still.body);
-    assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{}`.dead_letters", fed.control_db)).await, 4);
+    assert_eq!(fed.scalar("b", &format!("SELECT COUNT(*) FROM `{}`.dead_letters", fed.control_db)).await, 5);
 
     // The cause fixed, the browser replays t1 (tests/browser/console.mjs).
     fed.exec("b", "ALTER TABLE person MODIFY name VARCHAR(80) NOT NULL").await;
     run_browser(console, id1, &reason);
     fed.wait_rows("b", "SELECT name FROM person WHERE token = 't1'", &[&["Alice Longname"]]).await;
-    assert!(letters(&mut fed, console, 3).await.iter().all(|l| l["id"] != id1));
+    assert!(letters(&mut fed, console, 4).await.iter().all(|l| l["id"] != id1));
 
     // A script replays t5 with the bearer token.
-    let listed = letters(&mut fed, console, 3).await;
+    let listed = letters(&mut fed, console, 4).await;
     let id5 = letter_of(&listed, "t5")["id"].as_u64().unwrap();
     let replayed = http(
         console,
@@ -166,7 +175,7 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     fed.wait_rows("b", "SELECT name FROM person WHERE token = 't5'", &[&["Erin Longname"]]).await;
 
     // Re-request t3: the origin republishes its current row, which arrives; the letter goes.
-    let listed = letters(&mut fed, console, 2).await;
+    let listed = letters(&mut fed, console, 3).await;
     let id3 = letter_of(&listed, "t3")["id"].as_u64().unwrap();
     let rerequested = http(console, "POST", &format!("/api/v1/dead-letters/{id3}/rerequest"), &[("Authorization", &bearer())], "");
     assert_eq!(rerequested.status, 200, "{}", rerequested.body);
@@ -176,7 +185,7 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     // t4 meanwhile written at b itself: the detail shows that row beside the record; drop
     // removes the letter and leaves b's row.
     fed.exec("b", "INSERT INTO person (token, name) VALUES ('t4', 'Dave')").await;
-    let listed = letters(&mut fed, console, 1).await;
+    let listed = letters(&mut fed, console, 2).await;
     let id4 = letter_of(&listed, "t4")["id"].as_u64().unwrap();
     let detail4 = get(console, &format!("/api/v1/dead-letters/{id4}"));
     assert_eq!(detail4["local_row"]["found"], true, "{detail4}");
@@ -184,9 +193,17 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
     assert_eq!(detail4["record"]["after"]["name"], "Dave Longname", "{detail4}");
     let dropped = http(console, "POST", &format!("/api/v1/dead-letters/{id4}/drop"), &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)], "");
     assert_eq!(dropped.status, 200, "{}", dropped.body);
-    letters(&mut fed, console, 0).await;
+    let listed = letters(&mut fed, console, 1).await;
     assert_eq!(fed.rows("b", "SELECT name FROM person WHERE token = 't4'").await, vec![vec!["Dave".to_string()]]);
     assert_eq!(http(console, "POST", &format!("/api/v1/dead-letters/{id4}/drop"), &[("Authorization", &bearer())], "").status, 404);
+
+    // The PI replayed, the parked lab follows and the parked list empties.
+    let id6 = letter_of(&listed, "t6")["id"].as_u64().unwrap();
+    let replayed = http(console, "POST", &format!("/api/v1/dead-letters/{id6}/replay"), &[("Authorization", &bearer())], "");
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    fed.wait_rows("b", "SELECT l.code, p.token FROM lab l JOIN person p ON p.id = l.pi_id", &[&["L-1", "t6"]]).await;
+    fed.wait_for(Duration::from_secs(30), "the parked list to empty", || async move { get(console, "/api/v1/parked")["total"] == 0 }).await;
+    letters(&mut fed, console, 0).await;
 
     // Every action, refused or done, is in the audit log with who did it.
     let actions = get(console, "/api/v1/overview")["actions"].as_array().unwrap().clone();
