@@ -124,7 +124,7 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
         let history = console.history();
         let (m, s, origins, sampled_site) = (metrics.clone(), shutdown.clone(), config.origins_of(&site), site.clone());
         tokio::spawn(async move { history.run(m, sampled_site, origins, s).await });
-        let routes = Arc::new(crate::http::Routes { metrics: metrics.clone(), health: health.clone(), console });
+        let routes = Arc::new(crate::endpoints::Routes { metrics: metrics.clone(), health: health.clone(), console });
         let s = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::http::serve(listen, routes, s).await {

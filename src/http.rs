@@ -1,7 +1,7 @@
-//! The HTTP server on a site's `listen` address: `/metrics`, `/healthz`, `/readyz`
-//! (observability) and the operator console with its API (`console`). hyper does the protocol
-//! (framing, keep-alive, limits); this module only turns its requests into [`Request`]s, routes
-//! them and writes [`Response`]s with the headers every answer carries.
+//! The HTTP server on a site's `listen` address (what it answers is `crate::endpoints`). hyper
+//! does the protocol (framing, keep-alive, limits); this module only turns its requests into
+//! [`Request`]s for a [`Handler`] and writes its [`Response`]s with the headers every answer
+//! carries.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,9 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::console::Console;
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Health, Metrics};
 
 /// Request bodies beyond this are refused (the console's bodies are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -80,44 +78,10 @@ impl Response {
     }
 }
 
-/// What the server answers with.
-pub struct Routes {
-    /// Metrics for `/metrics`.
-    pub metrics: Metrics,
-    /// Health for `/healthz`, `/readyz`.
-    pub health: Arc<Health>,
-    /// The console and its API.
-    pub console: Arc<Console>,
-}
-
-impl Routes {
-    async fn route(&self, request: Request) -> Response {
-        match (request.method.as_str(), request.path.as_str()) {
-            ("GET" | "HEAD", "/metrics") => {
-                let mut r = Response::text(200, self.metrics.render());
-                r.content_type = "text/plain; version=0.0.4";
-                r
-            }
-            ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
-            ("GET" | "HEAD", "/readyz") => match self.health.check_ready().await {
-                Ok(()) => {
-                    let stopped = self.health.stopped_entities.lock().map(|s| s.clone()).unwrap_or_default();
-                    let mut body = "ready\n".to_string();
-                    for line in stopped {
-                        body.push_str(&format!("stopped: {line}\n"));
-                    }
-                    Response::text(200, body)
-                }
-                Err(why) => Response::text(503, format!("not ready: {why}\n")),
-            },
-            ("GET", "/") => Response::text(302, "the console is at /console/\n").with_header("Location", "/console/".into()),
-            _ if request.path.starts_with("/console") || request.path.trim_start_matches('/').starts_with("api/") => {
-                self.console.handle(request).await
-            }
-            (_, "/metrics" | "/healthz" | "/readyz") => Response::text(405, "GET only\n").with_header("Allow", "GET, HEAD".into()),
-            _ => Response::text(404, "not found\n"),
-        }
-    }
+/// What a server answers requests with.
+pub trait Handler: Send + Sync + 'static {
+    /// The answer to `request`.
+    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response> + Send;
 }
 
 /// Connections served at once; more wait to be accepted (the kernel's backlog holds them).
@@ -126,7 +90,7 @@ const MAX_CONNECTIONS: usize = 64;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `routes` on `addr` until shutdown.
-pub async fn serve(addr: SocketAddr, routes: Arc<Routes>, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn serve<H: Handler>(addr: SocketAddr, routes: Arc<H>, shutdown: Shutdown) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz and the console at /console/");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -151,7 +115,7 @@ pub async fn serve(addr: SocketAddr, routes: Arc<Routes>, shutdown: Shutdown) ->
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<Incoming>| {
                 let routes = routes.clone();
-                async move { Ok::<_, Infallible>(answer(&routes, req, peer).await) }
+                async move { Ok::<_, Infallible>(answer(routes.as_ref(), req, peer).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -167,14 +131,14 @@ pub async fn serve(addr: SocketAddr, routes: Arc<Routes>, shutdown: Shutdown) ->
     }
 }
 
-async fn answer(routes: &Routes, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<Full<Bytes>> {
+async fn answer<H: Handler>(routes: &H, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let response = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Err(_) => Response::error(408, format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())),
         Ok(Ok(body)) => {
             let request =
                 Request { method: parts.method, path: parts.uri.path().to_string(), headers: parts.headers, body: body.to_bytes(), peer };
-            routes.route(request).await
+            routes.handle(request).await
         }
         Ok(Err(_)) => Response::error(413, format!("the request body is larger than {MAX_BODY} bytes, or could not be read")),
     };

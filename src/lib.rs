@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 mod console;
 mod control;
+mod endpoints;
 mod http;
 mod join;
 mod kafka;
