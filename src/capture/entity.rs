@@ -33,10 +33,18 @@ pub(super) struct EntityTable {
     events: [OnceLock<IntCounter>; 4],
     /// The export stream's schema of this table shape, rendered at its first exported change
     /// (a new table map is a new `EntityTable`, so it is never stale).
-    pub(super) export: OnceLock<super::export::Prepared>,
+    export: OnceLock<super::export::Prepared>,
 }
 
 impl EntityTable {
+    /// This table shape's export schema for `topic`, rendered at its first exported change.
+    pub(super) fn export_schema(&self, topic: &str) -> &super::export::Prepared {
+        self.export.get_or_init(|| {
+            let included: Vec<bool> = self.encodings.iter().map(Option::is_some).collect();
+            super::export::prepare(&self.info, &included, &self.key_columns, topic)
+        })
+    }
+
     /// The published-records counter of `op`.
     pub(super) fn events(&self, metrics: &Metrics, site: &str, op: Op) -> IntCounter {
         let slot = match op {

@@ -12,8 +12,8 @@ use base64::Engine as _;
 use mysql_async::consts::ColumnType;
 use serde_json::{Map, Value};
 
-use super::entity::EntityTable;
 use super::envelope::Image;
+use super::table::TableInfo;
 use crate::record::Op;
 
 /// Where a change was read, for the envelope's `source` block.
@@ -63,7 +63,7 @@ struct Field {
     schema: Value,
 }
 
-/// One table's export, rendered once per table shape ([`EntityTable::export`]).
+/// One table's export, rendered once per table shape (kept on the capture's entity table).
 pub(super) struct Prepared {
     /// `{"schema":<key schema>,"payload":{`
     key_prefix: Vec<u8>,
@@ -90,14 +90,12 @@ impl Exporter {
     /// leave the site) for `topic`.
     pub(super) fn records(
         &mut self,
-        entity: &EntityTable,
-        topic: &str,
+        p: &Prepared,
         op: Op,
         before: Option<&Image>,
         after: Option<&Image>,
         source: &SourceInfo<'_>,
     ) -> Vec<ExportRecord> {
-        let p = entity.export.get_or_init(|| prepare(entity, topic));
         let mut out = Vec::with_capacity(3);
         // Written straight into the record's bytes from pieces rendered once per table: the
         // schema is most of every record, and building JSON trees per row cost capture 4x.
@@ -198,11 +196,13 @@ fn value_at(image: &Image, index: usize) -> &Value {
     image.0.get(index).and_then(Option::as_ref).unwrap_or(&Value::Null)
 }
 
-fn prepare(entity: &EntityTable, topic: &str) -> Prepared {
-    let info = &entity.info;
+/// The export of a table described by `info`, whose columns `included` says leave the site
+/// (excluded ones never do) and whose natural key is `natural_key` (the record key of a table
+/// without a primary key), for `topic`.
+pub(super) fn prepare(info: &TableInfo, included: &[bool], natural_key: &[usize], topic: &str) -> Prepared {
     let mut fields = Vec::new();
-    for (index, (col, enc)) in info.columns.iter().zip(&entity.encodings).enumerate() {
-        if enc.is_none() {
+    for (index, (col, included)) in info.columns.iter().zip(included).enumerate() {
+        if !included {
             continue; // excluded: never leaves the site
         }
         let (conv, mut schema) = connect_type(col);
@@ -212,7 +212,7 @@ fn prepare(entity: &EntityTable, topic: &str) -> Prepared {
         fields.push(Field { index, name_json, conv, schema: Value::Object(schema) });
     }
     // The primary key, as Debezium; a table without one is keyed by the entity's natural key.
-    let key_columns: Vec<usize> = if info.primary_key.is_empty() { entity.key_columns.clone() } else { info.primary_key.clone() };
+    let key_columns: Vec<usize> = if info.primary_key.is_empty() { natural_key.to_vec() } else { info.primary_key.clone() };
     let key_fields: Vec<usize> = key_columns.iter().filter_map(|c| fields.iter().position(|f| f.index == *c)).collect();
     let key_schema = serde_json::json!({
         "type": "struct",

@@ -224,7 +224,7 @@ impl Reader {
                 ts_ms: now,
                 snapshot: true,
             };
-            for r in self.exporter.records(entity, &topic, op, None, after.as_ref(), &source) {
+            for r in self.exporter.records(entity.export_schema(&topic), op, None, after.as_ref(), &source) {
                 publisher.send_to(&topic, &r.key, r.value.as_deref()).await?;
             }
             n += 1;
@@ -255,7 +255,7 @@ impl Reader {
                 ts_ms: at.ts_ms,
                 snapshot: false,
             };
-            for r in self.exporter.records(entity, &topic, op, before.as_ref(), after.as_ref(), &source) {
+            for r in self.exporter.records(entity.export_schema(&topic), op, before.as_ref(), after.as_ref(), &source) {
                 publisher.send_to(&topic, &r.key, r.value.as_deref()).await?;
             }
         }
