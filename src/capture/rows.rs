@@ -167,7 +167,8 @@ impl Reader {
         };
         let op = op_of(data);
         if self.ctx.config.export.exports(&self.ctx.site, &entity.name) {
-            self.export(entity, op, &images, at, publisher).await?;
+            // Both streams take the images through their filter: the export gets a copy.
+            self.export(entity, op, images.clone(), at, publisher).await?;
         }
         self.publish_changes(entity, op, images, at, publisher).await
     }
@@ -198,7 +199,7 @@ impl Reader {
             }
         }
         if exported {
-            self.export(entity, op_of(data), &images, at, publisher).await?;
+            self.export(entity, op_of(data), images, at, publisher).await?;
         }
         Ok(())
     }
@@ -237,15 +238,15 @@ impl Reader {
         &mut self,
         entity: &EntityTable,
         op: Op,
-        images: &[RowImages],
+        images: Vec<RowImages>,
         at: &EventPlace,
         publisher: &mut Publisher,
     ) -> Result<(), CaptureError> {
         let topic = self.ctx.config.export_topic_of(&self.ctx.site, &entity.info.db, &entity.info.table);
         let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
         let gtid = self.txn.as_ref().and_then(|t| t.gtid_text.clone());
-        for (row, (before, after)) in images.iter().enumerate() {
-            let Some((op, before, after)) = apply_filter(entity, op, before.clone(), after.clone()) else { continue };
+        for (row, (before, after)) in images.into_iter().enumerate() {
+            let Some((op, before, after)) = apply_filter(entity, op, before, after) else { continue };
             let source = export::SourceInfo {
                 server_id: if server_id != 0 { server_id } else { at.server_id },
                 gtid: gtid.as_deref(),
