@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use sitesync::cli::{Cli, LogFormat};
 
+// Allocation-heavy per row, freed across threads (librdkafka): see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
