@@ -235,6 +235,7 @@ $(ss -ltnp "sport = :$port" 2>/dev/null | tail -n +2)"
         --binlog-row-image=FULL \
         --binlog-row-metadata=FULL \
         --log-bin-compress=OFF \
+        --binlog-expire-logs-seconds=172800 \
         --max-allowed-packet=256M \
         --max-connections=500 \
         --character-set-server=utf8mb4 \

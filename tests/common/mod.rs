@@ -71,6 +71,8 @@ pub struct Federation {
     own_password_only: bool,
     /// Environment variables given to one site's commands only (its Kafka credentials, say).
     site_env: HashMap<String, Vec<(String, String)>>,
+    /// Each site's server URL (without database), to drop the test's databases after it.
+    servers: Vec<String>,
 }
 
 /// A table of people keyed by a token (local ids differ per site).
@@ -132,6 +134,7 @@ impl Federation {
         std::fs::create_dir_all(&dir).unwrap();
 
         let mut pools = HashMap::new();
+        let mut servers = Vec::new();
         let mut toml = format!(
             "[federation]\nname = \"{test}\"\ntopic_prefix = \"{topic_prefix}\"\ndatabase = \"{app_db}\"\ncontrol_database = \"{control_db}\"\n\n\
              [kafka]\nbootstrap_servers = \"{}\"\n\n[apply]\nbatch_wait_ms = 2\nref_wait_seconds = {}\n\n[capture]\ncheckpoint_interval_ms = 200\nsnapshot_chunk_rows = 3\n\n",
@@ -140,6 +143,7 @@ impl Federation {
         );
         for (i, site) in spec.sites.iter().enumerate() {
             let server = spec.servers.get(i).cloned().flatten().unwrap_or_else(|| server_url(i));
+            servers.push(server.clone());
             let pool =
                 MySqlPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(10)).connect(&server).await.unwrap_or_else(
                     |e| panic!("site {site}: cannot connect to {server}: {e}. Is the local stack up? Run deploy/local/stack.sh up"),
@@ -174,6 +178,7 @@ impl Federation {
             kafka: spec.kafka.clone().unwrap_or_else(kafka),
             own_password_only: false,
             site_env: HashMap::new(),
+            servers,
         };
         for site in &fed.sites {
             let out = fed.command(site, &["init"]).output().unwrap();
@@ -381,6 +386,30 @@ impl Drop for Federation {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A passed test's databases go (the stack's servers would otherwise grow by every run's);
+        // a failed one's stay, to look at.
+        if std::thread::panicking() {
+            return;
+        }
+        let (servers, dbs) = (self.servers.clone(), [self.app_db.clone(), self.control_db.clone()]);
+        // Drop runs inside the test's runtime: the cleanup gets a thread and a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async {
+                for server in servers.iter().collect::<std::collections::BTreeSet<_>>() {
+                    let pool = MySqlPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(3)).connect(server).await;
+                    // A server of the test's own may be gone already: nothing to drop there.
+                    let Ok(pool) = pool else { continue };
+                    // Never wait long on a lock a killed process's connection still holds.
+                    let _ = sqlx::raw_sql(AssertSqlSafe("SET SESSION lock_wait_timeout = 5".to_string())).execute(&pool).await;
+                    for db in &dbs {
+                        let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`"))).execute(&pool).await;
+                    }
+                    pool.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
