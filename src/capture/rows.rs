@@ -225,9 +225,7 @@ impl Reader {
                 ts_ms: now,
                 snapshot: true,
             };
-            for r in self.exporter.records(entity.export_schema(&topic), op, None, after.as_ref(), &source) {
-                publisher.send_to(&topic, &r.key, r.value.as_deref()).await?;
-            }
+            send_export(publisher, &topic, self.exporter.records(entity.export_schema(&topic), op, None, after.as_ref(), &source)).await?;
             n += 1;
         }
         Ok(n)
@@ -244,21 +242,20 @@ impl Reader {
     ) -> Result<(), CaptureError> {
         let topic = self.ctx.config.export_topic_of(&self.ctx.site, &entity.info.db, &entity.info.table);
         let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
-        let gtid = self.txn.as_ref().and_then(|t| t.gtid_text.clone());
+        let gtid = self.txn.as_ref().and_then(|t| t.gtid_text.as_deref());
         for (row, (before, after)) in images.into_iter().enumerate() {
             let Some((op, before, after)) = apply_filter(entity, op, before, after) else { continue };
             let source = export::SourceInfo {
                 server_id: if server_id != 0 { server_id } else { at.server_id },
-                gtid: gtid.as_deref(),
+                gtid,
                 file: &self.at.file,
                 pos: at.pos,
                 row: row as u32,
                 ts_ms: at.ts_ms,
                 snapshot: false,
             };
-            for r in self.exporter.records(entity.export_schema(&topic), op, before.as_ref(), after.as_ref(), &source) {
-                publisher.send_to(&topic, &r.key, r.value.as_deref()).await?;
-            }
+            let records = self.exporter.records(entity.export_schema(&topic), op, before.as_ref(), after.as_ref(), &source);
+            send_export(publisher, &topic, records).await?;
         }
         Ok(())
     }
@@ -439,4 +436,12 @@ fn op_of(data: &RowsEventData<'_>) -> Op {
         RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
         _ => Op::Delete,
     }
+}
+
+/// Hands one change's export records to the publisher, in order.
+async fn send_export(publisher: &mut Publisher, topic: &str, records: Vec<export::ExportRecord>) -> Result<(), CaptureError> {
+    for r in records {
+        publisher.send_to(topic, &r.key, r.value.as_deref()).await?;
+    }
+    Ok(())
 }
