@@ -11,34 +11,69 @@ use serde_json::Value;
 use target::arguments;
 use writer::where_clause;
 
-/// The row `record` is about at `site`, each non-excluded column as text (binary as `0x` hex,
-/// NULL as `None`); `None` when no such row is here.
-pub async fn local_row(
-    config: &Config,
-    site: &str,
-    pool: &sqlx::MySqlPool,
-    record: &ChangeRecord,
-) -> Result<Option<BTreeMap<String, Option<String>>>, ApplyError> {
-    let origin = record.sitesync.origin.clone();
-    let plans = load_plans(config, site, pool, std::slice::from_ref(&origin)).await?;
-    let entity = &record.sitesync.entity;
-    let plan = plans
-        .get(entity)
-        .ok_or_else(|| ApplyError::Config(format!("entity `{}` is not applied at {site} from {origin}", crate::record::shown(entity))))?;
-    // An update that changed the key: the row here may still be under the before image's key.
-    let mut first_error = None;
-    for image in [record.after.as_ref(), record.before.as_ref()].into_iter().flatten() {
-        match find(plan, &plans, &origin, pool, record, image).await {
-            Ok(Some(row)) => return Ok(Some(row)),
-            Ok(None) => {}
-            Err(e) => {
-                first_error.get_or_insert(e);
+/// This site's plans for the records of one origin, loaded once for what the console asks.
+pub struct Inspector<'a> {
+    site: &'a str,
+    pool: &'a sqlx::MySqlPool,
+    origin: String,
+    plans: Plans,
+}
+
+impl<'a> Inspector<'a> {
+    /// The entities applied at `site` from `origin`, bound to their local tables.
+    pub async fn load(config: &Config, site: &'a str, pool: &'a sqlx::MySqlPool, origin: &str) -> Result<Self, ApplyError> {
+        let plans = load_plans(config, site, pool, &[origin.to_string()]).await?;
+        Ok(Self { site, pool, origin: origin.to_string(), plans })
+    }
+
+    fn plan(&self, record: &ChangeRecord) -> Result<&EntityPlan, ApplyError> {
+        let entity = &record.sitesync.entity;
+        self.plans.get(entity).map(|p| p.as_ref()).ok_or_else(|| {
+            ApplyError::Config(format!("entity `{}` is not applied at {} from {}", crate::record::shown(entity), self.site, self.origin))
+        })
+    }
+
+    /// The row `record` is about here, each non-excluded column as text (binary as `0x` hex,
+    /// NULL as `None`); `None` when no such row is here.
+    pub async fn local_row(&self, record: &ChangeRecord) -> Result<Option<BTreeMap<String, Option<String>>>, ApplyError> {
+        let plan = self.plan(record)?;
+        // An update that changed the key: the row here may still be under the before image's key.
+        let mut first_error = None;
+        for image in [record.after.as_ref(), record.before.as_ref()].into_iter().flatten() {
+            match find(plan, &self.plans, &self.origin, self.pool, record, image).await {
+                Ok(Some(row)) => return Ok(Some(row)),
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(None),
+
+    /// The origin's primary key of the row `record` is about, as text (what
+    /// [`crate::channel::Body::RepairRequest`] names), or why there is none to name. The
+    /// tables are the same application's at every site: this site's primary key is the origin's.
+    pub fn origin_primary_key(&self, record: &ChangeRecord) -> Result<String, String> {
+        let plan = self.plan(record).map_err(|e| e.to_string())?;
+        let primary_key = &plan.target.primary_key;
+        let [pk] = primary_key.as_slice() else {
+            return Err(format!(
+                "table {} has a primary key of {} columns; re-request needs a one-column key",
+                plan.config.table,
+                primary_key.len()
+            ));
+        };
+        let image = image_of(record).map_err(|e| e.to_string())?;
+        match image.get(pk) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(format!("the record's `{pk}` is {other}, not a key the origin can look up")),
+            None => Err(format!("the record does not carry `{pk}`, the origin's primary key")),
+        }
     }
 }
 
@@ -81,26 +116,6 @@ async fn find(
         out.insert((*c).clone(), value);
     }
     Ok(Some(out))
-}
-
-/// The origin's primary key of the row `record` is about, as text (what
-/// [`crate::channel::Body::RepairRequest`] names), or why there is none to name.
-pub fn origin_primary_key(config: &Config, record: &ChangeRecord, primary_key: &[String]) -> Result<String, String> {
-    let entity = config.entities.get(&record.sitesync.entity).ok_or("the record's entity is not configured")?;
-    let [pk] = primary_key else {
-        return Err(format!(
-            "table {} has a primary key of {} columns; re-request needs a one-column key",
-            entity.table,
-            primary_key.len()
-        ));
-    };
-    let image = image_of(record).map_err(|e| e.to_string())?;
-    match image.get(pk) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        Some(other) => Err(format!("the record's `{pk}` is {other}, not a key the origin can look up")),
-        None => Err(format!("the record does not carry `{pk}`, the origin's primary key")),
-    }
 }
 
 /// The image that names the row: after (create, update, read), else before (delete).

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::auth::{self, Refused};
 use super::Console;
+use crate::apply::inspect::Inspector;
 use crate::channel::{self, Body, Channel};
 use crate::control::{Control, DeadLetter};
 use crate::http::{Request, Response};
@@ -229,7 +230,10 @@ impl Console {
         let _letter = InProgress::claim(&self.rerequesting, id).ok_or((409, format!("a re-request of dead letter {id} is under way")))?;
         let (ctl, letter) = self.letter(id).await?;
         let record = ChangeRecord::from_slice(letter.value.as_deref()).map_err(|e| (409, format!("the record cannot be read: {e}")))?;
-        let pk = self.origin_key(ctl, &letter, &record).await.map_err(|why| (409, why))?;
+        let inspector = crate::apply::inspect::Inspector::load(&self.config, &self.site, ctl.pool(), &record.sitesync.origin)
+            .await
+            .map_err(|e| (503, e.to_string()))?;
+        let pk = self.origin_key(&letter, &record, &inspector).map_err(|why| (409, why))?;
         let origin = record.sitesync.origin.clone();
         let channel = Channel::open(&self.config, &self.site).await.map_err(|e| (503, e.to_string()))?;
         let request = channel::request_id(&self.site);
@@ -255,7 +259,7 @@ impl Console {
     }
 
     /// The origin's primary key of the letter's row, or why it cannot be re-requested.
-    pub(super) async fn origin_key(&self, ctl: &Control, letter: &DeadLetter, record: &ChangeRecord) -> Result<String, String> {
+    pub(super) fn origin_key(&self, letter: &DeadLetter, record: &ChangeRecord, inspector: &Inspector<'_>) -> Result<String, String> {
         let origin = &record.sitesync.origin;
         if letter.origin.as_deref().is_some_and(|o| o != origin) {
             return Err("the record's origin is not the site whose topic it came from".into());
@@ -263,10 +267,7 @@ impl Console {
         if !self.config.routes_entity(origin, &self.site, &record.sitesync.entity) {
             return Err(format!("{} is not routed from {origin} to {}", record.sitesync.entity, self.site));
         }
-        let entity = &self.config.entities[&record.sitesync.entity];
-        let db = self.config.database_of(&self.site).to_string();
-        let table = crate::apply::TargetTable::load(ctl.pool(), &db, &entity.table).await.map_err(|e| e.to_string())?;
-        crate::apply::inspect::origin_primary_key(&self.config, record, &table.primary_key)
+        inspector.origin_primary_key(record)
     }
 }
 

@@ -8,6 +8,7 @@ use rdkafka::consumer::BaseConsumer;
 use serde_json::{json, Map, Value};
 
 use super::Console;
+use crate::apply::inspect::Inspector;
 use crate::control::{DeadLetter, DeadLetterSummary};
 use crate::http::Response;
 use crate::kafka::Reporting;
@@ -136,19 +137,24 @@ impl Console {
                     "op": r.op.code(), "before": shown(&r.before), "after": shown(&r.after),
                     "transaction": r.transaction.id, "source_ts_ms": r.source.ts_ms,
                 });
-                let local = match letter.origin.as_deref().filter(|o| *o != r.sitesync.origin) {
+                // One load of this site's plans serves the lookup and the re-request check.
+                let inspector = match letter.origin.as_deref().filter(|o| *o != r.sitesync.origin) {
                     Some(topic_origin) => Err(format!(
                         "the record says origin `{}` but came from the topic of {topic_origin}",
                         record::shown(&r.sitesync.origin)
                     )),
-                    None => crate::apply::inspect::local_row(&self.config, &self.site, ctl.pool(), r).await.map_err(|e| e.to_string()),
+                    None => Inspector::load(&self.config, &self.site, ctl.pool(), &r.sitesync.origin).await.map_err(|e| e.to_string()),
+                };
+                let (local, rerequest) = match &inspector {
+                    Ok(inspector) => (inspector.local_row(r).await.map_err(|e| e.to_string()), self.origin_key(&letter, r, inspector)),
+                    Err(e) => (Err(e.clone()), Err(e.clone())),
                 };
                 let local = match local {
                     Ok(Some(row)) => json!({"found": true, "row": row}),
                     Ok(None) => json!({"found": false}),
                     Err(e) => json!({"error": e}),
                 };
-                let rerequest = match self.origin_key(ctl, &letter, r).await {
+                let rerequest = match rerequest {
                     Ok(_) => json!({"possible": true, "why": null}),
                     Err(why) => json!({"possible": false, "why": why}),
                 };
@@ -163,7 +169,7 @@ impl Console {
         Ok(Response::json(
             200,
             &json!({
-                "letter": letter_json(&letter), "record": record, "unreadable": unreadable,
+                "letter": letter_json(&letter, parsed.as_ref().ok()), "record": record, "unreadable": unreadable,
                 "local_row": local_row, "excluded": excluded, "rerequest": rerequest,
             }),
         ))
@@ -238,19 +244,14 @@ fn summary_json(d: &DeadLetterSummary) -> Value {
     })
 }
 
-/// A dead letter as its detail shows it (the same fields as the list, from the record).
-fn letter_json(d: &DeadLetter) -> Value {
-    let parsed = ChangeRecord::from_slice(d.value.as_deref()).ok();
-    let key = parsed
-        .as_ref()
-        .map(|r| Value::Object(r.sitesync.key.clone()))
-        .or_else(|| d.key.as_deref().and_then(|k| record::parse::<RecordKey>(k).ok()).map(|k| Value::Object(k.key)));
-    let origin = d.origin.clone().or_else(|| parsed.as_ref().map(|r| r.sitesync.origin.clone()));
-    json!({
-        "id": d.id, "origin": origin, "entity": d.entity, "key": key, "reason": d.reason,
-        "first_seen": d.created_at, "topic": d.topic, "partition": d.partition, "offset": d.offset,
-        "op": parsed.as_ref().map(|r| r.op.code()),
-    })
+/// A dead letter as its detail shows it: as listed, the origin from the record where the
+/// letter has none.
+fn letter_json(d: &DeadLetter, parsed: Option<&ChangeRecord>) -> Value {
+    let mut letter = summary_json(&d.summary());
+    if let (Value::Null, Some(r)) = (&letter["origin"], parsed) {
+        letter["origin"] = Value::from(r.sitesync.origin.as_str());
+    }
+    letter
 }
 
 /// `image` without the excluded columns (they never travel; a record that carries one anyway,

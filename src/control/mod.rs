@@ -196,6 +196,34 @@ pub struct Parked {
     pub age_seconds: i64,
 }
 
+impl DeadLetter {
+    /// What the list shows of it: the summary [`Control::first_dead_letters`] reads in SQL,
+    /// here from the stored record.
+    pub fn summary(&self) -> DeadLetterSummary {
+        let record: Option<serde_json::Value> = self.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
+        let field = |path: &[&str]| {
+            let mut v = record.as_ref()?;
+            for p in path {
+                v = v.get(p)?;
+            }
+            Some(v.clone())
+        };
+        DeadLetterSummary {
+            id: self.id,
+            origin: self.origin.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            entity: self.entity.clone(),
+            reason: self.reason.clone(),
+            message_key: self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            record_key: field(&["sitesync", "key"]).map(|k| k.to_string()),
+            op: field(&["op"]).and_then(|op| op.as_str().map(String::from)),
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
 /// A dead letter as listed: what it is about, not its record.
 #[derive(Debug, Clone)]
 pub struct DeadLetterSummary {
