@@ -91,6 +91,8 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
         let s = preflight::read_settings(&mut conn).await?;
         ctl.save_checkpoint(site, &control::Checkpoint { gtid: s.gtid_position.clone(), file: String::new(), pos: 4, source_ts_ms: 0 })
             .await?;
+        // The export stream then starts where capture does.
+        ctl.forget_checkpoint(&control::export_checkpoint_key(site)).await?;
         println!("capture will start at GTID position `{}` (changes before it: `sitesync snapshot`)", s.gtid_position);
     }
     Ok(ExitCode::SUCCESS)
@@ -143,6 +145,16 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
             shutdown: shutdown.clone(),
         };
         tasks.spawn(async move { capture::run(ctx).await.map_err(|e| anyhow!(e).context("capture")) });
+        if config.export.any_at(&site) {
+            let ctx = capture::CaptureContext {
+                config: config.clone(),
+                site: site.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(async move { capture::run_export(ctx).await.map_err(|e| anyhow!(e).context("export")) });
+        }
     }
     if with_apply {
         let ctx = apply::ApplyContext {

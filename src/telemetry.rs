@@ -87,6 +87,8 @@ pub enum Component {
     Capture,
     /// Kafka to the local database.
     Apply,
+    /// The export stream (`[export]`): the binlog to the Debezium-shaped export topics.
+    Export,
 }
 
 impl Component {
@@ -95,6 +97,7 @@ impl Component {
         match self {
             Component::Capture => "capture",
             Component::Apply => "apply",
+            Component::Export => "export",
         }
     }
 }
@@ -151,6 +154,9 @@ pub struct Metrics {
     /// `sitesync_verify_last_pass_timestamp_seconds{site}`: when the last complete pass over
     /// every origin and entity ended.
     pub verify_last_pass: GaugeVec,
+    /// `sitesync_export_source_timestamp_seconds{site}`: commit time of the last transaction the
+    /// export stream (`[export]`) read; it trails capture's while the export catches up.
+    pub export_source_timestamp: GaugeVec,
 }
 
 impl Metrics {
@@ -205,7 +211,7 @@ impl Metrics {
             build_info: int_gauge("sitesync_build_info", "Always 1; the version label says which sitesync runs.", &["version"]),
             capture_transactions: counter("sitesync_capture_transactions_total", "Binlog transactions read by capture, by kind (published, echo, unrelated).", &["site", "kind"]),
             errors: counter("sitesync_errors_total", "Errors by kind (database, kafka, decode, apply, protocol: records that break the transaction framing).", &["site", "kind"]),
-            component_running: int_gauge("sitesync_component_running", "1 while the component (capture, apply) runs, 0 while it is down or retrying.", &["site", "component"]),
+            component_running: int_gauge("sitesync_component_running", "1 while the component (capture, apply, export) runs, 0 while it is down or retrying.", &["site", "component"]),
             capture_delay: histogram("sitesync_capture_delay_seconds", "Wall clock minus commit time when capture reads a transaction's commit.", &["site"], DELAY),
             capture_publish_duration: histogram("sitesync_capture_publish_duration_seconds", "Time from handing a record to the Kafka producer until Kafka acknowledged it.", &["site"], DURATION),
             apply_latency: histogram("sitesync_apply_latency_seconds", "Origin commit to local commit, per source transaction applied.", &["site", "origin"], DELAY),
@@ -216,6 +222,7 @@ impl Metrics {
             verify_differences: int_gauge("sitesync_verify_differences", "Differences with the origin left after the last verification of the entity (0 when equal or repaired).", &["site", "origin", "entity"]),
             verify_repaired: counter("sitesync_verify_repaired_total", "Rows healed by verification's repairs.", &["site", "origin", "entity"]),
             verify_last_pass: gauge("sitesync_verify_last_pass_timestamp_seconds", "End of the last complete verification pass over every origin and entity, seconds since the epoch.", &["site"]),
+            export_source_timestamp: gauge("sitesync_export_source_timestamp_seconds", "Commit time of the last transaction the export stream ([export]) read, seconds since the epoch; it trails capture's while the export catches up.", &["site"]),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -51,29 +51,8 @@ entities = ["user", "tag"]
 
 /// Every record ever published on `site`'s topic, as JSON.
 fn topic_values(fed: &Federation, site: &str) -> Vec<serde_json::Value> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Message, Offset, TopicPartitionList};
     let topic = format!("{}.{site}", fed.topic_prefix);
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &fed.kafka)
-        .set("group.id", format!("convergence-test-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let (low, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(low)).unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while (out.len() as i64) < high - low {
-        assert!(std::time::Instant::now() < deadline, "reading {topic}: {} of {} records", out.len(), high - low);
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-        }
-    }
-    out
+    fed.topic_payloads_of(&topic).into_iter().map(|(_, payload)| serde_json::from_slice(&payload.unwrap()).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,3 +250,85 @@ async fn debeziums_jdbc_sink_keeps_a_warehouse_equal_to_the_exporting_site() {
         output_text(&check)
     );
 }
+
+/// Threads of process `pid` as (name, nice).
+fn threads(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // After the parenthesised name: state is field 3, nice field 19.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let nice = rest.split_whitespace().nth(16).and_then(|n| n.parse().ok()).unwrap_or(0);
+        out.push((name, nice));
+    }
+    out
+}
+
+/// The export stream reads the binlog apart from capture: a checkpoint row of its own, its
+/// threads (and its Kafka client's) at nice 10 while capture's stay at 0, and a kill -9 in the
+/// middle of a burst loses no change of the export topic (at least once: repeats allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_stream_keeps_its_own_checkpoint_and_priority_and_loses_nothing_when_killed() {
+    let mut fed = Federation::new("export_kill", Spec { schema: SCHEMA, entities_and_routes: CONFIG, ..Spec::default() }).await;
+    let topic = format!("{}.export.a.{}.item", fed.topic_prefix, fed.app_db);
+    let listen = fed.listen("a");
+    let run = fed.start("a", &["run"]);
+    let pid = fed.pid(run);
+    let running = || {
+        common::http_get(listen, "/metrics")
+            .and_then(|body| common::metric(&body, "sitesync_component_running", &["site=\"a\"", "component=\"export\""]))
+    };
+    fed.wait_for(Duration::from_secs(60), "the export stream to stream", || async { running() == Some(1.0) }).await;
+    let threads = threads(pid);
+    let export_threads: Vec<&(String, i64)> = threads.iter().filter(|(_, nice)| *nice == 10).collect();
+    assert!(threads.iter().any(|(name, nice)| name == "sitesync-export" && *nice == 10), "{threads:?}");
+    assert!(export_threads.iter().any(|(name, _)| name.starts_with("rdk:")), "the export's Kafka client runs at its priority: {threads:?}");
+    assert!(threads.iter().any(|(name, nice)| name.starts_with("rdk:") && *nice == 0), "capture's Kafka client does not: {threads:?}");
+
+    let burst = |from: usize, to: usize| {
+        (from..to)
+            .map(|t| {
+                let rows: Vec<String> = (0..25).map(|r| format!("('k-{t}-{r}', {r}, 'burst')")).collect();
+                format!("INSERT INTO item (code, tiny, note) VALUES {}", rows.join(", "))
+            })
+            .collect::<Vec<_>>()
+    };
+    for sql in burst(0, 20) {
+        fed.exec("a", &sql).await;
+    }
+    fed.kill9(run); // capture and the export stream in the middle of the burst
+    for sql in burst(20, 40) {
+        fed.exec("a", &sql).await;
+    }
+    let run = fed.start("a", &["run"]);
+    for sql in burst(40, 50) {
+        fed.exec("a", &sql).await;
+    }
+    let expected: std::collections::BTreeSet<String> = (0..50).flat_map(|t| (0..25).map(move |r| format!("k-{t}-{r}"))).collect();
+    let created = |fed: &Federation| -> std::collections::BTreeSet<String> {
+        fed.topic_payloads_of(&topic)
+            .into_iter()
+            .filter_map(|(_, value)| value)
+            .map(|v| serde_json::from_slice::<serde_json::Value>(&v).unwrap())
+            .filter(|v| v["payload"]["op"] == "c")
+            .filter_map(|v| v["payload"]["after"]["code"].as_str().map(str::to_string))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = created(&fed);
+        if got.is_superset(&expected) {
+            break;
+        }
+        fed.assert_running();
+        assert!(Instant::now() < deadline, "the export topic lacks {} of {} rows", expected.difference(&got).count(), expected.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Its own row in capture_checkpoint, beside capture's: it resumed from there.
+    let control = fed.control_db.clone();
+    let keys = fed.rows("a", &format!("SELECT site FROM `{control}`.capture_checkpoint ORDER BY site")).await;
+    assert_eq!(keys, vec![vec!["a".to_string()], vec!["a*export".to_string()]]);
+    assert!(fed.logs_contain("resuming from the checkpoint site=a stream=Export"), "the export stream resumed from its own checkpoint");
+    fed.stop(run);
+}

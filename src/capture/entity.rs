@@ -111,6 +111,14 @@ impl Reader {
         let table = tme.table_name();
         if db == self.control_db.as_str() {
             let info = || TableInfo::from_event(tme).map(Arc::new).map_err(|e| CaptureError::Config(e.to_string()));
+            if self.role == Role::Export {
+                // The export stream follows the table whoever wrote it, and runs its snapshots.
+                return Ok(match table.as_ref() {
+                    control::SNAPSHOT_REQUESTS_TABLE => TableRole::SnapshotRequest(info()?),
+                    control::SNAPSHOT_WATERMARKS_TABLE => TableRole::Watermark(info()?),
+                    _ => TableRole::Other,
+                });
+            }
             return Ok(match table.as_ref() {
                 ECHO_MARKER_TABLE => TableRole::EchoMarker,
                 control::SNAPSHOT_REQUESTS_TABLE => TableRole::SnapshotRequest(info()?),
@@ -127,6 +135,9 @@ impl Reader {
         let Some((name, entity)) = config.entity_by_table(&table) else {
             return Ok(TableRole::Other);
         };
+        if self.role == Role::Export && !config.export.exports(&self.ctx.site, name) {
+            return Ok(TableRole::Other);
+        }
         let info = TableInfo::from_event(tme).map_err(|e| CaptureError::Config(e.to_string()))?;
         Ok(match self.bind_entity(name, entity, info) {
             Ok(bound) => TableRole::Entity(Arc::new(bound)),

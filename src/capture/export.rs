@@ -4,7 +4,9 @@
 //! `<topic_prefix>.export.<site>.<db>.<table>`; the key is the primary key as a Connect struct;
 //! a delete is followed by a tombstone, and a primary-key change is a delete, a tombstone and a
 //! create. Types are mapped as Debezium maps them (schemas/export.md). The replication topics
-//! keep their own compact form: nothing here is read by sitesync itself.
+//! keep their own compact form: nothing here is read by sitesync itself. The records are
+//! written by the export stream, a reader of its own (`Role::Export` in `capture`), so that
+//! their cost never slows replication.
 
 use std::fmt::Write as _;
 

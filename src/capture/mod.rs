@@ -6,6 +6,10 @@
 //! starts again at a transaction boundary and may publish the tail of its last transactions a
 //! second time; the applier drops those by GTID. Transactions written by sitesync's own applier
 //! (recognised by the echo marker, see [`crate::control`]) are read but not published.
+//!
+//! A site that exports (`[export]`) runs a second reader of the same loop, [`run_export`]: it
+//! publishes the exported tables' changes, whoever wrote them, to their Debezium-shaped topics,
+//! on a thread, connection and checkpoint of its own.
 
 mod decode;
 mod entity;
@@ -173,6 +177,9 @@ struct Txn {
 
 struct Reader {
     ctx: Arc<CaptureContext>,
+    role: Role,
+    /// Whether the binlog connection streams.
+    streaming: bool,
     db: String,
     control_db: String,
     /// Position at the last transaction boundary read.
@@ -239,12 +246,99 @@ enum Ended {
     Rewind,
 }
 
+/// Capture reading transactions committed longer ago than this is catching up a backlog.
+const CATCHING_UP: Duration = Duration::from_secs(5);
+
+/// The longest the export stream waits for capture between two of its transactions.
+const GIVE_WAY_AT_ONCE: Duration = Duration::from_secs(20);
+
 /// Record buffers up to this size are reused for the next record.
 const KEEP_RECORD_BUFFER: usize = 64 * 1024;
 
+/// Which of a site's two binlog readers a [`Reader`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Replication: the site topic, its snapshots, last-writer-wins stamps, stopped entities.
+    Replication,
+    /// The export stream (`[export]`): the exported tables' changes, whoever wrote them, to their
+    /// Debezium-shaped topics, on a binlog connection and checkpoint of its own, so that a slow
+    /// export never holds replication back.
+    Export,
+}
+
+impl Role {
+    /// The key of this reader's row in `capture_checkpoint`.
+    fn checkpoint_key(self, site: &str) -> String {
+        match self {
+            Role::Replication => site.to_string(),
+            Role::Export => control::export_checkpoint_key(site),
+        }
+    }
+
+    fn component(self) -> Component {
+        match self {
+            Role::Replication => Component::Capture,
+            Role::Export => Component::Export,
+        }
+    }
+}
+
 /// Runs capture until shutdown or a definite error.
 pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
+    read(Arc::new(ctx), Role::Replication).await
+}
+
+/// How long the export stream waits before it starts again after a definite error.
+const EXPORT_RETRY: Duration = Duration::from_secs(30);
+
+/// Runs the export stream of a site that exports (`[export]`) until shutdown: on threads of its
+/// own, at a lower CPU priority unless `[export] cpu_priority = "normal"`, giving way to capture
+/// while capture catches up a backlog (`[export] trail_seconds`). A definite error
+/// (a table that no longer fits its configuration, Kafka refusing the topic) is logged and the
+/// stream starts again from its checkpoint after [`EXPORT_RETRY`]; replication goes on meanwhile.
+pub async fn run_export(ctx: CaptureContext) -> Result<(), CaptureError> {
     let ctx = Arc::new(ctx);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread_ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("sitesync-export".into())
+        .spawn(move || {
+            if thread_ctx.config.export.low_priority() {
+                // Threads created from here on (the runtime's, librdkafka's) inherit it.
+                if let Err(e) = rustix::process::setpriority_process(None, 10) {
+                    tracing::warn!(error = %e, "could not lower the export stream's CPU priority");
+                }
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = done_tx.send(Err(CaptureError::Internal(format!("export runtime: {e}"))));
+                    return;
+                }
+            };
+            let result = runtime.block_on(async move {
+                loop {
+                    match read(thread_ctx.clone(), Role::Export).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            thread_ctx.metrics.error(&thread_ctx.site, ErrorKind::Kafka);
+                            tracing::error!(site = %thread_ctx.site, error = %e, retry_in_s = EXPORT_RETRY.as_secs(), "the export stream stopped; replication goes on, the export starts again from its checkpoint");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(EXPORT_RETRY) => {}
+                        _ = thread_ctx.shutdown.wait() => return Ok(()),
+                    }
+                }
+            });
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| CaptureError::Internal(format!("export thread: {e}")))?;
+    done_rx.await.unwrap_or_else(|_| Err(CaptureError::Internal("the export thread ended without a result".into())))
+}
+
+/// One binlog reader of the site until shutdown or a definite error.
+async fn read(ctx: Arc<CaptureContext>, role: Role) -> Result<(), CaptureError> {
     let site_cfg = ctx.config.site(&ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.clone();
     let url = site_cfg.mysql.expose();
     let connect = || control::connect(&ctx.site, url, 2);
@@ -254,7 +348,9 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
         return Ok(());
     };
     let pool = pool?;
-    check_tables(&ctx, &pool).await?;
+    if role == Role::Replication {
+        check_tables(&ctx, &pool).await?;
+    }
     let ctl = Control::new(pool, &ctx.config.federation.control_database);
 
     let producer: crate::kafka::Producer = crate::kafka::create(
@@ -263,13 +359,19 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     )
     .map_err(|e| CaptureError::Config(e.to_string()))?;
     let topic = ctx.config.topic_of(&ctx.site);
+    let publish_duration = match role {
+        Role::Replication => ctx.metrics.capture_publish_duration.with_label_values(&[&ctx.site]),
+        // Not in capture's histogram: the export's records are not the site's replication.
+        Role::Export => prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("export_publish", "unregistered"))
+            .map_err(|e| CaptureError::Internal(e.to_string()))?,
+    };
     let mut publisher = Publisher::start(
         producer,
         topic.clone(),
-        ctx.metrics.capture_publish_duration.with_label_values(&[&ctx.site]),
+        publish_duration,
         ctx.config.capture.max_in_flight,
         ctl.clone(),
-        ctx.site.clone(),
+        role.checkpoint_key(&ctx.site),
         Duration::from_millis(ctx.config.capture.checkpoint_interval_ms),
     );
 
@@ -279,6 +381,8 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
     // with ssl-mode=preferred, whether this server offers TLS.
     let opts = crate::mysql::dsn::resolve(&dsn).await.map_err(|source| CaptureError::Source { site: ctx.site.clone(), source })?;
     let mut reader = Reader {
+        role,
+        streaming: false,
         db: ctx.config.database_of(&ctx.site).to_string(),
         control_db: ctx.config.federation.control_database.clone(),
         at: BinlogPlace { gtid: GtidState::empty_mariadb(), file: String::new(), pos: 4 },
@@ -305,12 +409,12 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
             Ok(Ended::Rewind) => first = false,
             Err(e) if e.is_transient() && !ctx.shutdown.is_triggered() => {
                 // A connection that streamed before it broke starts the backoff afresh.
-                if ctx.health.capture_running.load(Ordering::Relaxed) {
+                if reader.streaming {
                     backoff = Duration::from_millis(200);
                 }
-                set_running(&ctx, false);
+                reader.set_running(false);
                 ctx.metrics.error(&ctx.site, ErrorKind::Database);
-                tracing::warn!(site = %ctx.site, error = %e, retry_in_ms = backoff.as_millis() as u64, "binlog connection lost; reconnecting");
+                tracing::warn!(site = %ctx.site, stream = ?role, error = %e, retry_in_ms = backoff.as_millis() as u64, "binlog connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = ctx.shutdown.wait() => break Ok(()),
@@ -321,7 +425,7 @@ pub async fn run(ctx: CaptureContext) -> Result<(), CaptureError> {
             Err(e) => break Err(e),
         }
     };
-    set_running(&ctx, false);
+    reader.set_running(false);
     let finished = publisher.finish().await;
     result.and(finished)
 }
@@ -346,13 +450,16 @@ async fn check_tables(ctx: &CaptureContext, pool: &sqlx::MySqlPool) -> Result<()
     }
 }
 
-/// Capture's health flag and its metric, together.
-fn set_running(ctx: &CaptureContext, running: bool) {
-    ctx.health.capture_running.store(running, Ordering::Relaxed);
-    ctx.metrics.running(&ctx.site, Component::Capture, running);
-}
-
 impl Reader {
+    /// Whether this reader streams: its metric, and for replication the health flag.
+    fn set_running(&mut self, running: bool) {
+        self.streaming = running;
+        if self.role == Role::Replication {
+            self.ctx.health.capture_running.store(running, Ordering::Relaxed);
+        }
+        self.ctx.metrics.running(&self.ctx.site, self.role.component(), running);
+    }
+
     fn source_err(&self, source: mysql_async::Error) -> CaptureError {
         CaptureError::Source { site: self.ctx.site.clone(), source }
     }
@@ -387,22 +494,30 @@ impl Reader {
         self.known.charset_names = collations.into_iter().map(|(id, _, name)| (name, id)).collect();
 
         if first {
-            match ctl.load_checkpoint(&self.ctx.site).await? {
+            let key = self.role.checkpoint_key(&self.ctx.site);
+            let mut stored = ctl.load_checkpoint(&key).await?;
+            if stored.is_none() && self.role == Role::Export {
+                // A site that starts exporting exports from where its capture is: what the
+                // replication stream has read is what the export stream starts after.
+                stored = ctl.load_checkpoint(&self.ctx.site).await?;
+                if let Some(cp) = &stored {
+                    ctl.save_checkpoint(&key, cp).await?;
+                    tracing::info!(site = %self.ctx.site, gtid = %cp.gtid, "the export stream starts at capture's checkpoint");
+                }
+            }
+            match stored {
                 Some(stored) => {
                     self.at.gtid = GtidState::parse(&stored.gtid, !settings.mariadb)
                         .map_err(|e| CaptureError::Config(format!("stored capture checkpoint: {e}")))?;
                     self.at.file = stored.file;
                     self.at.pos = stored.pos;
-                    tracing::info!(site = %self.ctx.site, gtid = %self.at.gtid, "resuming capture from the checkpoint");
+                    tracing::info!(site = %self.ctx.site, stream = ?self.role, gtid = %self.at.gtid, "resuming from the checkpoint");
                 }
                 None => {
                     self.at.gtid = GtidState::parse(&settings.gtid_position, !settings.mariadb)
                         .map_err(|e| CaptureError::Config(format!("server GTID position: {e}")))?;
-                    ctl.save_checkpoint(
-                        &self.ctx.site,
-                        &Checkpoint { gtid: self.at.gtid.to_string(), file: String::new(), pos: 4, source_ts_ms: 0 },
-                    )
-                    .await?;
+                    ctl.save_checkpoint(&key, &Checkpoint { gtid: self.at.gtid.to_string(), file: String::new(), pos: 4, source_ts_ms: 0 })
+                        .await?;
                     tracing::info!(site = %self.ctx.site, gtid = %self.at.gtid, "no checkpoint: capture starts at the server's current position");
                 }
             }
@@ -410,8 +525,10 @@ impl Reader {
         self.known.tables.clear();
         self.known.maps.clear();
         self.txn = None;
-        if let Some(start) = self.isolation.load(&self.at.gtid, !settings.mariadb).await? {
-            self.at.gtid = start;
+        if self.role == Role::Replication {
+            if let Some(start) = self.isolation.load(&self.at.gtid, !settings.mariadb).await? {
+                self.at.gtid = start;
+            }
         }
         if first {
             // A snapshot that was running, or asked for, when capture stopped starts (again).
@@ -422,7 +539,7 @@ impl Reader {
             }
         }
 
-        let server_id = self.ctx.config.site(&self.ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?.server_id;
+        let server_id = self.server_id()?;
         conn.query_drop("SET @master_heartbeat_period = 1000000000").await.map_err(|e| self.source_err(e))?;
         let request = BinlogStreamRequest::new(server_id);
         let gtid_text = self.at.gtid.to_string();
@@ -442,8 +559,8 @@ impl Reader {
             request.with_gtid().with_gtid_set(sids.iter().cloned())
         };
         let mut stream = conn.get_binlog_stream(request).await.map_err(|e| self.map_stream_err(e, &gtid_text))?;
-        set_running(&self.ctx, true);
-        tracing::info!(site = %self.ctx.site, gtid = %gtid_text, server_id, server = %settings.version, "streaming the binlog");
+        self.set_running(true);
+        tracing::info!(site = %self.ctx.site, stream = ?self.role, gtid = %gtid_text, server_id, server = %settings.version, "streaming the binlog");
 
         loop {
             let next = tokio::select! {
@@ -463,14 +580,36 @@ impl Reader {
         }
     }
 
+    /// The binlog client id of this reader.
+    fn server_id(&self) -> Result<u32, CaptureError> {
+        let site = self.ctx.config.site(&self.ctx.site).map_err(|e| CaptureError::Config(e.to_string()))?;
+        match self.role {
+            Role::Replication => Ok(site.server_id),
+            Role::Export => self.ctx.config.export.server_id(site.server_id).ok_or_else(|| {
+                CaptureError::Config(format!("site `{}`: server_id plus [export] server_id_offset does not fit 32 bits", self.ctx.site))
+            }),
+        }
+    }
+
+    /// Which setting gives this reader its binlog client id.
+    fn server_id_setting(&self) -> String {
+        match self.role {
+            Role::Replication => format!("sites.{}.server_id", self.ctx.site),
+            Role::Export => "[export] server_id_offset".to_string(),
+        }
+    }
+
     fn map_stream_err(&self, e: mysql_async::Error, position: &str) -> CaptureError {
         if let mysql_async::Error::Server(ref s) = e {
             // 1236: the master cannot serve the requested position (purged, or a duplicate id).
             if s.code == 1236 {
                 if s.message.contains("server_id") || s.message.contains("same server") {
                     return CaptureError::Config(format!(
-                        "site `{}`: another binlog reader uses server_id {}: give each reader its own sites.{}.server_id ({})",
-                        self.ctx.site, self.ctx.config.sites[&self.ctx.site].server_id, self.ctx.site, s.message
+                        "site `{}`: another binlog reader uses server_id {}: give each reader its own id ({}) ({})",
+                        self.ctx.site,
+                        self.server_id().unwrap_or_default(),
+                        self.server_id_setting(),
+                        s.message
                     ));
                 }
                 return CaptureError::PositionPurged {
@@ -481,8 +620,10 @@ impl Reader {
             }
             if s.code == 4052 {
                 return CaptureError::Config(format!(
-                    "site `{}`: another binlog reader uses the same server_id: give each reader its own sites.{}.server_id ({})",
-                    self.ctx.site, self.ctx.site, s.message
+                    "site `{}`: another binlog reader uses the same server_id: give each reader its own id ({}) ({})",
+                    self.ctx.site,
+                    self.server_id_setting(),
+                    s.message
                 ));
             }
         }
@@ -589,6 +730,9 @@ impl Reader {
                     self.at.pos = r.position();
                 }
             }
+            events::HEARTBEAT if self.txn.is_none() && self.role == Role::Export => {
+                self.ctx.metrics.export_source_timestamp.with_label_values(&[&self.ctx.site]).set(record::now_ms() as f64 / 1000.0);
+            }
             events::HEARTBEAT if self.txn.is_none() => {
                 let now = record::now_ms();
                 self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]).set(now as f64 / 1000.0);
@@ -597,6 +741,34 @@ impl Reader {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The export stream, after a transaction committed at `export_ts_ms`: while capture catches
+    /// up a backlog, it waits, trailing capture by up to `[export] trail_seconds` of source time,
+    /// so that the backlog reaches the other sites first. At most [`GIVE_WAY_AT_ONCE`] per
+    /// transaction: the server drops a binlog connection that is not read for a minute.
+    async fn give_way_to_capture(&self, export_ts_ms: i64) {
+        let trail_ms = self.ctx.config.export.trail().as_millis() as i64;
+        if trail_ms == 0 {
+            return;
+        }
+        let capture_ts = self.ctx.metrics.capture_source_timestamp.with_label_values(&[&self.ctx.site]);
+        let started = std::time::Instant::now();
+        while started.elapsed() < GIVE_WAY_AT_ONCE {
+            // A capture that is down holds nothing back: there is no backlog race to win.
+            if !self.ctx.health.capture_running.load(Ordering::Relaxed) {
+                return;
+            }
+            let capture_ms = (capture_ts.get() * 1000.0) as i64;
+            let catching_up = record::now_ms() - capture_ms > CATCHING_UP.as_millis() as i64;
+            if !catching_up || capture_ms - export_ts_ms > trail_ms {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.ctx.shutdown.wait() => return,
+            }
+        }
     }
 
     /// Tells appliers that everything committed up to `ts_ms` was read (at most once a second).
@@ -661,6 +833,14 @@ impl Reader {
         self.at.pos = end_pos;
         let ts_ms = ts as i64 * 1000;
         self.last_source_ts_ms = ts_ms;
+        if self.role == Role::Export {
+            self.ctx.metrics.export_source_timestamp.with_label_values(&[&self.ctx.site]).set(ts as f64);
+            let checkpoint =
+                Checkpoint { gtid: self.at.gtid.to_string(), file: self.at.file.clone(), pos: self.at.pos, source_ts_ms: ts_ms };
+            publisher.boundary(checkpoint, txn.records > 0).await?;
+            self.give_way_to_capture(ts_ms).await;
+            return Ok(());
+        }
         if !published && txn.replay_id.is_none() {
             // A busy server sends other databases' transactions, not heartbeats: reading them
             // proves capture is caught up as of their commit, which appliers must hear. Binlog

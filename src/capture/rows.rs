@@ -49,6 +49,12 @@ impl Reader {
                 self.on_echo_marker();
                 Ok(())
             }
+            TableRole::Unusable { entity, table, reason } if self.role == Role::Export => {
+                // Never a gap in the export: it stops (and retries) until the table fits again.
+                Err(self
+                    .binlog_err(at.pos, format!("export of entity `{entity}`: table {table} no longer fits its configuration: {reason}")))
+            }
+            TableRole::Entity(entity) if self.role == Role::Export => self.on_exported_rows(&entity, &data, &at, publisher).await,
             TableRole::Unusable { entity, table, reason } => {
                 if !self.isolation.skips(&entity, replay) && !self.txn.as_ref().is_some_and(|t| t.echo) {
                     let place = format!("{}:{}", self.at.file, at.pos);
@@ -152,7 +158,7 @@ impl Reader {
             return Ok(());
         }
         if self.txn.as_ref().is_some_and(|t| t.echo) {
-            return self.on_echo_rows(entity, data, at, publisher).await;
+            return self.on_echo_rows(entity, data, at).await;
         }
         self.check_placeable(entity, data, at.pos)?;
         // decode::rows, not mysql_common's rows(): it decodes the values mysql_common gets wrong
@@ -165,28 +171,15 @@ impl Reader {
                 return self.isolation.stop(&entity.name, &entity.info.table, &self.at.gtid, &place, &reason).await;
             }
         };
-        let op = op_of(data);
-        if self.ctx.config.export.exports(&self.ctx.site, &entity.name) {
-            // Both streams take the images through their filter: the export gets a copy.
-            self.export(entity, op, images.clone(), at, publisher).await?;
-        }
-        self.publish_changes(entity, op, images, at, publisher).await
+        self.publish_changes(entity, op_of(data), images, at, publisher).await
     }
 
     /// Rows the applier wrote: not published, but a snapshot chunk must still drop its older
-    /// copy of them, and the export stream has them (it follows the table, whoever wrote).
-    async fn on_echo_rows(
-        &mut self,
-        entity: &EntityTable,
-        data: &RowsEventData<'_>,
-        at: &EventPlace,
-        publisher: &mut Publisher,
-    ) -> Result<(), CaptureError> {
-        let exported = self.ctx.config.export.exports(&self.ctx.site, &entity.name);
-        if !exported && !self.snapshots.running.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
+    /// copy of them.
+    async fn on_echo_rows(&mut self, entity: &EntityTable, data: &RowsEventData<'_>, at: &EventPlace) -> Result<(), CaptureError> {
+        if !self.snapshots.running.as_ref().is_some_and(|snap| snap.watches(&entity.name)) {
             return Ok(());
         }
-        let mut images = Vec::new();
         for row in decode::rows(data, &entity.info) {
             let (before, after) = row.map_err(|e| self.binlog_err(at.pos, e.to_string()))?;
             let before = before.map(|r| self.image(entity, &r, at.pos)).transpose()?;
@@ -194,14 +187,29 @@ impl Reader {
             if let Some(snapshot) = self.snapshots.running.as_mut() {
                 snapshot.superseded(entity, before.as_ref(), after.as_ref());
             }
-            if exported {
-                images.push((before, after));
-            }
-        }
-        if exported {
-            self.export(entity, op_of(data), images, at, publisher).await?;
         }
         Ok(())
+    }
+
+    /// The export stream's rows of an exported entity: every change, its site's own and those
+    /// its applier wrote (as a Debezium connector on this database would see them).
+    async fn on_exported_rows(
+        &mut self,
+        entity: &EntityTable,
+        data: &RowsEventData<'_>,
+        at: &EventPlace,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        self.check_placeable(entity, data, at.pos)?;
+        let images = self.images(entity, data, at.pos).map_err(|reason| {
+            self.binlog_err(at.pos, format!("export of entity `{}`: table {}: {reason}", entity.name, entity.info.table))
+        })?;
+        if let Some(snapshot) = self.snapshots.running.as_mut() {
+            for (before, after) in &images {
+                snapshot.superseded(entity, before.as_ref(), after.as_ref());
+            }
+        }
+        self.export(entity, op_of(data), images, at, publisher).await
     }
 
     /// A snapshot chunk on `entity`'s export topic (`op` `r`); how many rows it published.
@@ -243,6 +251,7 @@ impl Reader {
         let topic = self.ctx.config.export_topic_of(&self.ctx.site, &entity.info.db, &entity.info.table);
         let server_id = self.txn.as_ref().map_or(0, |t| t.server_id);
         let gtid = self.txn.as_ref().and_then(|t| t.gtid_text.as_deref());
+        let mut sent = 0;
         for (row, (before, after)) in images.into_iter().enumerate() {
             let Some((op, before, after)) = apply_filter(entity, op, before, after) else { continue };
             let source = export::SourceInfo {
@@ -256,6 +265,10 @@ impl Reader {
             };
             let records = self.exporter.records(entity.export_schema(&topic), op, before.as_ref(), after.as_ref(), &source);
             send_export(publisher, &topic, records).await?;
+            sent += 1;
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            txn.records += sent;
         }
         Ok(())
     }

@@ -127,11 +127,6 @@ impl Reader {
         if self.snapshots.running.as_ref().is_some_and(|s| s.request_id == id) {
             return Ok(());
         }
-        if self.snapshots.running.is_some() {
-            // One at a time: this one starts when the current one ends.
-            self.snapshots.queued.push_back((id, entities.to_string()));
-            return Ok(());
-        }
         // The request's insert is read again when capture resumes from an earlier checkpoint:
         // a snapshot that is done (or failed) is not run twice.
         let request = self.snapshots.requests.get(id).await?;
@@ -140,7 +135,16 @@ impl Reader {
         }
         let for_site = request.and_then(|r| r.for_site);
         let export = for_site.as_deref() == Some(crate::control::EXPORT_SNAPSHOT);
+        if export != (self.role == super::Role::Export) {
+            // The other binlog reader's: the export stream runs `snapshot --export`, capture the rest.
+            return Ok(());
+        }
         let for_site = for_site.filter(|_| !export);
+        if self.snapshots.running.is_some() {
+            // One at a time: this one starts when the current one ends.
+            self.snapshots.queued.push_back((id, entities.to_string()));
+            return Ok(());
+        }
         let mut names: Vec<String> = entities.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         if names.is_empty() {
             names = self.ctx.config.entities.keys().cloned().collect();

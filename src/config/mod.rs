@@ -417,7 +417,20 @@ pub struct ExportConfig {
     pub sites: Vec<String>,
     /// The record shape: "debezium-json" (the JsonConverter with `schemas.enable=true`).
     pub format: Option<String>,
+    /// The export stream reads the binlog on a connection of its own, as a binlog client with
+    /// the site's `server_id` plus this (a server disconnects one of two readers sharing an id).
+    pub server_id_offset: Option<u32>,
+    /// "low" (the default): the export stream's threads run at a lower CPU priority (nice 10),
+    /// so on a busy machine it trails and replication keeps its pace; "normal": as capture's.
+    pub cpu_priority: Option<String>,
+    /// While capture catches up a backlog (reads transactions committed more than a few seconds
+    /// ago), the export stream waits for it, trailing it by up to this many seconds of source
+    /// time, so the other sites get the backlog first; 0: it never waits. Default 600.
+    pub trail_seconds: Option<u64>,
 }
+
+/// `[export] server_id_offset` when left out.
+pub const EXPORT_SERVER_ID_OFFSET: u32 = 1_000_000;
 
 /// `[console]`: the operator console's actions (replay, drop, re-request) need this token;
 /// without it the console is read-only.
@@ -432,6 +445,27 @@ pub struct ConsoleConfig {
 }
 
 impl ExportConfig {
+    /// Whether `site` exports anything.
+    pub fn any_at(&self, site: &str) -> bool {
+        !self.entities.is_empty() && (self.sites.is_empty() || self.sites.iter().any(|s| s == site))
+    }
+
+    /// The export stream's binlog client id at a site whose capture reads as `server_id`
+    /// (None: it does not fit in 32 bits).
+    pub fn server_id(&self, server_id: u32) -> Option<u32> {
+        server_id.checked_add(self.server_id_offset.unwrap_or(EXPORT_SERVER_ID_OFFSET)).filter(|id| *id != 0)
+    }
+
+    /// How far the export stream may trail capture while capture catches up (see `trail_seconds`).
+    pub fn trail(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.trail_seconds.unwrap_or(600))
+    }
+
+    /// Whether the export stream runs at a lower CPU priority than capture.
+    pub fn low_priority(&self) -> bool {
+        self.cpu_priority.as_deref() != Some("normal")
+    }
+
     /// Whether `site` exports `entity`.
     pub fn exports(&self, site: &str, entity: &str) -> bool {
         self.entities.iter().any(|e| e == entity) && (self.sites.is_empty() || self.sites.iter().any(|s| s == site))

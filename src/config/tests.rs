@@ -260,3 +260,19 @@ fn systemd_credentials_come_from_the_credentials_directory() {
     assert!(err.contains("vault:x") && err.contains("${file:/path}"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_export_stream_gets_a_binlog_client_id_of_its_own_and_a_known_priority() {
+    let ok = Config::from_toml(&format!("{GOOD}\n[export]\nentities = [\"user\"]\n"), Path::new("fed.toml"), &env).unwrap();
+    assert!(ok.export.any_at("jinan") && ok.export.low_priority());
+    assert_eq!(ok.export.server_id(4001), Some(1_004_001));
+    assert_eq!(ok.export.trail(), std::time::Duration::from_secs(600));
+    let bad =
+        problems(&format!("{GOOD}\n[export]\nentities = [\"user\"]\nsites = [\"jinan\"]\nserver_id_offset = 1\ncpu_priority = \"idle\"\n"));
+    let keys: Vec<(&str, &str)> = bad.iter().map(|p| (p.key.as_str(), p.message.as_str())).collect();
+    assert!(keys.iter().any(|(k, m)| *k == "export.cpu_priority" && m.contains("`idle`")), "{keys:?}");
+    // jinan's export would read as 4002, qingdao's own id.
+    assert!(keys.iter().any(|(k, m)| *k == "export.server_id_offset" && m.contains("site `qingdao`'s")), "{keys:?}");
+    let overflow = problems(&format!("{GOOD}\n[export]\nentities = [\"user\"]\nserver_id_offset = 4294967295\n"));
+    assert!(overflow.iter().any(|p| p.key == "export.server_id_offset" && p.message.contains("does not fit")), "{overflow:?}");
+}

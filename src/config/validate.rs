@@ -32,6 +32,32 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     if let Some(format) = config.export.format.as_deref().filter(|f| *f != "debezium-json") {
         problem("export.format".into(), format!("`{format}` is not a known format (\"debezium-json\")"));
     }
+    if let Some(priority) = config.export.cpu_priority.as_deref().filter(|p| !matches!(*p, "low" | "normal")) {
+        problem("export.cpu_priority".into(), format!("`{priority}` is not a priority (\"low\" or \"normal\")"));
+    }
+    if config.export.server_id_offset == Some(0) {
+        problem("export.server_id_offset".into(), "must not be 0: the export stream would read the binlog with capture's own id".into());
+    }
+    for (id, site) in config.sites.iter().filter(|(id, _)| config.export.any_at(id)) {
+        if id.len() > 57 {
+            // capture_checkpoint.site is VARCHAR(64), and the export stream's row is `<site>*export`.
+            problem(format!("sites.{id}"), "a site that exports needs an id of at most 57 characters".into());
+        }
+        match config.export.server_id(site.server_id) {
+            None => problem(
+                "export.server_id_offset".into(),
+                format!("site `{id}`: server_id {} plus the offset does not fit a binlog client id (at most 4294967295)", site.server_id),
+            ),
+            Some(export_id) => {
+                if let Some((other, _)) = config.sites.iter().find(|(_, s)| s.server_id == export_id) {
+                    problem(
+                        "export.server_id_offset".into(),
+                        format!("site `{id}`'s export stream would read as server_id {export_id}, which is site `{other}`'s; choose another offset"),
+                    );
+                }
+            }
+        }
+    }
     if let Some(token) = &config.console.operator_token {
         // A guessable token would let anyone who reaches `listen` replay or drop dead letters.
         if token.expose().chars().count() < 16 {

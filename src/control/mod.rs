@@ -35,6 +35,11 @@ pub const SNAPSHOT_REQUESTS_TABLE: &str = "snapshot_requests";
 /// `snapshot_requests.for_site` of a snapshot for the export stream (`snapshot --export`):
 /// never a site id (those hold only letters, digits, `_` and `-`).
 pub const EXPORT_SNAPSHOT: &str = "*export*";
+/// The `capture_checkpoint` row of `site`'s export stream (`[export]`), which reads the binlog
+/// apart from capture: never a site id (see [`EXPORT_SNAPSHOT`]).
+pub fn export_checkpoint_key(site: &str) -> String {
+    format!("{site}*export")
+}
 /// See [`SNAPSHOT_REQUESTS_TABLE`].
 pub const SNAPSHOT_WATERMARKS_TABLE: &str = "snapshot_watermarks";
 /// See [`SNAPSHOT_REQUESTS_TABLE`].
@@ -501,6 +506,17 @@ impl Control {
         .execute(&self.pool)
         .await
         .map_err(self.err("writing the capture checkpoint"))?;
+        Ok(())
+    }
+
+    /// Removes the stored checkpoint under `key` (the export stream's, when capture's position is
+    /// reset: it then starts at capture's again).
+    pub async fn forget_checkpoint(&self, key: &str) -> Result<(), ControlError> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM `{}`.`capture_checkpoint` WHERE site = ?", self.db)))
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err("removing a capture checkpoint"))?;
         Ok(())
     }
 

@@ -374,6 +374,32 @@ impl Federation {
         high - low
     }
 
+    /// Every record `topic` (partition 0) holds now, as (key, payload; None for a tombstone).
+    pub fn topic_payloads_of(&self, topic: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Message, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .set("group.id", format!("test-reader-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(low)).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (out.len() as i64) < high - low {
+            assert!(std::time::Instant::now() < deadline, "reading {topic}: {} of {} records", out.len(), high - low);
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                out.push((m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::to_vec)));
+            }
+        }
+        out
+    }
+
     /// Table contents at `site`, ordered, every column as text (HEX for exactness).
     pub async fn table(&self, site: &str, table: &str, order_by: &str) -> Vec<Vec<String>> {
         self.rows(site, &format!("SELECT * FROM `{table}` ORDER BY {order_by}")).await
