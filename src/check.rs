@@ -238,7 +238,15 @@ async fn database_findings(config: &Config, site: &str) -> Vec<Finding> {
     match preflight::read_settings(&mut conn).await {
         Ok(s) => {
             out.extend(preflight::judge(&s));
-            out.extend(judge_server_id(&mut conn, site, site_cfg.server_id, s.server_id, s.mariadb).await);
+            let key = format!("sites.{site}.server_id");
+            out.extend(judge_server_id(&mut conn, "server_id", &key, site_cfg.server_id, s.server_id, s.mariadb).await);
+            if config.export.any_at(site) {
+                // The export stream reads the binlog on a connection of its own.
+                if let Some(id) = config.export.server_id(site_cfg.server_id) {
+                    let key = format!("sites.{site}.server_id + [export] server_id_offset");
+                    out.extend(judge_server_id(&mut conn, "export server_id", &key, id, s.server_id, s.mariadb).await);
+                }
+            }
         }
         Err(e) => out.push(Finding::fail("settings", format!("cannot read the server's variables: {e}"))),
     }
@@ -410,11 +418,17 @@ fn source_text(e: &dyn std::error::Error) -> String {
 
 /// `server_id`: the site's binlog client id must differ from the server's own and from every
 /// binlog reader already connected (the server drops one of two readers with the same id).
-async fn judge_server_id(conn: &mut mysql_async::Conn, site: &str, ours: u32, servers: u32, mariadb: bool) -> Vec<Finding> {
-    let key = format!("sites.{site}.server_id");
+async fn judge_server_id(
+    conn: &mut mysql_async::Conn,
+    name: &'static str,
+    key: &str,
+    ours: u32,
+    servers: u32,
+    mariadb: bool,
+) -> Vec<Finding> {
     if ours == servers {
         return vec![Finding::fail(
-            "server_id",
+            name,
             format!(
                 "{key} = {ours} equals the server's own @@server_id: the server would refuse the binlog connection; \
                  set {key} to a number that neither the server nor any of its replicas uses"
@@ -444,12 +458,12 @@ async fn judge_server_id(conn: &mut mysql_async::Conn, site: &str, ours: u32, se
                 .collect();
             if same.is_empty() {
                 vec![Finding::pass(
-                    "server_id",
+                    name,
                     format!("{key} = {ours} differs from the server's {servers} and from its {} connected binlog reader(s)", rows.len()),
                 )]
             } else {
                 vec![Finding::fail(
-                    "server_id",
+                    name,
                     format!(
                         "a binlog reader with server_id {ours} is already connected ({listing}: {}): two readers with \
                          one id disconnect each other; if it is not this site's own running `sitesync run`/`capture`, \
@@ -462,7 +476,7 @@ async fn judge_server_id(conn: &mut mysql_async::Conn, site: &str, ours: u32, se
         Err(_) => {
             // Least privilege cannot list replicas (MariaDB: REPLICATION MASTER ADMIN).
             vec![Finding::pass(
-                "server_id",
+                name,
                 format!(
                     "{key} = {ours} differs from the server's {servers}; connected readers not listed ({listing} needs \
                      {}): make sure no other replica or reader uses {ours}",

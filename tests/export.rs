@@ -249,6 +249,8 @@ async fn debeziums_jdbc_sink_keeps_a_warehouse_equal_to_the_exporting_site() {
         "{}",
         output_text(&check)
     );
+    // The export's own binlog client id is judged like capture's (here both are connected).
+    assert!(output_text(&check).contains("export server_id: a binlog reader with server_id"), "{}", output_text(&check));
 }
 
 /// Threads of process `pid` as (name, nice).
