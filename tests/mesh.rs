@@ -108,6 +108,11 @@ entities = ["user", "lab", "tag", "user_lab", "user_tag"]
 from = ["b", "c"]
 to = ["a"]
 entities = ["equipment"]
+
+# The university feeds a warehouse: its users and every college's instruments.
+[export]
+entities = ["user", "equipment"]
+sites = ["a"]
 "#;
 
 struct Knobs {
@@ -2184,6 +2189,69 @@ fn shape(reason: &str) -> String {
 }
 
 /// control: nothing parked, no dead letters, at any site.
+/// The export topics of the university, replayed as a sink would (the last record of a key
+/// wins; a delete or a tombstone removes it), against its tables: every row the filter lets out,
+/// with its id, natural key and version, and nothing else. Empty when they match.
+fn export_differences(fed: &Federation, at_site: &[(&str, Vec<Vec<String>>)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (table, rows) in at_site {
+        let topic = format!("{}.export.a.{}.{table}", fed.topic_prefix, fed.app_db);
+        let key_column = if *table == "user" { "token" } else { "ref_no" };
+        let mut replayed: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+        for (key, value) in fed.topic_payloads_of(&topic) {
+            let Some(value) = value else {
+                replayed.remove(&key);
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+            let after = &v["payload"]["after"];
+            if after.is_null() {
+                replayed.remove(&key);
+            } else {
+                let text = |c: &str| match &after[c] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                replayed.insert(key, vec![text("id"), text(key_column), text("mtime")]);
+            }
+        }
+        let mut exported: Vec<Vec<String>> = replayed.into_values().collect();
+        exported.sort_by_key(|r| r[0].parse::<i64>().unwrap_or(0));
+        if &exported != rows {
+            let missing: Vec<&Vec<String>> = rows.iter().filter(|r| !exported.contains(r)).take(5).collect();
+            let extra: Vec<&Vec<String>> = exported.iter().filter(|r| !rows.contains(r)).take(5).collect();
+            out.push((
+                format!("export of {table}"),
+                format!("{} rows exported, {} at a; missing (id, key, mtime) {missing:?}; not at a {extra:?}", exported.len(), rows.len()),
+            ));
+        }
+    }
+    out
+}
+
+/// [`export_differences`] once the export stream has caught up (it may trail capture).
+async fn check_export(fed: &Federation) -> Check {
+    let mut check = Check::new("export");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let users = fed.rows("a", "SELECT CAST(id AS CHAR), token, CAST(mtime AS CHAR) FROM user WHERE is_temporary = 0 ORDER BY id").await;
+        let equipment = fed.rows("a", "SELECT CAST(id AS CHAR), ref_no, CAST(mtime AS CHAR) FROM equipment ORDER BY id").await;
+        let counts = (users.len(), equipment.len());
+        let differences = export_differences(fed, &[("user", users), ("equipment", equipment)]);
+        if differences.is_empty() {
+            eprintln!("export: replayed, the topics hold a's {} users and {} instruments exactly", counts.0, counts.1);
+            return check;
+        }
+        if Instant::now() > deadline {
+            for (category, message) in differences {
+                check.fail(category, message);
+            }
+            return check;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn check_control(fed: &Federation) -> Check {
     let mut check = Check::new("control");
     let ctl = &fed.control_db;
@@ -2445,6 +2513,9 @@ async fn mesh(test: &str, kill: bool) {
     .await;
     let mut runs: Vec<usize> = SITES.iter().map(|s| fed.start(s, &["run"])).collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The university's export stream gets its history while the applications write.
+    let out = fed.command("a", &["snapshot", "--export", "--no-wait"]).output().unwrap();
+    assert!(out.status.success(), "snapshot --export: {}", common::output_text(&out));
 
     // The workload: one application per site, all at once.
     let shared = Arc::new(Shared {
@@ -2587,6 +2658,7 @@ async fn mesh(test: &str, kill: bool) {
         check_avatars(&states, &oracle),
         check_equipment(&states, &exp, &oracle),
         check_control(&fed).await,
+        check_export(&fed).await,
         topics,
         quiet,
         verified,
