@@ -137,22 +137,18 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
 
     let mut tasks = tokio::task::JoinSet::new();
     if with_capture {
-        let ctx = capture::CaptureContext {
+        let capture_ctx = || capture::CaptureContext {
             config: config.clone(),
             site: site.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
             shutdown: shutdown.clone(),
         };
+        let ctx = capture_ctx();
         tasks.spawn(async move { capture::run(ctx).await.map_err(|e| anyhow!(e).context("capture")) });
         if config.export.any_at(&site) {
-            let ctx = capture::CaptureContext {
-                config: config.clone(),
-                site: site.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-                shutdown: shutdown.clone(),
-            };
+            // The export stream: a binlog reader of its own (capture::run_export).
+            let ctx = capture_ctx();
             tasks.spawn(async move { capture::run_export(ctx).await.map_err(|e| anyhow!(e).context("export")) });
         }
     }
