@@ -240,6 +240,14 @@ async fn check(config: &Config, site: &str) -> Result<ExitCode> {
 async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
     let ctl = control_of(config, site).await?;
     let checkpoint = ctl.load_checkpoint(site).await?;
+    // The export stream's own position, and how far (in source time) it trails capture's.
+    let export = match config.export.any_at(site) {
+        true => ctl.load_checkpoint(&control::export_checkpoint_key(site)).await?.map(|e| {
+            let behind = checkpoint.as_ref().map(|c| ((c.source_ts_ms - e.source_ts_ms).max(0)) as f64 / 1000.0);
+            (e, behind)
+        }),
+        false => None,
+    };
     let offsets = ctl.load_offsets().await?;
     let progress = ctl.load_progress().await?;
     let dead = ctl.count_dead_letters().await?;
@@ -266,6 +274,7 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         "site": site,
         "capture": checkpoint.as_ref().map(|c| serde_json::json!({"gtid": c.gtid, "file": c.file, "pos": c.pos})),
         "apply": origins,
+        "export": export.as_ref().map(|(e, behind)| serde_json::json!({"gtid": e.gtid, "file": e.file, "pos": e.pos, "behind_capture_seconds": behind})),
         "dead_letters": dead,
         "stopped_entities": stopped.iter().map(|s| serde_json::json!({
             "entity": s.entity,
@@ -283,6 +292,15 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
         match &checkpoint {
             Some(c) => println!("  capture checkpoint  gtid {}", c.gtid),
             None => println!("  capture checkpoint  none (run `sitesync init`)"),
+        }
+        match &export {
+            Some((e, behind)) => println!(
+                "  export checkpoint   gtid {}{}",
+                e.gtid,
+                behind.map(|b| format!(" ({b:.0} s of source time behind capture)")).unwrap_or_default()
+            ),
+            None if config.export.any_at(site) => println!("  export checkpoint   none yet (the export stream starts with `sitesync run`)"),
+            None => {}
         }
         println!("  {:<16} {:<32} {:>12} {:>14}", "origin", "topic", "next offset", "last applied");
         for o in &origins {

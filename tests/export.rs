@@ -332,5 +332,12 @@ async fn the_export_stream_keeps_its_own_checkpoint_and_priority_and_loses_nothi
     let keys = fed.rows("a", &format!("SELECT site FROM `{control}`.capture_checkpoint ORDER BY site")).await;
     assert_eq!(keys, vec![vec!["a".to_string()], vec!["a*export".to_string()]]);
     assert!(fed.logs_contain("resuming from the checkpoint site=a stream=Export"), "the export stream resumed from its own checkpoint");
+    // `status` shows where the export is, beside capture.
+    let status = fed.command("a", &["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["export"]["gtid"].as_str().is_some_and(|g| !g.is_empty()), "{status}");
+    assert!(status["export"]["behind_capture_seconds"].is_number(), "{status}");
+    let text = output_text(&fed.command("a", &["status"]).output().unwrap());
+    assert!(text.contains("export checkpoint   gtid "), "{text}");
     fed.stop(run);
 }
