@@ -286,10 +286,26 @@ impl Metrics {
 
     /// `sitesync_capture_source_timestamp_seconds` of `site`, if capture reported one.
     pub fn source_timestamp(&self, site: &str) -> Option<f64> {
-        Self::series(&self.capture_source_timestamp)
-            .into_iter()
-            .find(|s| s.labels.get("site").map(String::as_str) == Some(site))
-            .map(|s| s.value)
+        Self::of_site(&self.capture_source_timestamp, site)
+    }
+
+    /// `sitesync_export_source_timestamp_seconds` of `site`, if the export stream reported one.
+    pub fn export_timestamp(&self, site: &str) -> Option<f64> {
+        Self::of_site(&self.export_source_timestamp, site)
+    }
+
+    /// Whether `component` reported itself running at `site`.
+    pub fn is_running(&self, site: &str, component: Component) -> bool {
+        Self::series(&self.component_running).into_iter().any(|s| {
+            s.labels.get("site").map(String::as_str) == Some(site)
+                && s.labels.get("component").map(String::as_str) == Some(component.as_str())
+                && s.value == 1.0
+        })
+    }
+
+    /// The value of a per-site gauge, if `site` has one.
+    fn of_site(gauge: &GaugeVec, site: &str) -> Option<f64> {
+        Self::series(gauge).into_iter().find(|s| s.labels.get("site").map(String::as_str) == Some(site)).map(|s| s.value)
     }
 }
 

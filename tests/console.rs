@@ -50,6 +50,8 @@ async fn the_console_lists_explains_and_acts_on_dead_letters_in_a_browser() {
             .await;
     let mut text = std::fs::read_to_string(&fed.config_path).unwrap();
     text.push_str(&format!("\n[console]\noperator_token = \"${{{TOKEN_VAR}}}\"\n"));
+    // b also feeds a warehouse: the overview shows its export stream.
+    text.push_str("\n[export]\nentities = [\"lab\"]\nsites = [\"b\"]\n");
     std::fs::write(&fed.config_path, text).unwrap();
     for site in ["a", "b"] {
         fed.set_site_env(site, TOKEN_VAR, TOKEN);

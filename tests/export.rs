@@ -339,5 +339,10 @@ async fn the_export_stream_keeps_its_own_checkpoint_and_priority_and_loses_nothi
     assert!(status["export"]["behind_capture_seconds"].is_number(), "{status}");
     let text = output_text(&fed.command("a", &["status"]).output().unwrap());
     assert!(text.contains("export checkpoint   gtid "), "{text}");
+    // And the console's overview.
+    let overview = common::http(listen, "GET", "/api/v1/overview", &[], "").json();
+    assert_eq!(overview["export"]["running"], true, "{overview}");
+    assert!(overview["export"]["checkpoint_gtid"].as_str().is_some_and(|g| !g.is_empty()), "{overview}");
+    assert!(overview["export"]["last_source_commit_ms"].is_number(), "{overview}");
     fed.stop(run);
 }

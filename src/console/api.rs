@@ -65,6 +65,23 @@ impl Console {
             })
             .collect();
         let capture_enabled = self.health.capture_enabled.load(std::sync::atomic::Ordering::Relaxed);
+        let export = match self.config.export.any_at(site) && capture_enabled {
+            true => {
+                let key = crate::control::export_checkpoint_key(site);
+                let at = ctl.load_checkpoint(&key).await.map_err(failed("reading the export checkpoint"))?;
+                let behind = match (&checkpoint, &at) {
+                    (Some(c), Some(e)) => Some(((c.source_ts_ms - e.source_ts_ms).max(0)) as f64 / 1000.0),
+                    _ => None,
+                };
+                json!({
+                    "running": self.metrics.is_running(site, crate::telemetry::Component::Export),
+                    "checkpoint_gtid": at.map(|e| e.gtid),
+                    "last_source_commit_ms": self.metrics.export_timestamp(site).map(|s| (s * 1000.0) as i64),
+                    "behind_capture_seconds": behind,
+                })
+            }
+            false => Value::Null,
+        };
         Ok(Response::json(
             200,
             &json!({
@@ -80,6 +97,7 @@ impl Console {
                     "checkpoint_gtid": checkpoint.map(|c| c.gtid),
                     "last_source_commit_ms": self.metrics.source_timestamp(site).map(|s| (s * 1000.0) as i64),
                 },
+                "export": export,
                 "apply": {
                     "enabled": self.health.apply_enabled.load(std::sync::atomic::Ordering::Relaxed),
                     "running": self.health.apply_running.load(std::sync::atomic::Ordering::Relaxed),

@@ -196,6 +196,7 @@ async function main() {
     const lang0 = await en.exec('return document.documentElement.lang');
     if (lang0 !== 'en') throw new Error(`step "${step}": <html lang> is ${lang0}, expected en for an en-US browser\n${await en.page()}`);
     await en.until(step, 'the applied-rate chart', async () => en.find(`${q('chart-rate')} svg, ${q('chart-rate')} p`));
+    await en.until(step, 'the export stream running', async () => /export stream[\s\S]*running/i.test((await en.text(q('export-card'))) || ''));
     await en.screenshot(path.join(o.out, 'overview.png'));
     log(`overview shows: ready "${await en.text(q('overview-ready'))}", ${await en.text(q('dead-letter-count'))} dead letter(s); saved overview.png`);
     const scroll = await en.exec('return document.documentElement.scrollWidth - document.documentElement.clientWidth');
