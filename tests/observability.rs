@@ -33,6 +33,7 @@ const FAMILIES: &[&str] = &[
     "sitesync_build_info",
     "sitesync_capture_transactions_total",
     "sitesync_errors_total",
+    "sitesync_export_source_timestamp_seconds",
 ];
 
 fn repo_path(rel: &str) -> PathBuf {
@@ -327,6 +328,8 @@ async fn busy_federation(test: &str) -> (Federation, Vec<(String, String)>) {
     }
     // Continuous verification, so that its panels have data.
     toml.push_str("\n[verify]\ninterval = \"5s\"\n");
+    // An export stream at a, so that the export panel has data.
+    toml.push_str("\n[export]\nentities = [\"person\"]\nsites = [\"a\"]\n");
     std::fs::write(&fed.config_path, toml).unwrap();
     fed.exec("b", "ALTER TABLE person ADD CONSTRAINT n_small CHECK (n < 1000)").await;
 
@@ -472,6 +475,7 @@ fn every_defined_metric_passes_promtool_check_metrics() {
     m.apply_latency.with_label_values(&["a", "b"]).observe(1.2);
     m.apply_batch_duration.with_label_values(&["a"]).observe(0.02);
     m.apply_batch_records.with_label_values(&["a"]).observe(12.0);
+    m.export_source_timestamp.with_label_values(&["a"]).set(1.7e9);
     let text = m.render();
     for family in FAMILIES {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} is not defined:\n{text}");
