@@ -194,7 +194,7 @@ impl Reader {
             })
             .collect();
         if self.known.warned.insert(info.table.clone()) {
-            tracing::info!(site = %self.ctx.site, entity = name, table = %info.table, columns = info.columns.len(), "capturing table");
+            tracing::info!(site = %self.ctx.site, stream = ?self.role, entity = name, table = %info.table, columns = info.columns.len(), "capturing table");
         }
         let pk_column = match info.primary_key.as_slice() {
             [i] => Some((*i, info.columns[*i].name.clone())),

@@ -180,6 +180,8 @@ struct Reader {
     role: Role,
     /// Whether the binlog connection streams.
     streaming: bool,
+    /// The export stream: capture's position when last seen to move, and when.
+    capture_seen: Option<(i64, std::time::Instant)>,
     db: String,
     control_db: String,
     /// Position at the last transaction boundary read.
@@ -248,6 +250,9 @@ enum Ended {
 
 /// Capture reading transactions committed longer ago than this is catching up a backlog.
 const CATCHING_UP: Duration = Duration::from_secs(5);
+
+/// Capture whose position has not moved for this long is not catching anything up.
+const CAPTURE_STILL: Duration = Duration::from_secs(5);
 
 /// The longest the export stream waits for capture between two of its transactions.
 const GIVE_WAY_AT_ONCE: Duration = Duration::from_secs(20);
@@ -383,6 +388,7 @@ async fn read(ctx: Arc<CaptureContext>, role: Role) -> Result<(), CaptureError> 
     let mut reader = Reader {
         role,
         streaming: false,
+        capture_seen: None,
         db: ctx.config.database_of(&ctx.site).to_string(),
         control_db: ctx.config.federation.control_database.clone(),
         at: BinlogPlace { gtid: GtidState::empty_mariadb(), file: String::new(), pos: 4 },
@@ -747,7 +753,7 @@ impl Reader {
     /// up a backlog, it waits, trailing capture by up to `[export] trail_seconds` of source time,
     /// so that the backlog reaches the other sites first. At most [`GIVE_WAY_AT_ONCE`] per
     /// transaction: the server drops a binlog connection that is not read for a minute.
-    async fn give_way_to_capture(&self, export_ts_ms: i64) {
+    async fn give_way_to_capture(&mut self, export_ts_ms: i64) {
         let trail_ms = self.ctx.config.export.trail().as_millis() as i64;
         if trail_ms == 0 {
             return;
@@ -760,8 +766,16 @@ impl Reader {
                 return;
             }
             let capture_ms = (capture_ts.get() * 1000.0) as i64;
+            // Nor does one that stands still (a stalled connection it has not noticed yet).
+            let moved = match self.capture_seen {
+                Some((seen, since)) if seen == capture_ms => since.elapsed() < CAPTURE_STILL,
+                _ => {
+                    self.capture_seen = Some((capture_ms, std::time::Instant::now()));
+                    true
+                }
+            };
             let catching_up = record::now_ms() - capture_ms > CATCHING_UP.as_millis() as i64;
-            if !catching_up || capture_ms - export_ts_ms > trail_ms {
+            if !moved || !catching_up || capture_ms - export_ts_ms > trail_ms {
                 return;
             }
             tokio::select! {
