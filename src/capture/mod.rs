@@ -774,8 +774,7 @@ impl Reader {
                     true
                 }
             };
-            let catching_up = record::now_ms() - capture_ms > CATCHING_UP.as_millis() as i64;
-            if !moved || !catching_up || capture_ms - export_ts_ms > trail_ms {
+            if !moved || !export_waits(record::now_ms(), capture_ms, export_ts_ms, trail_ms) {
                 return;
             }
             tokio::select! {
@@ -887,6 +886,14 @@ impl Reader {
     }
 }
 
+/// Whether the export stream, having read up to `export_ms`, waits for a capture that has read up
+/// to `capture_ms` (commit times): while capture catches up a backlog, and the export trails it by
+/// no more than `trail_ms`.
+fn export_waits(now_ms: i64, capture_ms: i64, export_ms: i64, trail_ms: i64) -> bool {
+    let catching_up = now_ms - capture_ms > CATCHING_UP.as_millis() as i64;
+    catching_up && capture_ms - export_ms <= trail_ms
+}
+
 /// The binlog file name of a rotate event. The server's first, artificial rotate carries the
 /// event checksum after the name; binlog names always end in `.<digits>`, so cut there.
 fn binlog_file_name(raw: &str) -> String {
@@ -951,6 +958,21 @@ fn is_row_change_statement(query: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_export_waits_only_while_capture_catches_up_and_only_up_to_its_trail() {
+        let now = 1_000_000_000;
+        let trail = 600_000;
+        // Capture reads what was committed an hour ago: the export, just behind it, waits.
+        assert!(export_waits(now, now - 3_600_000, now - 3_610_000, trail));
+        // ... and ahead of it too (it must not take capture's CPU in a backlog).
+        assert!(export_waits(now, now - 3_600_000, now - 3_500_000, trail));
+        // Trailing by more than the trail: it goes on, so it never starves.
+        assert!(!export_waits(now, now - 3_600_000, now - 3_600_000 - trail - 1, trail));
+        // Capture caught up (within 5 s of now): nothing to give way to.
+        assert!(!export_waits(now, now - 4_000, now - 3_600_000, trail));
+        assert!(!export_waits(now, now, now, trail));
+    }
 
     #[test]
     fn binlog_names_lose_the_checksum_of_the_first_rotate() {
