@@ -94,6 +94,9 @@ async fn init(config: &Config, site: &str, reset_position: bool) -> Result<ExitC
         // The export stream then starts where capture does.
         ctl.forget_checkpoint(&control::export_checkpoint_key(site)).await?;
         println!("capture will start at GTID position `{}` (changes before it: `sitesync snapshot`)", s.gtid_position);
+        if config.export.any_at(site) {
+            println!("the export stream starts there too: `sitesync snapshot --export` sends the exported tables' rows again");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -135,6 +138,9 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
         });
     }
 
+    if with_capture && config.export.any_at(&site) {
+        start_export_where_capture_is(&config, &site).await;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     if with_capture {
         let capture_ctx = || capture::CaptureContext {
@@ -228,6 +234,26 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
             tracing::info!(site = %site, "stopped cleanly");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A site that starts exporting exports from where its capture resumes: the export stream's
+/// checkpoint is copied from capture's before either reader moves (the export stream copies it
+/// itself, later, if the database cannot be reached now).
+async fn start_export_where_capture_is(config: &Config, site: &str) {
+    let copied = async {
+        let ctl = control_of(config, site).await?;
+        let key = control::export_checkpoint_key(site);
+        if ctl.load_checkpoint(&key).await?.is_none() {
+            if let Some(cp) = ctl.load_checkpoint(site).await? {
+                ctl.save_checkpoint(&key, &cp).await?;
+                tracing::info!(site = %site, gtid = %cp.gtid, "the export stream starts at capture's checkpoint");
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = copied.await {
+        tracing::warn!(site = %site, error = %e, "could not place the export stream at capture's checkpoint yet; it will when it starts");
     }
 }
 

@@ -333,6 +333,9 @@ pub struct Health {
     /// Entities whose capture stopped alone, with why: `/readyz` stays ready (the others
     /// replicate) and lists them.
     pub stopped_entities: std::sync::Mutex<Vec<String>>,
+    /// Why the export stream (`[export]`) last stopped, and when (ms), until it streams again:
+    /// it does not make the site unready (replication goes on), the console shows it.
+    pub export_error: std::sync::Mutex<Option<(i64, String)>>,
 }
 
 impl Health {

@@ -346,3 +346,45 @@ async fn the_export_stream_keeps_its_own_checkpoint_and_priority_and_loses_nothi
     assert!(overview["export"]["last_source_commit_ms"].is_number(), "{overview}");
     fed.stop(run);
 }
+
+/// A definite failure of the export stream (its table no longer fits the configuration) stops the
+/// export alone: replication of the other entities goes on, the overview and the metrics say why,
+/// and the export does not move past the change it could not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_export_stream_leaves_replication_going_and_says_why() {
+    let schema = format!("{SCHEMA};\n{}", common::PEOPLE_SCHEMA);
+    let config = format!("{CONFIG}\n{}", common::PEOPLE_BOTH_WAYS);
+    let mut fed = Federation::new("export_fails", Spec { schema: &schema, entities_and_routes: &config, ..Spec::default() }).await;
+    let topic = format!("{}.export.a.{}.item", fed.topic_prefix, fed.app_db);
+    let listen = fed.listen("a");
+    fed.start("a", &["run"]);
+    fed.start("b", &["run"]);
+    fed.exec("a", "INSERT INTO item (code, note) VALUES ('before', 'exported')").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fed.topic_records_of(&topic) < 1 {
+        fed.assert_running();
+        assert!(Instant::now() < deadline, "the first row never reached the export topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The entity's key column goes: capture stops `item` alone, the export stream stops.
+    fed.exec("a", "ALTER TABLE item DROP COLUMN code").await;
+    fed.exec("a", "INSERT INTO item (note) VALUES ('after the change')").await;
+    let overview = || common::http(listen, "GET", "/api/v1/overview", &[], "").json();
+    fed.wait_for(Duration::from_secs(60), "the overview to say why the export stopped", || async {
+        overview()["export"]["last_error"]["message"].as_str().is_some_and(|m| m.contains("export of entity `item`") && m.contains("code"))
+    })
+    .await;
+    let o = overview();
+    assert_eq!(o["export"]["running"], false, "{o}");
+    let metrics = common::http_get(listen, "/metrics").unwrap();
+    assert_eq!(common::metric(&metrics, "sitesync_component_running", &["site=\"a\"", "component=\"export\""]), Some(0.0));
+    assert_eq!(common::metric(&metrics, "sitesync_component_running", &["site=\"a\"", "component=\"capture\""]), Some(1.0));
+    assert!(fed.logs_contain("the export stream stopped; replication goes on"));
+
+    // Replication goes on.
+    fed.exec("a", "INSERT INTO person (token, name) VALUES ('p1', 'Replicated while the export is down')").await;
+    fed.wait_rows("b", "SELECT name FROM person", &[&["Replicated while the export is down"]]).await;
+    assert_eq!(fed.topic_records_of(&topic), 1, "nothing past the change the export could not read");
+    fed.assert_running();
+}

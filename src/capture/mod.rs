@@ -110,6 +110,17 @@ pub enum CaptureError {
 }
 
 impl CaptureError {
+    /// The `sitesync_errors_total` kind of this error.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CaptureError::Source { .. } | CaptureError::ServerSettings { .. } | CaptureError::PositionPurged { .. } => ErrorKind::Database,
+            CaptureError::Control(_) => ErrorKind::Database,
+            CaptureError::Kafka(_) | CaptureError::Delivery(_) => ErrorKind::Kafka,
+            CaptureError::Binlog { .. } => ErrorKind::Decode,
+            CaptureError::Config(_) | CaptureError::Internal(_) => ErrorKind::Protocol,
+        }
+    }
+
     /// Whether reconnecting may help (network, server restart).
     fn is_transient(&self) -> bool {
         match self {
@@ -314,32 +325,46 @@ pub async fn run_export(ctx: CaptureContext) -> Result<(), CaptureError> {
                     tracing::warn!(error = %e, "could not lower the export stream's CPU priority");
                 }
             }
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = done_tx.send(Err(CaptureError::Internal(format!("export runtime: {e}"))));
-                    return;
-                }
-            };
-            let result = runtime.block_on(async move {
-                loop {
-                    match read(thread_ctx.clone(), Role::Export).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => {
-                            thread_ctx.metrics.error(&thread_ctx.site, ErrorKind::Kafka);
-                            tracing::error!(site = %thread_ctx.site, error = %e, retry_in_s = EXPORT_RETRY.as_secs(), "the export stream stopped; replication goes on, the export starts again from its checkpoint");
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(EXPORT_RETRY) => {}
-                        _ = thread_ctx.shutdown.wait() => return Ok(()),
-                    }
-                }
-            });
-            let _ = done_tx.send(result);
+            let _ = done_tx.send(export_thread(thread_ctx));
         })
         .map_err(|e| CaptureError::Internal(format!("export thread: {e}")))?;
     done_rx.await.unwrap_or_else(|_| Err(CaptureError::Internal("the export thread ended without a result".into())))
+}
+
+/// The export thread: the export stream on a runtime of its own, started again after a definite
+/// error or a panic (a bug in the export must not stop replication), until shutdown.
+fn export_thread(ctx: Arc<CaptureContext>) -> Result<(), CaptureError> {
+    loop {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CaptureError::Internal(format!("export runtime: {e}")))?;
+        let run_ctx = ctx.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(read(run_ctx, Role::Export))));
+        let why = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => {
+                ctx.metrics.error(&ctx.site, e.kind());
+                e.to_string()
+            }
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                format!("internal error (please report it): {}", message.unwrap_or_else(|| "a panic".into()))
+            }
+        };
+        ctx.metrics.running(&ctx.site, Component::Export, false);
+        tracing::error!(site = %ctx.site, error = %why, retry_in_s = EXPORT_RETRY.as_secs(), "the export stream stopped; replication goes on, the export starts again from its checkpoint");
+        *ctx.health.export_error.lock().expect("export error lock") = Some((record::now_ms(), why));
+        let stopping = runtime.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(EXPORT_RETRY) => false,
+                _ = ctx.shutdown.wait() => true,
+            }
+        });
+        if stopping {
+            return Ok(());
+        }
+    }
 }
 
 /// One binlog reader of the site until shutdown or a definite error.
@@ -462,6 +487,8 @@ impl Reader {
         self.streaming = running;
         if self.role == Role::Replication {
             self.ctx.health.capture_running.store(running, Ordering::Relaxed);
+        } else if running {
+            *self.ctx.health.export_error.lock().expect("export error lock") = None;
         }
         self.ctx.metrics.running(&self.ctx.site, self.role.component(), running);
     }
@@ -547,6 +574,11 @@ impl Reader {
 
         let server_id = self.server_id()?;
         conn.query_drop("SET @master_heartbeat_period = 1000000000").await.map_err(|e| self.source_err(e))?;
+        if self.role == Role::Export {
+            // The export pauses between transactions while capture catches up (give_way_to_capture):
+            // the server must not drop a binlog connection it could not write to for a minute.
+            conn.query_drop("SET SESSION net_write_timeout = 3600").await.map_err(|e| self.source_err(e))?;
+        }
         let request = BinlogStreamRequest::new(server_id);
         let gtid_text = self.at.gtid.to_string();
         let sids: Vec<mysql_async::Sid<'static>>;
@@ -887,11 +919,13 @@ impl Reader {
 }
 
 /// Whether the export stream, having read up to `export_ms`, waits for a capture that has read up
-/// to `capture_ms` (commit times): while capture catches up a backlog, and the export trails it by
-/// no more than `trail_ms`.
+/// to `capture_ms` (commit times): while capture catches up a backlog, and the export is behind it
+/// by no more than `trail_ms`.
 fn export_waits(now_ms: i64, capture_ms: i64, export_ms: i64, trail_ms: i64) -> bool {
     let catching_up = now_ms - capture_ms > CATCHING_UP.as_millis() as i64;
-    catching_up && capture_ms - export_ms <= trail_ms
+    // Ahead of capture there is nothing to give way to: capture read this before (a resumed
+    // entity's catch-up reads old transactions again).
+    catching_up && (0..=trail_ms).contains(&(capture_ms - export_ms))
 }
 
 /// The binlog file name of a rotate event. The server's first, artificial rotate carries the
@@ -965,8 +999,10 @@ mod tests {
         let trail = 600_000;
         // Capture reads what was committed an hour ago: the export, just behind it, waits.
         assert!(export_waits(now, now - 3_600_000, now - 3_610_000, trail));
-        // ... and ahead of it too (it must not take capture's CPU in a backlog).
-        assert!(export_waits(now, now - 3_600_000, now - 3_500_000, trail));
+        // Ahead of capture (capture reads old transactions again for a resumed entity): it goes on.
+        assert!(!export_waits(now, now - 3_600_000, now - 3_500_000, trail));
+        // At the same place (both start at one checkpoint): capture first.
+        assert!(export_waits(now, now - 3_600_000, now - 3_600_000, trail));
         // Trailing by more than the trail: it goes on, so it never starves.
         assert!(!export_waits(now, now - 3_600_000, now - 3_600_000 - trail - 1, trail));
         // Capture caught up (within 5 s of now): nothing to give way to.

@@ -135,6 +135,10 @@ impl Reader {
         }
         let for_site = request.and_then(|r| r.for_site);
         let export = for_site.as_deref() == Some(crate::control::EXPORT_SNAPSHOT);
+        if export && !self.ctx.config.export.any_at(&self.ctx.site) {
+            // Asked for under a file that exported; this one does not: no reader would run it.
+            return self.finish_request(id, "failed", "this site does not export anything ([export]) any more").await;
+        }
         if export != (self.role == super::Role::Export) {
             // The other binlog reader's: the export stream runs `snapshot --export`, capture the rest.
             return Ok(());

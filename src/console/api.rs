@@ -78,6 +78,8 @@ impl Console {
                     "checkpoint_gtid": at.map(|e| e.gtid),
                     "last_source_commit_ms": self.metrics.export_timestamp(site).map(|s| (s * 1000.0) as i64),
                     "behind_capture_seconds": behind,
+                    "last_error": self.health.export_error.lock().expect("export error lock").as_ref()
+                        .map(|(at_ms, message)| json!({"at_ms": at_ms, "message": message})),
                 })
             }
             false => Value::Null,
