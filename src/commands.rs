@@ -242,14 +242,7 @@ async fn run(config: Arc<Config>, site: String, with_capture: bool, with_apply: 
 /// itself, later, if the database cannot be reached now).
 async fn start_export_where_capture_is(config: &Config, site: &str) {
     let copied = async {
-        let ctl = control_of(config, site).await?;
-        let key = control::export_checkpoint_key(site);
-        if ctl.load_checkpoint(&key).await?.is_none() {
-            if let Some(cp) = ctl.load_checkpoint(site).await? {
-                ctl.save_checkpoint(&key, &cp).await?;
-                tracing::info!(site = %site, gtid = %cp.gtid, "the export stream starts at capture's checkpoint");
-            }
-        }
+        control_of(config, site).await?.export_checkpoint(site).await?;
         anyhow::Ok(())
     };
     if let Err(e) = copied.await {

@@ -528,16 +528,11 @@ impl Reader {
 
         if first {
             let key = self.role.checkpoint_key(&self.ctx.site);
-            let mut stored = ctl.load_checkpoint(&key).await?;
-            if stored.is_none() && self.role == Role::Export {
-                // A site that starts exporting exports from where its capture is: what the
-                // replication stream has read is what the export stream starts after.
-                stored = ctl.load_checkpoint(&self.ctx.site).await?;
-                if let Some(cp) = &stored {
-                    ctl.save_checkpoint(&key, cp).await?;
-                    tracing::info!(site = %self.ctx.site, gtid = %cp.gtid, "the export stream starts at capture's checkpoint");
-                }
-            }
+            let stored = match self.role {
+                Role::Replication => ctl.load_checkpoint(&key).await?,
+                // (`sitesync run` placed it already, unless the database was unreachable then.)
+                Role::Export => ctl.export_checkpoint(&self.ctx.site).await?,
+            };
             match stored {
                 Some(stored) => {
                     self.at.gtid = GtidState::parse(&stored.gtid, !settings.mariadb)

@@ -509,6 +509,20 @@ impl Control {
         Ok(())
     }
 
+    /// The export stream's checkpoint of `site`; when it has none yet, capture's is copied to it
+    /// (a site that starts exporting exports from where its capture resumes). None when neither
+    /// exists.
+    pub async fn export_checkpoint(&self, site: &str) -> Result<Option<Checkpoint>, ControlError> {
+        let key = export_checkpoint_key(site);
+        if let Some(cp) = self.load_checkpoint(&key).await? {
+            return Ok(Some(cp));
+        }
+        let Some(cp) = self.load_checkpoint(site).await? else { return Ok(None) };
+        self.save_checkpoint(&key, &cp).await?;
+        tracing::info!(site = %site, gtid = %cp.gtid, "the export stream starts at capture's checkpoint");
+        Ok(Some(cp))
+    }
+
     /// Removes the stored checkpoint under `key` (the export stream's, when capture's position is
     /// reset: it then starts at capture's again).
     pub async fn forget_checkpoint(&self, key: &str) -> Result<(), ControlError> {
