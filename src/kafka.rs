@@ -151,6 +151,22 @@ impl Refusal {
         }
     }
 
+    /// The refusal one of librdkafka's log lines reports, if any: consumers hand a failed login
+    /// back as a bare code, and a broker certificate that does not verify only as a log line.
+    pub fn of_log_line(message: &str) -> Option<Refusal> {
+        if message.contains("SASL authentication error") || message.contains("Authentication failed") {
+            Some(Refusal::Authentication(message.to_string()))
+        } else if message.contains("certificate verify failed") {
+            // OpenSSL's reason for an untrusted or misnamed certificate, worded by librdkafka
+            // either as "SSL handshake failed: ...: certificate verify failed: ..." or bare
+            // "error:0A000086:SSL routines::certificate verify failed (after 2ms in state
+            // SSL_HANDSHAKE)"; not a broker that merely went away mid-handshake.
+            Some(Refusal::Tls(message.to_string()))
+        } else {
+            None
+        }
+    }
+
     /// The refusal a client error stands for, if any.
     pub fn of_error(e: &KafkaError) -> Option<Refusal> {
         e.rdkafka_error_code().and_then(|code| Refusal::of_code(code, &e.to_string()))
@@ -197,12 +213,8 @@ pub struct Reporting;
 impl ClientContext for Reporting {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
-        // Consumers hand a failed login back as a bare code; librdkafka's log line says why.
-        if message.contains("SASL authentication error") || message.contains("Authentication failed") {
-            note_refusal(Refusal::Authentication(message.to_string()));
-        } else if message.contains("SSL handshake failed") && message.contains("certificate verify failed") {
-            // An untrusted or misnamed certificate; not a broker that merely went away mid-handshake.
-            note_refusal(Refusal::Tls(message.to_string()));
+        if let Some(r) = Refusal::of_log_line(message) {
+            note_refusal(r);
         }
         if fac == "CONFWARN" {
             // "experimental property" notes about settings sitesync makes on purpose.
@@ -591,6 +603,22 @@ mod tests {
         assert_eq!(Refusal::of_code(C::Fatal, "Fatal error: Local: Inconsistent state"), None);
         assert_eq!(Refusal::of_code(C::BrokerTransportFailure, ""), None);
         assert!(!TransportError::Refused { what: "x".into(), refusal: Refusal::Authentication("y".into()) }.is_unreachable());
+    }
+
+    #[test]
+    fn librdkafkas_log_lines_name_a_refusal_in_either_wording() {
+        // Both wordings of an untrusted broker certificate, as librdkafka 2.12 logged them.
+        let handshake = "[thrd:sasl_ssl://127.0.0.1:9094/bootstrap]: sasl_ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: \
+                         error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified";
+        let bare = "[thrd:sasl_ssl://127.0.0.1:9094/bootstrap]: sasl_ssl://127.0.0.1:9094/bootstrap: \
+                    error:0A000086:SSL routines::certificate verify failed (after 2ms in state SSL_HANDSHAKE)";
+        assert!(matches!(Refusal::of_log_line(handshake), Some(Refusal::Tls(_))));
+        assert!(matches!(Refusal::of_log_line(bare), Some(Refusal::Tls(_))));
+        let login = "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: Authentication failed during authentication";
+        assert!(matches!(Refusal::of_log_line(login), Some(Refusal::Authentication(_))));
+        // A broker that went away mid-handshake is unreachable, not a refusal.
+        assert_eq!(Refusal::of_log_line("sasl_ssl://127.0.0.1:9094/bootstrap: Disconnected (after 3ms in state SSL_HANDSHAKE)"), None);
+        assert_eq!(Refusal::of_log_line("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"), None);
     }
 
     #[test]

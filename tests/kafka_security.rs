@@ -84,6 +84,12 @@ async fn federation(test: &str) -> (Federation, String) {
     (fed, user("a"))
 }
 
+/// The line a stopped `run` ends with (the whole log is in the assertion's message if it fails):
+/// short enough that CI's excerpt of a failure keeps the panic message.
+fn last_error_line(text: &str) -> &str {
+    text.lines().rev().find(|l| l.contains("sitesync stopped")).unwrap_or("(no \"sitesync stopped\" line)")
+}
+
 fn run_text(fed: &Federation, site: &str, args: &[&str]) -> (bool, String) {
     let out = fed.command(site, args).output().unwrap();
     (out.status.success(), output_text(&out))
@@ -130,7 +136,7 @@ async fn wrong_credentials_and_another_sites_credentials_are_refused_by_name() {
     assert!(!text.contains("not-the-password"), "the password is never printed:\n{text}");
     let started = Instant::now();
     let (ok, text) = run_text(&fed, "a", &["run"]);
-    println!("run with a wrong password:\n{text}");
+    println!("run with a wrong password: {}", last_error_line(&text));
     assert!(!ok && text.contains("Kafka refused this site's login"), "run with a wrong password:\n{text}");
     assert!(started.elapsed() < Duration::from_secs(60), "run should stop at the refusal: {:?}\n{text}", started.elapsed());
     assert!(!text.contains("not-the-password"), "{text}");
@@ -186,7 +192,7 @@ async fn wrong_credentials_and_another_sites_credentials_are_refused_by_name() {
     fed.exec("b", "INSERT INTO person (token, name) VALUES ('t-bo', 'Bo')").await;
     let started = Instant::now();
     let (ok, text) = run_text(&fed, "b", &["run"]);
-    println!("run at b with a's credentials:\n{text}");
+    println!("run at b with a's credentials: {}", last_error_line(&text));
     assert!(!ok && text.contains("Kafka's ACLs refused this site's user"), "run at b with a's credentials:\n{text}");
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}\n{text}", started.elapsed());
 }
