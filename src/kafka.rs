@@ -233,6 +233,9 @@ impl ClientContext for Reporting {
         let refused = error.rdkafka_error_code().and_then(|code| Refusal::of_code(code, reason));
         match refused {
             Some(r) => note_refusal(r),
+            // After a refusal the process stops, and librdkafka repeats "all brokers down" every
+            // half second until it has: the refusal, logged once, is what the operator needs.
+            None if refusal().is_some() => tracing::debug!(error = %error, reason, "librdkafka, after a refusal"),
             None => tracing::warn!(error = %error, reason, "librdkafka"),
         }
     }
