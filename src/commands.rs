@@ -262,7 +262,7 @@ async fn status(config: &Config, site: &str, json: bool) -> Result<ExitCode> {
     // The export stream's own position, and how far (in source time) it trails capture's.
     let export = match config.export.any_at(site) {
         true => ctl.load_checkpoint(&control::export_checkpoint_key(site)).await?.map(|e| {
-            let behind = checkpoint.as_ref().map(|c| ((c.source_ts_ms - e.source_ts_ms).max(0)) as f64 / 1000.0);
+            let behind = checkpoint.as_ref().map(|c| e.seconds_behind(c));
             (e, behind)
         }),
         false => None,

@@ -468,7 +468,7 @@ impl ExportConfig {
 
     /// Whether `site` exports `entity`.
     pub fn exports(&self, site: &str, entity: &str) -> bool {
-        self.entities.iter().any(|e| e == entity) && (self.sites.is_empty() || self.sites.iter().any(|s| s == site))
+        self.any_at(site) && self.entities.iter().any(|e| e == entity)
     }
 }
 

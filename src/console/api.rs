@@ -69,10 +69,7 @@ impl Console {
             true => {
                 let key = crate::control::export_checkpoint_key(site);
                 let at = ctl.load_checkpoint(&key).await.map_err(failed("reading the export checkpoint"))?;
-                let behind = match (&checkpoint, &at) {
-                    (Some(c), Some(e)) => Some(((c.source_ts_ms - e.source_ts_ms).max(0)) as f64 / 1000.0),
-                    _ => None,
-                };
+                let behind = at.as_ref().zip(checkpoint.as_ref()).map(|(e, c)| e.seconds_behind(c));
                 json!({
                     "running": self.metrics.is_running(site, crate::telemetry::Component::Export),
                     "checkpoint_gtid": at.map(|e| e.gtid),

@@ -15,6 +15,13 @@ pub struct Checkpoint {
     pub source_ts_ms: i64,
 }
 
+impl Checkpoint {
+    /// How many seconds of source time this checkpoint is behind `ahead` (0 when it is not).
+    pub fn seconds_behind(&self, ahead: &Checkpoint) -> f64 {
+        (ahead.source_ts_ms - self.source_ts_ms).max(0) as f64 / 1000.0
+    }
+}
+
 /// The next offset apply reads of one topic partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offset {
